@@ -1,0 +1,247 @@
+"""``segment-everything`` command line.
+
+    segment-everything segment IMAGE_OR_DIR... [--url URL] [--protocol grpc|http] [--out DIR]
+                       [--conf C] [--iou T] [--max-prompts N] [--concurrency K]
+    segment-everything health [--url URL] [--protocol grpc|http]
+
+``segment`` writes ``<stem>_overlay.png`` and ``<stem>_coco.json`` (a COCO dataset file with one
+image and its annotations, each with a ``score``) per image into ``--out``.
+
+Exit codes: 0 success; 1 some images failed (e.g. not decodable); 2 bad usage or a missing
+file; 3 the server is unreachable or the model is not ready.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .client import SegmentEverythingClient
+from .errors import ModelNotReadyError, SegmentEverythingError, ServerUnavailableError
+from .images import IMAGE_SUFFIXES, load_image
+from .types import Segmentation, SegmentSettings
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
+
+
+def _error(message: str) -> None:
+    print(f"segment-everything: error: {message}", file=sys.stderr)
+
+
+def collect_images(paths: Sequence[str], recursive: bool = False) -> list[Path]:
+    """Expand directories into their image files (sorted); a missing path raises FileNotFoundError."""
+    out: list[Path] = []
+    for raw in paths:
+        p = Path(raw)
+        if p.is_dir():
+            found = p.rglob("*") if recursive else p.iterdir()
+            out.extend(sorted(f for f in found if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES))
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise FileNotFoundError(f"no such file or directory: {raw}")
+    return out
+
+
+def output_stems(images: Sequence[Path]) -> list[str]:
+    """File stems, made unique (``x``, ``x_2``, ...) when two inputs share a name."""
+    seen: dict[str, int] = {}
+    stems = []
+    for p in images:
+        n = seen.get(p.stem, 0) + 1
+        seen[p.stem] = n
+        stems.append(p.stem if n == 1 else f"{p.stem}_{n}")
+    return stems
+
+
+def coco_document(seg: Segmentation, file_name: str, image_id: int = 1) -> dict[str, Any]:
+    h, w = seg.image_size
+    annotations = seg.to_coco(image_id=image_id, category_id=1)
+    for k, ann in enumerate(annotations, start=1):
+        ann["id"] = k
+    return {
+        "images": [{"id": image_id, "file_name": file_name, "height": h, "width": w}],
+        "annotations": annotations,
+        "categories": [{"id": 1, "name": "object", "supercategory": "object"}],
+    }
+
+
+class _Progress:
+    """tqdm when installed, else a one-line counter on stderr."""
+
+    def __init__(self, total: int, enabled: bool):
+        self.total, self.count, self.enabled = total, 0, enabled
+        self._bar = None
+        self._closed = False
+        if enabled:
+            try:
+                from tqdm import tqdm
+
+                self._bar = tqdm(total=total, unit="img", file=sys.stderr)
+            except ImportError:
+                pass
+
+    def update(self, name: str) -> None:
+        self.count += 1
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.update(1)
+        else:
+            print(f"\r[{self.count}/{self.total}] {name[:60]:<60}", end="", file=sys.stderr, flush=True)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        if self._bar is not None:
+            self._bar.close()
+        elif self.enabled and self.count:
+            print(file=sys.stderr)
+
+
+def _client(args: argparse.Namespace) -> SegmentEverythingClient:
+    return SegmentEverythingClient(
+        args.url, protocol=args.protocol, timeout=args.timeout, retries=args.retries, ssl=args.ssl
+    )
+
+
+def _check_server(client: SegmentEverythingClient) -> SegmentEverythingError | None:
+    return client._readiness()
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    try:
+        images = collect_images(args.inputs, recursive=args.recursive)
+    except FileNotFoundError as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    if not images:
+        _error("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        return EXIT_USAGE
+    settings = {"conf": args.conf, "iou": args.iou, "max_prompts": args.max_prompts}
+    SegmentSettings(**settings)  # reject bad values before contacting the server
+    out_dir = Path(args.out)
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        _error(f"cannot create output directory {out_dir}: {exc}")
+        return EXIT_USAGE
+    stems = output_stems(images)
+
+    start = time.perf_counter()
+    n_ok = n_instances = 0
+    failures: list[str] = []
+    with _client(args) as client:
+        reason = _check_server(client)
+        if reason is not None:
+            what = "model not ready" if isinstance(reason, ModelNotReadyError) else "server unavailable"
+            _error(f"{what} at {client.url} ({client.protocol}): {reason}")
+            return EXIT_SERVER
+        progress = _Progress(len(images), enabled=len(images) > 1 and not args.quiet)
+        results = client.segment_everything_iter(
+            images, concurrency=args.concurrency, return_exceptions=True, **settings
+        )
+        # closing(): leaving early must stop the worker threads before the client closes.
+        with contextlib.closing(results), contextlib.closing(progress):  # type: ignore[arg-type]
+            for i, result in results:
+                path = images[i]
+                progress.update(path.name)
+                if isinstance(result, (ServerUnavailableError, ModelNotReadyError)):
+                    progress.close()
+                    _error(f"{path}: {result}")
+                    return EXIT_SERVER
+                if isinstance(result, SegmentEverythingError):
+                    failures.append(f"{path}: {result}")
+                    continue
+                try:
+                    _write_outputs(result, path, out_dir, stems[i], draw=not args.no_overlay)
+                except (OSError, SegmentEverythingError) as exc:
+                    failures.append(f"{path}: cannot write outputs: {exc}")
+                    continue
+                n_ok += 1
+                n_instances += len(result)
+
+    for message in failures:
+        _error(message)
+    seconds = time.perf_counter() - start
+    print(
+        f"segmented {n_ok}/{len(images)} images, {n_instances} instances in {seconds:.2f} s"
+        f" ({n_ok / seconds if seconds > 0 else 0:.2f} images/s) -> {out_dir}"
+    )
+    return EXIT_FAILED if failures else EXIT_OK
+
+
+def _write_outputs(seg: Segmentation, path: Path, out_dir: Path, stem: str, draw: bool) -> None:
+    doc = coco_document(seg, path.name)
+    (out_dir / f"{stem}_coco.json").write_text(json.dumps(doc))
+    if draw:
+        seg.save_overlay(out_dir / f"{stem}_overlay.png", load_image(path))
+
+
+def cmd_health(args: argparse.Namespace) -> int:
+    with _client(args) as client:
+        reason = _check_server(client)
+    if reason is None:
+        print(f"ready: model '{client.model_name}' at {client.url} ({client.protocol})")
+        return EXIT_OK
+    print(f"not ready: {reason}")
+    return EXIT_FAILED
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="segment-everything", description="MobileSAMv2 segment-everything client for Triton."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=None, help="host:port (default 127.0.0.1:8001 grpc / :8000 http)")
+    common.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    common.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
+    common.add_argument("--retries", type=int, default=2, help="retries when the server is unavailable")
+    common.add_argument("--ssl", action="store_true", help="use TLS")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    seg = sub.add_parser("segment", parents=[common], help="segment every object in images")
+    seg.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
+    seg.add_argument("--out", default="segment_everything_out", help="output directory")
+    seg.add_argument(
+        "--conf", type=float, default=None, help="detector confidence threshold (server default 0.4)"
+    )
+    seg.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (server default 0.9)")
+    seg.add_argument(
+        "--max-prompts", type=int, default=None, help="max objects per image (server default 300)"
+    )
+    seg.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
+    seg.add_argument("--recursive", action="store_true", help="search directories recursively")
+    seg.add_argument("--no-overlay", action="store_true", help="write only the COCO json")
+    seg.add_argument("-q", "--quiet", action="store_true", help="no progress bar")
+    seg.set_defaults(func=cmd_segment)
+
+    health = sub.add_parser("health", parents=[common], help="is the server and model ready? (exit 0/1)")
+    health.set_defaults(func=cmd_health)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except SegmentEverythingError as exc:  # e.g. an out-of-range --conf
+        _error(str(exc))
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

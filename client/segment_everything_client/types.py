@@ -1,0 +1,329 @@
+"""Request settings and the result type.
+
+:class:`Segmentation` is what every segment call returns: one row per instance in ``boxes``,
+``scores``, ``iou_predictions`` and ``rles``; full-resolution masks are decoded from the RLEs
+only when asked for.
+
+>>> import numpy as np
+>>> from segment_everything_client import rle
+>>> m = np.zeros((4, 6), dtype=bool); m[1:3, 2:5] = True
+>>> seg = Segmentation(boxes=[[2, 1, 5, 3]], scores=[0.9], iou_predictions=[0.95],
+...                    image_size=(4, 6), rles=[rle.encode(m)])
+>>> len(seg), seg.masks.shape, seg.masks.dtype
+(1, (1, 4, 6), dtype('bool'))
+>>> [(round(inst.score, 2), int(inst.mask.sum())) for inst in seg]
+[(0.9, 6)]
+>>> seg.to_coco(image_id=7)[0]["bbox"]
+[2.0, 1.0, 3.0, 2.0]
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from . import rle as _rle
+from .errors import InvalidInputError
+
+__all__ = ["OUTPUT_FORMATS", "Instance", "SegmentSettings", "Segmentation", "palette"]
+
+#: ``output`` values: what the server sends back for the masks.
+#:   ``"rle"``: COCO RLE strings (small; default). ``"dense"``: full-resolution bool masks.
+#:   ``"logits"``: RLEs plus the decoder's 256x256 low-resolution logits.
+OUTPUT_FORMATS = ("rle", "dense", "logits")
+
+
+@dataclass(frozen=True)
+class SegmentSettings:
+    """Knobs of one segment-everything request; None leaves the server default.
+
+    Args:
+        conf: detector confidence threshold for object discovery, in [0, 1] (server default 0.4).
+        iou: NMS IoU threshold between discovered boxes, in [0, 1] (server default 0.9).
+        max_prompts: at most this many boxes are turned into masks, >= 1 (server default 300).
+        output: ``"rle"``, ``"dense"`` or ``"logits"`` (see :data:`OUTPUT_FORMATS`).
+        timings: ask the server for per-stage timings (``Segmentation.timings``).
+
+    >>> SegmentSettings(conf=0.25).conf
+    0.25
+    >>> SegmentSettings(iou=1.5)
+    Traceback (most recent call last):
+    ...
+    segment_everything_client.errors.InvalidInputError: iou must be in [0, 1], got 1.5
+    """
+
+    conf: float | None = None
+    iou: float | None = None
+    max_prompts: int | None = None
+    output: str = "rle"
+    timings: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("conf", "iou"):
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
+                raise InvalidInputError(f"{name} must be a number, got {value!r}")
+            if not (0.0 <= float(value) <= 1.0) or math.isnan(float(value)):
+                raise InvalidInputError(f"{name} must be in [0, 1], got {value}")
+        mp = self.max_prompts
+        if mp is not None:
+            if isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or mp < 1:
+                raise InvalidInputError(f"max_prompts must be an integer >= 1, got {mp!r}")
+            if mp > np.iinfo(np.int32).max:
+                raise InvalidInputError(f"max_prompts is too large: {mp}")
+        if self.output not in OUTPUT_FORMATS:
+            raise InvalidInputError(f"output must be one of {', '.join(OUTPUT_FORMATS)}; got {self.output!r}")
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` distinct, deterministic RGB colors (uint8 ``nx3``): golden-ratio hue steps.
+
+    >>> palette(2).tolist()
+    [[242, 85, 85], [85, 131, 242]]
+    """
+    if n <= 0:
+        return np.zeros((0, 3), dtype=np.uint8)
+    hue = (np.arange(n) * 0.618033988749895) % 1.0
+    sat, val = 0.65, 0.95
+    h6 = hue * 6.0
+    sector = np.floor(h6).astype(int) % 6
+    frac = h6 - np.floor(h6)
+    p = val * (1 - sat)
+    q = val * (1 - sat * frac)
+    t = val * (1 - sat * (1 - frac))
+    v = np.full(n, val)
+    pv = np.full(n, p)
+    table = [(v, t, pv), (q, v, pv), (pv, v, t), (pv, q, v), (t, pv, v), (v, pv, q)]
+    rgb = np.zeros((n, 3))
+    for s, (r, g, b) in enumerate(table):
+        sel = sector == s
+        rgb[sel, 0], rgb[sel, 1], rgb[sel, 2] = r[sel], g[sel], b[sel]
+    return np.round(rgb * 255).astype(np.uint8)
+
+
+@dataclass(frozen=True, eq=False)
+class Instance:
+    """One segmented object; ``rle`` and ``mask`` come from the parent :class:`Segmentation`."""
+
+    index: int
+    box: np.ndarray  # float32 (4,), xyxy in original pixels
+    score: float
+    iou_prediction: float
+    _parent: Segmentation = field(repr=False)
+
+    @property
+    def rle(self) -> dict[str, Any]:
+        return self._parent.rles[self.index]
+
+    @property
+    def mask(self) -> np.ndarray:
+        """Full-resolution bool mask ``HxW`` (decoded on access)."""
+        return self._parent.mask(self.index)
+
+    @property
+    def area(self) -> int:
+        return int(self._parent.areas[self.index])
+
+
+@dataclass(eq=False)
+class Segmentation:
+    """Instances found in one image.
+
+    Attributes:
+        boxes: float32 ``(N, 4)`` boxes, xyxy in original image pixels.
+        scores: float32 ``(N,)`` detector confidences (1.0 for boxes/points you gave).
+        iou_predictions: float32 ``(N,)`` the mask decoder's own quality estimate.
+        image_size: ``(h, w)`` of the original image.
+        rles: N COCO RLE dicts ``{"size": [h, w], "counts": str}``.
+        timings: server stage -> milliseconds when requested, else None.
+        low_res_logits: float32 ``(N, 256, 256)`` with ``output="logits"``, else None.
+
+    Masks are decoded lazily: ``masks`` (all, ``(N, h, w)`` bool, cached) or ``mask(i)``.
+    """
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    iou_predictions: np.ndarray
+    image_size: tuple[int, int]
+    rles: list[dict[str, Any]]
+    timings: dict[str, float] | None = None
+    low_res_logits: np.ndarray | None = field(default=None, repr=False)
+    _masks: np.ndarray | None = field(default=None, repr=False)
+    _areas: np.ndarray | None = field(default=None, init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self.boxes = np.asarray(self.boxes, dtype=np.float32).reshape(-1, 4)
+        self.scores = np.asarray(self.scores, dtype=np.float32).reshape(-1)
+        self.iou_predictions = np.asarray(self.iou_predictions, dtype=np.float32).reshape(-1)
+        self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
+        self.rles = list(self.rles)
+        n = len(self.boxes)
+        lengths = {
+            "scores": len(self.scores),
+            "iou_predictions": len(self.iou_predictions),
+            "rles": len(self.rles),
+        }
+        bad = {k: v for k, v in lengths.items() if v != n}
+        if bad:
+            raise ValueError(f"{n} boxes but {', '.join(f'{v} {k}' for k, v in bad.items())}")
+        for r in self.rles:
+            if tuple(r["size"]) != self.image_size:
+                raise ValueError(f"RLE size {r['size']} does not match image_size {self.image_size}")
+
+    @classmethod
+    def from_dense(
+        cls,
+        boxes: Any,
+        scores: Any,
+        iou_predictions: Any,
+        masks: np.ndarray,
+        **kwargs: Any,
+    ) -> Segmentation:
+        """Build from full-resolution masks ``(N, h, w)``; the RLEs are computed here."""
+        masks = np.asarray(masks, dtype=np.bool_)
+        if masks.ndim != 3:
+            raise ValueError(f"masks must be (N, h, w), got shape {masks.shape}")
+        size = kwargs.pop("image_size", masks.shape[1:])
+        return cls(
+            boxes=boxes,
+            scores=scores,
+            iou_predictions=iou_predictions,
+            image_size=size,
+            rles=[_rle.encode(m) for m in masks],
+            _masks=masks,
+            **kwargs,
+        )
+
+    # ----------------------------------------------------------------------------- access
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def __iter__(self) -> Iterator[Instance]:
+        return (self[i] for i in range(len(self)))
+
+    def __getitem__(self, i: int) -> Instance:
+        n = len(self)
+        if not -n <= i < n:
+            raise IndexError(f"instance {i} out of range for {n} instances")
+        i %= n
+        return Instance(i, self.boxes[i], float(self.scores[i]), float(self.iou_predictions[i]), self)
+
+    @property
+    def masks(self) -> np.ndarray:
+        """All masks, bool ``(N, h, w)``; decoded on first access and cached (N*h*w bytes)."""
+        if self._masks is None:
+            h, w = self.image_size
+            out = np.empty((len(self), h, w), dtype=np.bool_)
+            for i, r in enumerate(self.rles):
+                _rle.decode_into(r, out[i])
+            self._masks = out
+        return self._masks
+
+    def mask(self, i: int) -> np.ndarray:
+        """Mask ``i`` as bool ``(h, w)``, without decoding the others."""
+        if self._masks is not None:
+            return self._masks[i]
+        return _rle.decode(self.rles[i])
+
+    @property
+    def areas(self) -> np.ndarray:
+        """Pixel count of every mask, int64 ``(N,)``, computed from the RLEs."""
+        if self._areas is None:
+            self._areas = np.array([_rle.area(r) for r in self.rles], dtype=np.int64)
+        return self._areas
+
+    # ---------------------------------------------------------------------------- export
+
+    def to_coco(self, image_id: int | str = 0, category_id: int = 1) -> list[dict[str, Any]]:
+        """COCO annotations (results format), one per instance.
+
+        Each has ``image_id``, ``category_id``, ``segmentation`` (compressed RLE, ``counts``
+        as str), ``area``, ``bbox`` (tight box of the mask, xywh), ``score``, ``iscrowd`` and
+        ``predicted_iou``. Loadable with ``pycocotools.coco.COCO.loadRes``.
+        """
+        anns = []
+        for i, r in enumerate(self.rles):
+            anns.append(
+                {
+                    "image_id": image_id,
+                    "category_id": int(category_id),
+                    "segmentation": {"size": list(r["size"]), "counts": r["counts"]},
+                    "area": int(self.areas[i]),
+                    "bbox": _rle.to_bbox(r),
+                    "score": float(self.scores[i]),
+                    "iscrowd": 0,
+                    "predicted_iou": float(self.iou_predictions[i]),
+                }
+            )
+        return anns
+
+    def overlay(
+        self,
+        image: Any,
+        *,
+        channel_order: str = "rgb",
+        alpha: float = 0.5,
+        draw_boxes: bool = True,
+    ) -> np.ndarray:
+        """Draw the instances over ``image``; returns uint8 RGB ``HxWx3``.
+
+        Masks are painted largest first, so small objects stay visible on top of large ones;
+        instance ``i`` always gets color ``palette(N)[i]``. ``image`` is anything
+        :func:`~segment_everything_client.images.prepare_image` accepts (``channel_order``
+        applies to arrays, e.g. ``"bgr"`` for ``cv2.imread`` output).
+        """
+        import cv2
+
+        from .images import to_rgb_array
+
+        base = to_rgb_array(image, channel_order=channel_order)
+        h, w = self.image_size
+        if base.shape[:2] != (h, w):
+            raise InvalidInputError(
+                f"image is {base.shape[0]}x{base.shape[1]} but the segmentation is for {h}x{w} "
+                "(a different image, or EXIF orientation applied differently?)"
+            )
+        colors = palette(len(self))
+        order = np.argsort(-self.areas, kind="stable")
+        out = base.copy()
+        if len(self):
+            # Label image in column-major order (the RLE's order), painted run by run: every
+            # pixel ends with the last (smallest) instance covering it, one blend per pixel.
+            label_t = np.full((w, h), -1, dtype=np.int16 if len(self) < 2**15 - 1 else np.int32)
+            flat = label_t.reshape(-1)
+            for i in order.tolist():
+                counts = _rle._counts(self.rles[i])
+                ends = np.cumsum(counts)
+                for s, e in zip((ends[::2][: len(ends) // 2]).tolist(), ends[1::2].tolist()):
+                    flat[s:e] = i
+            label = np.ascontiguousarray(label_t.T)
+            lut = np.vstack([np.zeros((1, 3), np.uint8), colors])  # label -1 -> row 0
+            tint = lut[label.astype(np.intp) + 1]
+            blended = cv2.addWeighted(base, 1.0 - alpha, tint, alpha, 0.0)
+            np.copyto(out, blended, where=(label >= 0)[:, :, None])
+        if draw_boxes and len(self):
+            thickness = max(1, round(max(h, w) / 600))
+            for i in order.tolist():
+                x0, y0, x1, y1 = (round(float(v)) for v in self.boxes[i])
+                cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(c) for c in colors[i]), thickness)
+        return out
+
+    def save_overlay(self, path: str | os.PathLike, image: Any, **kwargs: Any) -> None:
+        """Write :meth:`overlay` to ``path`` (format from the suffix, e.g. ``.png``, ``.jpg``)."""
+        import cv2
+
+        rgb = self.overlay(image, **kwargs)
+        if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1])):
+            raise OSError(f"could not write {path}")
+
+    def __repr__(self) -> str:
+        h, w = self.image_size
+        return f"Segmentation({len(self)} instances, image {h}x{w}, timings={self.timings})"

@@ -1,0 +1,1 @@
+"""Checkpoints -> Triton model repository: ONNX export with parity checks, GPU configs, TensorRT."""

@@ -1,0 +1,216 @@
+"""ONNX export of the three networks, each checked against PyTorch with ONNX Runtime.
+
+All three use torch's dynamo exporter (``torch.onnx.export(dynamo=True)``), which handles SAM's LayerNorm2d and
+the decoder's dynamic prompt axis as they are. Shapes that vary in serving are dynamic in the graph:
+- ``image_encoder``: batch;
+- ``prompt_decoder``: prompts N and points per prompt P (never a fixed N, never a baked-in image size);
+- ``detector``: batch, and letterbox height/width (multiples of 32, any aspect ratio).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+from torch.export import Dim
+
+from ..modeling.detector import ObjectAwareNetwork
+from ..modeling.image_encoder import ImageEncoderGraph
+from ..modeling.sam import PromptDecoder
+
+OPSET = 18
+
+ENCODER_INPUTS = ("image", "image_size")
+ENCODER_OUTPUTS = ("image_embeddings",)
+DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
+DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+DETECTOR_INPUTS = ("images",)
+DETECTOR_OUTPUTS = ("predictions",)
+
+MAX_PROMPTS = 4096
+MAX_POINTS_PER_PROMPT = 64
+
+
+class ParityError(AssertionError):
+    """An exported graph disagrees with PyTorch beyond the tolerance."""
+
+
+@dataclass
+class ExportReport:
+    name: str
+    path: Path
+    export_seconds: float
+    max_abs_diff: float
+    tolerance: float
+    cases: list[str]
+    onnx_ms: float  # median ORT time of the first case
+    torch_ms: float
+
+    def as_dict(self) -> dict:
+        return {
+            "name": self.name,
+            "file": self.path.name,
+            "export_seconds": round(self.export_seconds, 2),
+            "max_abs_diff": self.max_abs_diff,
+            "tolerance": self.tolerance,
+            "cases": self.cases,
+            "onnx_ms": round(self.onnx_ms, 1),
+            "torch_ms": round(self.torch_ms, 1),
+        }
+
+
+def _export(module: nn.Module, args: tuple, path: Path, input_names, output_names, dynamic_shapes) -> float:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with torch.inference_mode(False), torch.no_grad():
+        torch.onnx.export(
+            module.eval(),
+            args,
+            str(path),
+            input_names=list(input_names),
+            output_names=list(output_names),
+            dynamic_shapes=dynamic_shapes,
+            opset_version=OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    return time.perf_counter() - start
+
+
+def ort_session(path: Path, threads: int = 0):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+
+
+def check_parity(
+    name: str,
+    module: nn.Module,
+    path: Path,
+    input_names: Sequence[str],
+    cases: Sequence[tuple[str, tuple[torch.Tensor, ...]]],
+    tolerance: float,
+    export_seconds: float,
+) -> ExportReport:
+    """Run every case through PyTorch and ONNX Runtime; fail if any output differs by more than ``tolerance``
+    (absolute, on outputs scaled to at most 1: ``|a - b| / max(1, |b|max)``)."""
+    session = ort_session(path)
+    worst = 0.0
+    onnx_ms = torch_ms = 0.0
+    for i, (_, args) in enumerate(cases):
+        t0 = time.perf_counter()
+        with torch.no_grad():
+            expected = module(*args)
+        t1 = time.perf_counter()
+        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args)})
+        t2 = time.perf_counter()
+        if i == 0:
+            torch_ms, onnx_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
+        expected = expected if isinstance(expected, (tuple, list)) else (expected,)
+        for e, g in zip(expected, got):
+            e = e.numpy()
+            if e.shape != g.shape:
+                raise ParityError(f"{name}: output shape {g.shape} != PyTorch {e.shape}")
+            diff = float(np.abs(e - g).max() / max(1.0, float(np.abs(e).max()))) if e.size else 0.0
+            worst = max(worst, diff)
+    report = ExportReport(name, path, export_seconds, worst, tolerance, [c for c, _ in cases], onnx_ms, torch_ms)
+    if worst > tolerance:
+        raise ParityError(f"{name}: ONNX differs from PyTorch by {worst:.3g} > tolerance {tolerance:g} ({path})")
+    return report
+
+
+def export_image_encoder(
+    graph: ImageEncoderGraph, path: Path, sample_canvases: Sequence[tuple[np.ndarray, np.ndarray]], tolerance: float = 1e-3
+) -> ExportReport:
+    """``image (B,1024,1024,3) uint8, image_size (B,2) int32 -> image_embeddings (B,256,64,64)``; checked at batch
+    1 and 2 on the given canvases."""
+    canvases = [torch.from_numpy(c)[None] for c, _ in sample_canvases]
+    sizes = [torch.from_numpy(s)[None] for _, s in sample_canvases]
+    batch = Dim("batch", min=1, max=64)
+    # torch.export specialises dimensions of size 1: trace with a batch of 2
+    example = (torch.cat([canvases[0], canvases[-1]]), torch.cat([sizes[0], sizes[-1]]))
+    seconds = _export(
+        graph,
+        example,
+        path,
+        ENCODER_INPUTS,
+        ENCODER_OUTPUTS,
+        {"image": {0: batch}, "image_size": {0: batch}},
+    )
+    cases = [("batch 1", (canvases[0], sizes[0]))]
+    if len(canvases) > 1:
+        cases.append(("batch 2", (torch.cat(canvases[:2]), torch.cat(sizes[:2]))))
+    return check_parity("image_encoder", graph, path, ENCODER_INPUTS, cases, tolerance, seconds)
+
+
+def box_prompts(n: int, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """``n`` random box prompts in the 1024 frame as (coords (n,2,2), labels (n,2))."""
+    gen = torch.Generator().manual_seed(seed)
+    xy = torch.rand(n, 2, generator=gen) * 900
+    wh = torch.rand(n, 2, generator=gen) * 400 + 8
+    coords = torch.stack([xy, (xy + wh).clamp(max=1023)], 1)
+    return coords, torch.tensor([[2.0, 3.0]]).repeat(n, 1)
+
+
+def export_prompt_decoder(
+    decoder: PromptDecoder,
+    path: Path,
+    embedding: torch.Tensor,
+    prompt_counts: Sequence[int] = (1, 7, 64),
+    tolerance: float = 1e-3,
+) -> ExportReport:
+    """``image_embeddings (1,256,64,64), point_coords (N,P,2), point_labels (N,P) -> low_res_masks (N,1,256,256),
+    iou_predictions (N,1)``; checked with N box prompts for each N in ``prompt_counts`` and with point prompts."""
+    n, p = Dim("prompts", min=1, max=MAX_PROMPTS), Dim("points", min=1, max=MAX_POINTS_PER_PROMPT)
+    coords, labels = box_prompts(3)
+    seconds = _export(
+        decoder,
+        (embedding, coords, labels),
+        path,
+        DECODER_INPUTS,
+        DECODER_OUTPUTS,
+        {"image_embeddings": None, "point_coords": {0: n, 1: p}, "point_labels": {0: n, 1: p}},
+    )
+    cases = [(f"N={k} boxes", (embedding, *box_prompts(k, seed=k))) for k in prompt_counts]
+    points = torch.tensor([[[500.0, 400.0], [100.0, 100.0], [0.0, 0.0]]] * 2)
+    point_labels = torch.tensor([[1.0, 0.0, -1.0]] * 2)
+    cases.append(("N=2 points (fg, bg, pad)", (embedding, points, point_labels)))
+    return check_parity("prompt_decoder", decoder, path, DECODER_INPUTS, cases, tolerance, seconds)
+
+
+class DetectorGraph(nn.Module):
+    """The served detector: letterboxed uint8 ``(B, H, W, 3)`` in the network's channel order ->
+    ``(B, 4 + nc, A)``. The /255 scaling and HWC->CHW happen in the graph (exact, and the request stays uint8)."""
+
+    def __init__(self, network: ObjectAwareNetwork) -> None:
+        super().__init__()
+        self.network = network
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.network(images.permute(0, 3, 1, 2).float() / 255.0)
+
+
+def export_detector(
+    network: ObjectAwareNetwork, path: Path, letterboxes: Sequence[np.ndarray], tolerance: float = 1e-4
+) -> ExportReport:
+    """``images (B,H,W,3) uint8``, H and W multiples of 32 -> ``predictions (B, 4 + nc, A)``; checked on every
+    letterbox given (different aspect ratios)."""
+    graph = DetectorGraph(network).eval()
+    head = network.model.model[-1]
+    head.dynamic = True  # rebuild anchors from the feature shapes inside the graph
+    h32, w32 = Dim("h32", min=1, max=128), Dim("w32", min=1, max=128)
+    batch = Dim("batch", min=1, max=16)
+    samples = [torch.from_numpy(np.ascontiguousarray(x))[None] for x in letterboxes]
+    seconds = _export(
+        graph, (samples[0],), path, DETECTOR_INPUTS, DETECTOR_OUTPUTS, {"images": {0: batch, 1: 32 * h32, 2: 32 * w32}}
+    )
+    cases = [(f"{tuple(x.shape[1:3])}", (x,)) for x in samples]
+    return check_parity("detector", graph, path, DETECTOR_INPUTS, cases, tolerance, seconds)

@@ -1,0 +1,176 @@
+"""Image decoding, validation and the two input transforms of SegEvery.
+
+Two different resizes feed the two networks, exactly as the reference does:
+- the object-aware detector sees a YOLO *letterbox* (long side to 1024, padded with grey 114 to a multiple of 32);
+- the SAM image encoder sees the image *resized so its longest side is 1024* with PIL's bilinear filter (which
+  antialiases on downscale); normalisation and zero padding to 1024x1024 happen inside the encoder graph.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import cv2
+import numpy as np
+from PIL import Image
+
+ENCODER_IMAGE_SIZE = 1024
+"""The SAM encoders take a 1024x1024 canvas; boxes are given to the decoder in this frame."""
+
+DETECTOR_IMAGE_SIZE = 1024
+"""MobileSAMv2 runs the object-aware model at imgsz=1024."""
+
+DETECTOR_STRIDE = 32
+LETTERBOX_PAD_VALUE = 114
+
+PIXEL_MEAN = (123.675, 116.28, 103.53)
+"""SAM's RGB normalisation on 0-255 pixels (applied inside the encoder graph)."""
+PIXEL_STD = (58.395, 57.12, 57.375)
+
+DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
+"""Refuse images whose header announces more pixels than this, before decoding (decompression bombs)."""
+DEFAULT_MIN_IMAGE_SIDE = 8
+
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+
+
+class InvalidImageError(ValueError):
+    """The input is not an image this service accepts; the message says why (shown to the caller)."""
+
+
+@dataclass(frozen=True)
+class LetterboxInfo:
+    """Geometry of one letterbox: the detector input shape and the original image shape, both (h, w)."""
+
+    input_shape: tuple[int, int]
+    image_shape: tuple[int, int]
+
+
+def decode_image(
+    data: bytes,
+    *,
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    min_side: int = DEFAULT_MIN_IMAGE_SIDE,
+) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 ``HxWx3`` array.
+
+    The header is read first (PIL reads it lazily) so that a file announcing e.g. 30000x30000 pixels is refused
+    before any pixel is decoded. Pixels are decoded with OpenCV, as the reference (``cv2.imread``) does, which
+    also converts grayscale, RGBA and 16-bit images to 8-bit 3-channel and applies the EXIF orientation.
+
+    Raises:
+        InvalidImageError: empty, unrecognised, truncated or corrupt data; too small or too large an image.
+    """
+    if not data:
+        raise InvalidImageError("image is empty (0 bytes)")
+    try:
+        with Image.open(io.BytesIO(data)) as header:
+            fmt, (width, height) = header.format, header.size
+    except Image.DecompressionBombError as exc:  # PIL's own guard fires at ~179 MP, before ours
+        raise InvalidImageError(f"image too large: {exc}") from None
+    except Exception:
+        raise InvalidImageError(
+            f"data is not a recognised image ({len(data)} bytes); expected one of {', '.join(SUPPORTED_FORMATS)}"
+        ) from None
+    if fmt not in SUPPORTED_FORMATS:
+        raise InvalidImageError(f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}")
+    check_image_size(height, width, max_pixels=max_pixels, min_side=min_side)
+    if fmt == "JPEG" and not _jpeg_is_complete(data):
+        # libjpeg decodes a truncated JPEG with only a warning, filling the rest with grey: refuse it instead.
+        raise InvalidImageError("JPEG data is truncated (no end-of-image marker)")
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+    if image is None:
+        raise InvalidImageError(f"{fmt} data is corrupt or truncated and could not be decoded")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def _jpeg_is_complete(data: bytes) -> bool:
+    # Some writers append padding after the EOI marker; look for it near the end.
+    return data.rstrip(b"\x00 \r\n").endswith(b"\xff\xd9")
+
+
+def check_image_size(height: int, width: int, *, max_pixels: int, min_side: int) -> None:
+    """Refuse images smaller than ``min_side`` or with more than ``max_pixels`` pixels."""
+    if min(height, width) < min_side:
+        raise InvalidImageError(f"image is {width}x{height} pixels; both sides must be at least {min_side}")
+    if height * width > max_pixels:
+        raise InvalidImageError(
+            f"image is {width}x{height} = {height * width} pixels, over the limit of {max_pixels} "
+            "(server setting max_image_pixels)"
+        )
+
+
+def validate_rgb_array(
+    image: np.ndarray, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_side: int = DEFAULT_MIN_IMAGE_SIDE
+) -> np.ndarray:
+    """Check a raw pixel input: uint8, ``HxWx3`` RGB. Returns it C-contiguous."""
+    if image.dtype != np.uint8:
+        raise InvalidImageError(f"raw image must be uint8, got {image.dtype}")
+    if image.ndim != 3 or image.shape[2] != 3:
+        raise InvalidImageError(f"raw image must have shape HxWx3 (RGB), got {tuple(image.shape)}")
+    check_image_size(image.shape[0], image.shape[1], max_pixels=max_pixels, min_side=min_side)
+    return np.ascontiguousarray(image)
+
+
+def letterbox(
+    image: np.ndarray,
+    size: int = DETECTOR_IMAGE_SIZE,
+    stride: int = DETECTOR_STRIDE,
+    pad_value: int = LETTERBOX_PAD_VALUE,
+) -> tuple[np.ndarray, LetterboxInfo]:
+    """YOLO letterbox as ultralytics 8.0.x ``LetterBox(auto=True)``: minimum rectangle, centred padding.
+
+    Scale ``r = min(size/h, size/w)`` (upscaling allowed), resize to ``(round(w*r), round(h*r))`` with
+    INTER_LINEAR, then pad each side to the next multiple of ``stride``; the odd pixel goes bottom/right
+    (``round(d/2 - 0.1)`` / ``round(d/2 + 0.1)``). Channel order is left as given.
+    """
+    h, w = image.shape[:2]
+    r = min(size / h, size / w)
+    new_w, new_h = int(round(w * r)), int(round(h * r))
+    dw, dh = (size - new_w) % stride / 2, (size - new_h) % stride / 2
+    if (new_w, new_h) != (w, h):
+        image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
+    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
+    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
+    return out, LetterboxInfo(input_shape=(out.shape[0], out.shape[1]), image_shape=(h, w))
+
+
+DETECTOR_CHANNEL_ORDER = "bgr"
+"""The reference hands ultralytics an RGB array, which ultralytics takes for BGR and flips: the detector network
+really sees BGR. Parity with the official pipeline needs the same order ("rgb" is what the network was trained
+on, and the setting to use once the reference is fixed)."""
+
+
+def detector_input(image_rgb: np.ndarray, channel_order: str = DETECTOR_CHANNEL_ORDER) -> tuple[np.ndarray, LetterboxInfo]:
+    """The detector's letterboxed uint8 ``HxWx3`` input in the network's channel order, and its geometry."""
+    if channel_order not in ("bgr", "rgb"):
+        raise ValueError(f"detector channel order must be 'bgr' or 'rgb', got {channel_order!r}")
+    boxed, info = letterbox(image_rgb)
+    if channel_order == "bgr":
+        boxed = np.ascontiguousarray(boxed[:, :, ::-1])
+    return boxed, info
+
+
+def encoder_input_size(height: int, width: int, long_side: int = ENCODER_IMAGE_SIZE) -> tuple[int, int]:
+    """``(newh, neww)`` of SAM's ResizeLongestSide: ``int(x * long_side / max(h, w) + 0.5)``."""
+    scale = long_side / max(height, width)
+    return int(height * scale + 0.5), int(width * scale + 0.5)
+
+
+def resize_longest_side(image: np.ndarray, long_side: int = ENCODER_IMAGE_SIZE) -> np.ndarray:
+    """SAM's ResizeLongestSide on an RGB uint8 image, with PIL bilinear (antialiased on downscale) like SAM."""
+    new_h, new_w = encoder_input_size(image.shape[0], image.shape[1], long_side)
+    if (new_h, new_w) == image.shape[:2]:
+        return np.ascontiguousarray(image)
+    return np.asarray(Image.fromarray(image).resize((new_w, new_h), Image.BILINEAR))
+
+
+def encoder_canvas(image: np.ndarray, long_side: int = ENCODER_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
+    """The image encoder's inputs: the resized image zero-padded bottom/right to ``long_side`` square (uint8,
+    ``HxWx3``), and its valid size ``[newh, neww]`` (int32). The graph normalises and re-zeroes the padding."""
+    resized = resize_longest_side(image, long_side)
+    canvas = np.zeros((long_side, long_side, 3), np.uint8)
+    canvas[: resized.shape[0], : resized.shape[1]] = resized
+    return canvas, np.array(resized.shape[:2], np.int32)

@@ -1,0 +1,259 @@
+"""The in-process PyTorch SegEvery pipeline (the oracle of the server's parity tests and the benchmark baseline),
+and SAM's 32x32 point-grid "segment everything" for the decoder comparison.
+
+It follows MobileSAMv2's ``Inference.py`` step by step with the official modules; pre/post-processing comes from
+``mobilesamv2.processing``, the one implementation shared with the server. Where the server differs on purpose
+(ONNX graphs, in-graph normalisation, a broadcast instead of a 320x repeated embedding), this file keeps the
+reference's way, so a parity test compares two independent paths through the networks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .modeling.checkpoints import DEFAULT_ENCODER, encoder_spec, load_image_encoder, load_prompt_decoder
+from .modeling.detector import ObjectAwareNetwork, load_object_aware_model
+from .modeling.sam import PromptDecoder
+from .processing import boxes as box_ops
+from .processing.image import (
+    ENCODER_IMAGE_SIZE,
+    PIXEL_MEAN,
+    PIXEL_STD,
+    encoder_input_size,
+    DETECTOR_CHANNEL_ORDER,
+    detector_input,
+    encoder_input_size,
+    resize_longest_side,
+)
+from .processing.masks import masks_to_rles, upsample_masks
+
+ChannelOrder = Literal["bgr", "rgb"]
+DECODER_BATCH = 320  # the reference decodes all boxes in batches of 320 (so: one batch)
+
+
+@dataclass
+class SegEveryResult:
+    """Boxes (xyxy, original pixels, descending detector confidence) and their masks' 256x256 logits."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    iou_predictions: np.ndarray
+    low_res_logits: np.ndarray  # (N, 256, 256) float32
+    image_size: tuple[int, int]
+    input_size: tuple[int, int]  # (newh, neww) in the 1024 encoder frame
+    timings_ms: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def masks(self) -> np.ndarray:
+        return upsample_masks(self.low_res_logits, self.input_size, self.image_size)
+
+    def rles(self) -> list[dict]:
+        return masks_to_rles(self.low_res_logits, self.input_size, self.image_size)
+
+
+class ReferencePipeline:
+    """MobileSAMv2 SegEvery in PyTorch.
+
+    >>> pipe = ReferencePipeline.from_checkpoints("weights/")            # doctest: +SKIP
+    >>> result = pipe(image_rgb)                                          # doctest: +SKIP
+    >>> result.boxes.shape, result.masks().shape                          # doctest: +SKIP
+    ((N, 4), (N, H, W))
+    """
+
+    def __init__(
+        self,
+        detector: ObjectAwareNetwork,
+        image_encoder: nn.Module,
+        decoder: PromptDecoder,
+        input_pool: int = 1,
+        channel_order: ChannelOrder = DETECTOR_CHANNEL_ORDER,
+    ) -> None:
+        self.detector = detector.eval()
+        self.image_encoder = image_encoder.eval()
+        self.prompt_encoder = decoder.prompt_encoder.eval()
+        self.mask_decoder = decoder.mask_decoder.eval()
+        self.input_pool = input_pool
+        self.channel_order = channel_order
+
+    @classmethod
+    def from_checkpoints(
+        cls, weights_dir: str | Path, encoder: str = DEFAULT_ENCODER, channel_order: ChannelOrder = DETECTOR_CHANNEL_ORDER
+    ) -> "ReferencePipeline":
+        weights_dir = Path(weights_dir)
+        spec = encoder_spec(encoder)
+        return cls(
+            detector=load_object_aware_model(weights_dir / "ObjectAwareModel.pt"),
+            image_encoder=load_image_encoder(encoder, weights_dir / spec.filename),
+            decoder=load_prompt_decoder(weights_dir / "Prompt_guided_Mask_Decoder.pt"),
+            input_pool=spec.input_pool,
+            channel_order=channel_order,
+        )
+
+    # --- stages -----------------------------------------------------------------------------------------------
+
+    @torch.inference_mode()
+    def detect(self, image_rgb: np.ndarray, **nms_settings) -> tuple[np.ndarray, np.ndarray]:
+        boxed, info = detector_input(image_rgb, self.channel_order)
+        x = torch.from_numpy(boxed).permute(2, 0, 1)[None].float() / 255.0
+        prediction = self.detector(x)[0].numpy()
+        conf = nms_settings.pop("conf_threshold", box_ops.CONF_THRESHOLD)
+        candidates = box_ops.select_candidates(prediction, conf)
+        return box_ops.finalize_detections(*candidates, info, **nms_settings)
+
+    @torch.inference_mode()
+    def encode(self, image_rgb: np.ndarray) -> torch.Tensor:
+        """SAM's ``set_image``: resize longest side, normalise, zero-pad to 1024, (halve for EfficientViT), encode."""
+        resized = torch.from_numpy(resize_longest_side(image_rgb)).permute(2, 0, 1)[None].float()
+        mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
+        std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
+        x = (resized - mean) / std
+        x = F.pad(x, (0, ENCODER_IMAGE_SIZE - x.shape[-1], 0, ENCODER_IMAGE_SIZE - x.shape[-2]))
+        if self.input_pool > 1:
+            size = ENCODER_IMAGE_SIZE // self.input_pool
+            x = F.interpolate(x, size=(size, size), mode="bilinear")
+        return self.image_encoder(x)
+
+    @torch.inference_mode()
+    def decode_boxes(self, embedding: torch.Tensor, boxes_encoder_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """All boxes as prompts, single-mask output (mask token 0), in batches of 320 like the reference."""
+        logits, ious = [], []
+        image_pe = self.prompt_encoder.get_dense_pe()
+        for start in range(0, len(boxes_encoder_frame), DECODER_BATCH):
+            boxes = torch.from_numpy(boxes_encoder_frame[start : start + DECODER_BATCH])
+            sparse, dense = self.prompt_encoder(points=None, boxes=boxes, masks=None)
+            masks, iou = self.mask_decoder(
+                image_embeddings=embedding,
+                image_pe=image_pe,
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=False,
+            )
+            logits.append(masks[:, 0].numpy())
+            ious.append(iou[:, 0].numpy())
+        if not logits:
+            return np.zeros((0, 256, 256), np.float32), np.zeros(0, np.float32)
+        return np.concatenate(logits), np.concatenate(ious)
+
+    def __call__(self, image_rgb: np.ndarray, **nms_settings) -> SegEveryResult:
+        timings: dict[str, float] = {}
+        t0 = time.perf_counter()
+        boxes, scores = self.detect(image_rgb, **nms_settings)
+        t1 = time.perf_counter()
+        embedding = self.encode(image_rgb)
+        t2 = time.perf_counter()
+        h, w = image_rgb.shape[:2]
+        logits, ious = self.decode_boxes(embedding, box_ops.boxes_to_encoder_frame(boxes, (h, w)))
+        t3 = time.perf_counter()
+        timings.update(discovery=(t1 - t0) * 1e3, encoder=(t2 - t1) * 1e3, decoder=(t3 - t2) * 1e3)
+        return SegEveryResult(
+            boxes=boxes,
+            scores=scores,
+            iou_predictions=ious,
+            low_res_logits=logits,
+            image_size=(h, w),
+            input_size=encoder_input_size(h, w),
+            timings_ms=timings,
+        )
+
+
+# --- SAM's automatic mask generator, the baseline MobileSAMv2 replaces ---------------------------------------------
+
+GRID_POINTS_PER_SIDE = 32
+GRID_POINTS_PER_BATCH = 64
+GRID_PRED_IOU_THRESHOLD = 0.88
+GRID_STABILITY_THRESHOLD = 0.95
+GRID_STABILITY_OFFSET = 1.0
+GRID_BOX_NMS_THRESHOLD = 0.7
+
+
+@dataclass
+class GridResult:
+    boxes: np.ndarray
+    scores: np.ndarray
+    decoded_masks: int
+    decoder_ms: float
+    total_ms: float
+
+
+def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = GRID_STABILITY_OFFSET) -> torch.Tensor:
+    """IoU between the masks thresholded at ``threshold + offset`` and ``threshold - offset`` (SAM's amg)."""
+    inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
+    union = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
+    return inter / union.clamp(min=1)
+
+
+def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
+    """xyxy boxes around boolean masks ``(N, H, W)``; 0 for empty masks."""
+    n, h, w = masks.shape
+    if n == 0:
+        return torch.zeros(0, 4)
+    rows, cols = masks.any(2), masks.any(1)
+    ys = torch.arange(h).expand(n, h)
+    xs = torch.arange(w).expand(n, w)
+    y2 = torch.where(rows, ys, -1).max(1).values
+    x2 = torch.where(cols, xs, -1).max(1).values
+    y1 = torch.where(rows, ys, h).min(1).values
+    x1 = torch.where(cols, xs, w).min(1).values
+    out = torch.stack([x1, y1, x2, y2], 1).float()
+    return torch.where((x2 < 0)[:, None], torch.zeros_like(out), out)
+
+
+@torch.inference_mode()
+def grid_segment_everything(pipeline: ReferencePipeline, image_rgb: np.ndarray, embedding: torch.Tensor | None = None) -> GridResult:
+    """SAM's automatic mask generator on one crop: a 32x32 point grid, 64 points per batch, 3 masks per point
+    upsampled to full resolution, predicted IoU > 0.88 and stability >= 0.95, then box NMS 0.7."""
+    t0 = time.perf_counter()
+    h, w = image_rgb.shape[:2]
+    if embedding is None:
+        embedding = pipeline.encode(image_rgb)
+    input_size = encoder_input_size(h, w)
+    offsets = (np.arange(GRID_POINTS_PER_SIDE) + 0.5) / GRID_POINTS_PER_SIDE
+    grid = np.stack(np.meshgrid(offsets, offsets), -1).reshape(-1, 2) * np.array([w, h])
+    points = box_ops.points_to_encoder_frame(grid, (h, w))
+    image_pe = pipeline.prompt_encoder.get_dense_pe()
+    keep_boxes, keep_scores, decoder_s, decoded = [], [], 0.0, 0
+    for start in range(0, len(points), GRID_POINTS_PER_BATCH):
+        coords = torch.from_numpy(points[start : start + GRID_POINTS_PER_BATCH])[:, None, :]
+        labels = torch.ones(coords.shape[:2], dtype=torch.int64)
+        td = time.perf_counter()
+        sparse, dense = pipeline.prompt_encoder(points=(coords, labels), boxes=None, masks=None)
+        low_res, iou = pipeline.mask_decoder(
+            image_embeddings=embedding,
+            image_pe=image_pe,
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+            multimask_output=True,
+        )
+        decoder_s += time.perf_counter() - td
+        decoded += low_res.shape[0] * low_res.shape[1]
+        low_res, iou = low_res.flatten(0, 1), iou.flatten()
+        keep = iou > GRID_PRED_IOU_THRESHOLD
+        low_res, iou = low_res[keep], iou[keep]
+        if len(iou) == 0:
+            continue
+        up = F.interpolate(low_res[:, None], (ENCODER_IMAGE_SIZE, ENCODER_IMAGE_SIZE), mode="bilinear", align_corners=False)
+        up = F.interpolate(up[..., : input_size[0], : input_size[1]], (h, w), mode="bilinear", align_corners=False)[:, 0]
+        keep = stability_score(up) >= GRID_STABILITY_THRESHOLD
+        if keep.any():
+            keep_boxes.append(masks_to_boxes(up[keep] > 0))
+            keep_scores.append(iou[keep])
+    boxes = torch.cat(keep_boxes) if keep_boxes else torch.zeros(0, 4)
+    scores = torch.cat(keep_scores) if keep_scores else torch.zeros(0)
+    keep = box_ops.non_max_suppression(boxes.numpy(), scores.numpy(), None, GRID_BOX_NMS_THRESHOLD, max_detections=len(boxes) or 1)
+    return GridResult(
+        boxes=boxes.numpy()[keep],
+        scores=scores.numpy()[keep],
+        decoded_masks=decoded,
+        decoder_ms=decoder_s * 1e3,
+        total_ms=(time.perf_counter() - t0) * 1e3,
+    )

@@ -1,0 +1,1 @@
+"""Serving side: a local Triton launcher and the Python-based backends it installs."""

@@ -1,0 +1,275 @@
+"""Python-based Triton backend named ``onnxruntime``: runs ``model.onnx`` with ONNX Runtime on CPU.
+
+Installed as ``<backend-directory>/onnxruntime/model.py``, it serves every model whose ``config.pbtxt``
+says ``backend: "onnxruntime"``: the same repository that NVIDIA's container serves with its C++ ONNX Runtime
+backend runs unchanged on the pip-installed tritonserver, which ships no ONNX Runtime backend.
+
+Config ``parameters`` read here (all optional, string values):
+    intra_op_thread_count, inter_op_thread_count   ORT thread pools (0 = ORT decides; default for intra:
+                                                   $OMP_NUM_THREADS if set, else 0)
+    execution_mode                                 0 sequential (default), 1 parallel
+    graph_optimization_level                       0 none, 1 basic, 2 extended, 99 all (default)
+    enable_mem_pattern, enable_cpu_mem_arena       "true"/"false" (default true)
+    max_rows_per_run                               run at most this many rows of axis 0 per ORT call and
+                                                   concatenate the outputs (bounds CPU memory of huge batches)
+    sliced_inputs                                  comma-separated inputs that max_rows_per_run slices; they
+                                                   must share their axis-0 length (default: all inputs when
+                                                   max_batch_size > 0; required when max_batch_size is 0)
+The C++ backend ignores max_rows_per_run and sliced_inputs, so a config stays valid in NVIDIA's container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+_ORT_TO_NUMPY: dict[str, type] = {
+    "tensor(float)": np.float32,
+    "tensor(float16)": np.float16,
+    "tensor(double)": np.float64,
+    "tensor(int8)": np.int8,
+    "tensor(int16)": np.int16,
+    "tensor(int32)": np.int32,
+    "tensor(int64)": np.int64,
+    "tensor(uint8)": np.uint8,
+    "tensor(uint16)": np.uint16,
+    "tensor(uint32)": np.uint32,
+    "tensor(uint64)": np.uint64,
+    "tensor(bool)": np.bool_,
+    "tensor(string)": np.object_,
+}
+_GRAPH_LEVELS = {
+    0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+    2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+    99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
+}
+
+
+class BadRequest(ValueError):
+    """A request whose inputs do not fit the model; answered with INVALID_ARG."""
+
+
+def _param(config: dict[str, Any], key: str, default: str | None = None) -> str | None:
+    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
+    return value.strip() if value.strip() else default
+
+
+def _flag(value: str) -> bool:
+    return value.lower() in ("1", "true", "yes", "on")
+
+
+def _session_options(config: dict[str, Any]) -> tuple[ort.SessionOptions, dict[str, Any]]:
+    """SessionOptions from the config parameters, plus the effective settings for the log."""
+    settings = {
+        "intra_op_thread_count": int(
+            _param(config, "intra_op_thread_count", os.environ.get("OMP_NUM_THREADS", "0"))
+        ),
+        "inter_op_thread_count": int(_param(config, "inter_op_thread_count", "0")),
+        "execution_mode": int(_param(config, "execution_mode", "0")),
+        "graph_optimization_level": int(_param(config, "graph_optimization_level", "99")),
+        "enable_mem_pattern": _flag(_param(config, "enable_mem_pattern", "true")),
+        "enable_cpu_mem_arena": _flag(_param(config, "enable_cpu_mem_arena", "true")),
+    }
+    if settings["graph_optimization_level"] not in _GRAPH_LEVELS:
+        raise ValueError(f"graph_optimization_level must be one of {sorted(_GRAPH_LEVELS)}")
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings["intra_op_thread_count"]
+    options.inter_op_num_threads = settings["inter_op_thread_count"]
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if settings["execution_mode"] == 1
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.graph_optimization_level = _GRAPH_LEVELS[settings["graph_optimization_level"]]
+    options.enable_mem_pattern = settings["enable_mem_pattern"]
+    options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
+    return options, settings
+
+
+def _error(message: str, code: int) -> pb_utils.InferenceResponse:
+    return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
+
+
+class TritonPythonModel:
+    """Serves one ONNX model; batches compatible requests into one ORT call."""
+
+    def initialize(self, args: dict[str, str]) -> None:
+        config = json.loads(args["model_config"])
+        self.name: str = config["name"]
+        filename = config.get("default_model_filename") or "model.onnx"
+        if filename.endswith(".py"):  # the python backend's own default, not an ONNX file
+            filename = "model.onnx"
+        path = os.path.join(args["model_repository"], args["model_version"], filename)
+        if not os.path.isfile(path):
+            raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
+
+        options, settings = _session_options(config)
+        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        self.max_batch_size = int(config.get("max_batch_size", 0))
+        self._check_io(config)
+
+        self.max_rows_per_run = int(_param(config, "max_rows_per_run", "0"))
+        sliced = _param(config, "sliced_inputs")
+        self.sliced_inputs = [n.strip() for n in sliced.split(",")] if sliced else []
+        if self.max_rows_per_run > 0 and not self.sliced_inputs:
+            if self.max_batch_size == 0:
+                raise pb_utils.TritonModelException(
+                    f"{self.name}: max_rows_per_run needs parameter sliced_inputs when max_batch_size is 0"
+                )
+            self.sliced_inputs = list(self.inputs)
+        unknown = [n for n in self.sliced_inputs if n not in self.inputs]
+        if unknown:
+            raise pb_utils.TritonModelException(f"{self.name}: sliced_inputs {unknown} are not config inputs")
+
+        settings.update(
+            max_rows_per_run=self.max_rows_per_run or None, sliced_inputs=self.sliced_inputs or None
+        )
+        pb_utils.Logger.log_info(
+            f"onnxruntime(python) {self.name}: {path} on CPUExecutionProvider, {settings}"
+        )
+
+    def _check_io(self, config: dict[str, Any]) -> None:
+        """Match config inputs/outputs to the graph; keep each input's dtype and expected full shape."""
+        graph_inputs = {node.name: node for node in self.session.get_inputs()}
+        graph_outputs = {node.name: node for node in self.session.get_outputs()}
+        problems: list[str] = []
+        self.inputs: dict[str, tuple[np.dtype, str, list[int]]] = {}
+        for entry in config.get("input", []):
+            name, triton_type = entry["name"], entry["data_type"]
+            node = graph_inputs.get(name)
+            if node is None:
+                problems.append(
+                    f"config input '{name}' is not a graph input (graph inputs: {sorted(graph_inputs)})"
+                )
+                continue
+            dtype = np.dtype(pb_utils.triton_string_to_numpy(triton_type))
+            if np.dtype(_ORT_TO_NUMPY.get(node.type, np.void)) != dtype:
+                problems.append(f"input '{name}' is {triton_type} in the config but {node.type} in the graph")
+            dims = [int(d) for d in entry.get("dims", [])]
+            shape = ([-1] if self.max_batch_size > 0 else []) + dims
+            if len(shape) != len(node.shape):
+                problems.append(
+                    f"input '{name}' has rank {len(shape)} in the config but {len(node.shape)} in the graph"
+                )
+                continue
+            # The graph may fix a dimension the config leaves variable: check it here, not deep inside ORT.
+            shape = [
+                g if c == -1 and isinstance(g, int) and g > 0 else c
+                for c, g in zip(shape, node.shape, strict=True)
+            ]
+            self.inputs[name] = (dtype, triton_type, shape)
+        configured = {entry["name"] for entry in config.get("input", [])}
+        problems += [
+            f"graph input '{n}' is missing from the config inputs"
+            for n in graph_inputs
+            if n not in configured
+        ]
+        self.outputs = [entry["name"] for entry in config.get("output", [])]
+        problems += [
+            f"config output '{n}' is not a graph output (graph outputs: {sorted(graph_outputs)})"
+            for n in self.outputs
+            if n not in graph_outputs
+        ]
+        if problems:
+            raise pb_utils.TritonModelException(
+                f"{self.name}: config does not match the ONNX graph: " + "; ".join(problems)
+            )
+
+    def _read_inputs(self, request: Any) -> dict[str, np.ndarray]:
+        feeds: dict[str, np.ndarray] = {}
+        for name, (dtype, triton_type, shape) in self.inputs.items():
+            tensor = pb_utils.get_input_tensor_by_name(request, name)
+            if tensor is None:
+                raise BadRequest(f"{self.name}: missing input '{name}'")
+            array = tensor.as_numpy()
+            if array.dtype != dtype:
+                raise BadRequest(
+                    f"{self.name}: input '{name}' must be {triton_type} ({dtype}), got {array.dtype}"
+                )
+            if array.ndim != len(shape) or any(
+                e not in (-1, a) for e, a in zip(shape, array.shape, strict=True)
+            ):
+                raise BadRequest(
+                    f"{self.name}: input '{name}' must have shape {shape}, got {list(array.shape)}"
+                )
+            feeds[name] = array
+        rows = {feeds[n].shape[0] for n in (self.inputs if self.max_batch_size > 0 else self.sliced_inputs)}
+        if len(rows) > 1:
+            which = "batched inputs" if self.max_batch_size > 0 else f"sliced inputs {self.sliced_inputs}"
+            raise BadRequest(f"{self.name}: {which} must share their axis-0 length, got {sorted(rows)}")
+        return feeds
+
+    def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
+        """One ORT call, or several of at most max_rows_per_run rows whose outputs are concatenated."""
+        rows = feeds[self.sliced_inputs[0]].shape[0] if self.sliced_inputs else 0
+        step = self.max_rows_per_run
+        if step <= 0 or rows <= step:
+            return self.session.run(outputs, feeds)
+        parts = []
+        for start in range(0, rows, step):
+            chunk = {n: a[start : start + step] if n in self.sliced_inputs else a for n, a in feeds.items()}
+            parts.append(self.session.run(outputs, chunk))
+        return [np.concatenate(pieces, axis=0) for pieces in zip(*parts, strict=True)]
+
+    def execute(self, requests: list[Any]) -> list[pb_utils.InferenceResponse]:
+        responses: list[pb_utils.InferenceResponse | None] = [None] * len(requests)
+        # Triton's dynamic batcher hands over several requests; only same-shaped ones can share one ORT call
+        # (ragged batching may mix shapes), and a bad request is answered alone.
+        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], list[str]]]] = {}
+        for index, request in enumerate(requests):
+            try:
+                feeds = self._read_inputs(request)
+            except BadRequest as exc:
+                responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+                continue
+            wanted = list(request.requested_output_names()) or self.outputs
+            key = tuple((n, a.shape[1:]) for n, a in feeds.items()) if self.max_batch_size > 0 else (index,)
+            groups.setdefault(key, []).append((index, feeds, wanted))
+
+        for members in groups.values():
+            for index, response in self._run_group(members):
+                responses[index] = response
+        return responses
+
+    def _run_group(
+        self, members: list[tuple[int, dict[str, np.ndarray], list[str]]]
+    ) -> list[tuple[int, pb_utils.InferenceResponse]]:
+        names = [n for n in self.outputs if any(n in wanted for _, _, wanted in members)]
+        if len(members) == 1:
+            feeds = members[0][1]
+        else:
+            feeds = {n: np.concatenate([m[1][n] for m in members], axis=0) for n in self.inputs}
+        try:
+            results = dict(zip(names, self._run(feeds, names), strict=True))
+        except Exception as exc:  # ORT failures (shape inference, OOM, ...) are the server's fault
+            message = f"{self.name}: onnxruntime failed: {exc}"
+            return [(index, _error(message, pb_utils.TritonError.INTERNAL)) for index, _, _ in members]
+
+        if len(members) == 1:
+            pieces = {n: [a] for n, a in results.items()}
+        else:
+            sizes = [next(iter(m[1].values())).shape[0] for m in members]
+            bad = [n for n, a in results.items() if a.shape[:1] != (sum(sizes),)]
+            if bad:
+                message = (
+                    f"{self.name}: outputs {bad} do not have one row per batch row; cannot split the batch"
+                )
+                return [(index, _error(message, pb_utils.TritonError.INTERNAL)) for index, _, _ in members]
+            cuts = np.cumsum(sizes)[:-1]
+            pieces = {n: np.split(a, cuts, axis=0) for n, a in results.items()}
+        return [
+            (
+                index,
+                pb_utils.InferenceResponse([pb_utils.Tensor(n, pieces[n][i]) for n in names if n in wanted]),
+            )
+            for i, (index, _, wanted) in enumerate(members)
+        ]
+
+    def finalize(self) -> None:
+        self.session = None

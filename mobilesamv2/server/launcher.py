@@ -1,0 +1,355 @@
+"""Start the tritonserver that ships in the ``nvidia-pytriton`` wheel on a model repository.
+
+The wheel holds a real Triton (2.51) with only the Python backend. This module assembles a backend
+directory under ``work/triton/backends/``: ``python/`` (the backend library, its utils and the stub built for
+the running Python) plus every Python-based backend in ``mobilesamv2/server/backends/<name>/model.py``,
+among them ``onnxruntime``, which serves ``backend: "onnxruntime"`` models the way NVIDIA's container does in
+C++.
+
+>>> with TritonServer("model_repository") as server:  # doctest: +SKIP
+...     print(server.http_url)
+127.0.0.1:40123
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from types import TracebackType
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+WORK_DIR = REPO_ROOT / "work"
+BACKENDS_SOURCE = Path(__file__).resolve().parent / "backends"
+DEFAULT_BACKEND_DIR = WORK_DIR / "triton" / "backends"
+DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+def find_pytriton() -> Path:
+    """Directory of the installed ``pytriton`` package (holds ``tritonserver/``)."""
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("nvidia-pytriton is not installed: pip install 'nvidia-pytriton==0.7.0'")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
+def _install(source: Path, target: Path) -> None:
+    # Copy beside the target, then rename: another server may be running the old stub right now, and
+    # overwriting an executing file in place fails ("Text file busy").
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.{os.getpid()}.{threading.get_ident()}")
+    shutil.copy2(source, tmp)
+    os.replace(tmp, target)
+
+
+def assemble_backend_directory(target: Path = DEFAULT_BACKEND_DIR) -> Path:
+    """Fill ``target`` with the Python backend for this interpreter and the project's Python backends."""
+    pytriton = find_pytriton()
+    python_backend = pytriton / "tritonserver" / "backends" / "python"
+    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    stub = pytriton / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
+    if not stub.is_file():
+        raise RuntimeError(f"pytriton ships no Python backend stub for Python {version}: {stub}")
+    # The Python backend looks for its stub only next to libtriton_python.so.
+    for source in (
+        python_backend / "libtriton_python.so",
+        python_backend / "triton_python_backend_utils.py",
+        stub,
+    ):
+        _install(source, target / "python" / source.name)
+    for model_py in sorted(BACKENDS_SOURCE.glob("*/model.py")):
+        _install(model_py, target / model_py.parent.name / "model.py")
+    return target
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port that was free a moment ago (the usual race applies)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _tail(path: Path, lines: int = 40) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"
+
+
+class TritonServer:
+    """A local tritonserver process; use as a context manager or call ``start()``/``stop()``.
+
+    Ports left as ``None`` are picked free. The server log goes to ``log_path`` (default ``work/logs/``).
+    ``env`` entries override the inherited environment (e.g. ``{"OMP_NUM_THREADS": "1"}``).
+    """
+
+    def __init__(
+        self,
+        model_repository: str | os.PathLike[str],
+        *,
+        host: str = "127.0.0.1",
+        http_port: int | None = None,
+        grpc_port: int | None = None,
+        metrics_port: int | None = None,
+        log_verbose: int = 0,
+        extra_args: Sequence[str] = (),
+        env: Mapping[str, str] | None = None,
+        startup_timeout: float = 180.0,
+        exit_timeout_s: int = 10,
+        log_path: str | os.PathLike[str] | None = None,
+        backend_directory: str | os.PathLike[str] | None = None,
+    ) -> None:
+        self.model_repository = Path(model_repository).resolve()
+        self.host = host
+        ports: list[int] = []
+        for port in (http_port, grpc_port, metrics_port):
+            while port is None or port in ports:  # three distinct ports
+                port = free_port(host)
+            ports.append(port)
+        self.http_port, self.grpc_port, self.metrics_port = ports
+        self.log_verbose = log_verbose
+        self.extra_args = list(extra_args)
+        self.env = dict(env or {})
+        self.startup_timeout = startup_timeout
+        self.exit_timeout_s = exit_timeout_s
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self._log_path = Path(
+            log_path or WORK_DIR / "logs" / f"tritonserver-{stamp}-{self.http_port}.log"
+        ).resolve()
+        self.backend_directory = Path(backend_directory or DEFAULT_BACKEND_DIR).resolve()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    # -- endpoints ---------------------------------------------------------------------------------------
+    @property
+    def http_url(self) -> str:
+        return f"{self.host}:{self.http_port}"
+
+    @property
+    def grpc_url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    @property
+    def metrics_url(self) -> str:
+        return f"{self.host}:{self.metrics_port}"
+
+    @property
+    def log_path(self) -> Path:
+        return self._log_path
+
+    @property
+    def pid(self) -> int | None:
+        return self._process.pid if self._process else None
+
+    def is_running(self) -> bool:
+        return self._process is not None and self._process.poll() is None
+
+    # -- lifecycle ---------------------------------------------------------------------------------------
+    def command(self) -> list[str]:
+        """The tritonserver command line."""
+        binary = find_pytriton() / "tritonserver" / "bin" / "tritonserver"
+        return [
+            str(binary),
+            f"--model-repository={self.model_repository}",
+            f"--backend-directory={self.backend_directory}",
+            f"--http-address={self.host}",
+            f"--grpc-address={self.host}",
+            f"--metrics-address={self.host}",
+            f"--http-port={self.http_port}",
+            f"--grpc-port={self.grpc_port}",
+            f"--metrics-port={self.metrics_port}",
+            "--allow-gpu-metrics=false",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            f"--log-verbose={self.log_verbose}",
+            *self.extra_args,
+        ]
+
+    def environment(self) -> dict[str, str]:
+        """Environment of the server and, through it, of every Python stub."""
+        env = dict(os.environ)
+        libs = find_pytriton().parent / "nvidia_pytriton.libs"
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+        # The stub runs Python in isolated mode (PYTHONPATH ignored) and takes its environment from the
+        # first python on PATH: put this venv's bin/ first so the models import what this venv has.
+        venv_bin = str(Path(sys.executable).parent)
+        env["PATH"] = os.pathsep.join(p for p in (venv_bin, env.get("PATH")) if p)
+        env.pop("PYTHONHOME", None)
+        env.update(
+            YOLO_OFFLINE="1",
+            YOLO_AUTOINSTALL="False",
+            YOLO_CONFIG_DIR=str(WORK_DIR / "ultralytics"),
+            PYTHONIOENCODING="utf-8",
+        )
+        env.update(self.env)
+        return env
+
+    def start(self, wait: bool = True) -> TritonServer:
+        """Launch the server; with ``wait`` block until it reports ready."""
+        if self._process is not None:
+            raise RuntimeError("server already started")
+        if not self.model_repository.is_dir():
+            raise FileNotFoundError(f"model repository not found: {self.model_repository}")
+        assemble_backend_directory(self.backend_directory)
+        self._log_path.parent.mkdir(parents=True, exist_ok=True)
+        (WORK_DIR / "ultralytics").mkdir(parents=True, exist_ok=True)
+        with open(self._log_path, "ab") as log:
+            # Own session: a Ctrl-C in the terminal reaches only the launcher, which then stops the server.
+            self._process = subprocess.Popen(
+                self.command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                env=self.environment(),
+                start_new_session=True,
+            )
+        if wait:
+            try:
+                self.wait_until_ready()
+            except BaseException:
+                self.stop()
+                raise
+        return self
+
+    def wait_until_ready(self, timeout: float | None = None) -> None:
+        """Poll ``/v2/health/ready``; raise if the process exits or ``timeout`` passes first."""
+        if self._process is None:
+            raise RuntimeError("server not started")
+        deadline = time.monotonic() + (self.startup_timeout if timeout is None else timeout)
+        url = f"http://{self.http_url}/v2/health/ready"
+        while True:
+            code = self._process.poll()
+            if code is not None:
+                raise RuntimeError(
+                    f"tritonserver exited with code {code} during startup; log {self._log_path}:\n"
+                    f"{_tail(self._log_path)}"
+                )
+            try:
+                with urllib.request.urlopen(url, timeout=1.0) as response:
+                    if response.status == 200:
+                        return
+            except (urllib.error.URLError, OSError):
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(
+                    f"tritonserver not ready after {self.startup_timeout:.0f} s; log {self._log_path}:\n"
+                    f"{_tail(self._log_path)}"
+                )
+            time.sleep(0.1)
+
+    def stop(self, timeout: float | None = None) -> int | None:
+        """SIGTERM (Triton drains in-flight requests), wait, then SIGKILL; returns the exit code."""
+        process = self._process
+        if process is None:
+            return None
+        if process.poll() is None:
+            process.send_signal(signal.SIGTERM)
+            try:
+                process.wait(timeout=self.exit_timeout_s + 5 if timeout is None else timeout)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                process.wait()
+        return process.returncode
+
+    def __enter__(self) -> TritonServer:
+        if self._process is None:
+            self.start()
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+def _build_repository(repository: Path) -> None:
+    """Export the ONNX models into ``repository`` (mobilesamv2.export.cli) when they are missing."""
+    if (repository / "image_encoder" / "1" / "model.onnx").is_file():
+        return
+    command = [sys.executable, "-m", "mobilesamv2.export.cli", "--out", str(repository)]
+    print(f"model repository incomplete, building it: {' '.join(command)}", flush=True)
+    if subprocess.run(command, cwd=REPO_ROOT).returncode != 0:
+        raise SystemExit(
+            f"building the model repository {repository} failed (command above); fix it or use --no-build"
+        )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``mobilesamv2-serve``: build the repository if needed, start Triton, serve until Ctrl-C/SIGTERM."""
+    parser = argparse.ArgumentParser(prog="mobilesamv2-serve", description=main.__doc__)
+    parser.add_argument("--model-repository", type=Path, default=DEFAULT_MODEL_REPOSITORY)
+    parser.add_argument("--host", default="127.0.0.1", help="address all endpoints bind to")
+    parser.add_argument("--http-port", type=int, default=8000, help="0 picks a free port")
+    parser.add_argument("--grpc-port", type=int, default=8001, help="0 picks a free port")
+    parser.add_argument("--metrics-port", type=int, default=8002, help="0 picks a free port")
+    parser.add_argument(
+        "--build-if-missing",
+        dest="build",
+        action="store_true",
+        default=True,
+        help="export the ONNX models first if image_encoder/1/model.onnx is missing (default)",
+    )
+    parser.add_argument("--no-build", dest="build", action="store_false", help="never run the export step")
+    parser.add_argument("--log-verbose", type=int, default=0)
+    parser.add_argument("--log-file", type=Path, default=None, help="server log (default: work/logs/...)")
+    parser.add_argument("--startup-timeout", type=float, default=300.0)
+    parser.add_argument("--exit-timeout-secs", type=int, default=10, help="how long SIGTERM drains requests")
+    args = parser.parse_args(argv)
+
+    repository = args.model_repository.resolve()
+    if args.build:
+        _build_repository(repository)
+    stop_requested = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop_requested.set())
+    server = TritonServer(
+        repository,
+        host=args.host,
+        http_port=args.http_port or None,
+        grpc_port=args.grpc_port or None,
+        metrics_port=args.metrics_port or None,
+        log_verbose=args.log_verbose,
+        startup_timeout=args.startup_timeout,
+        exit_timeout_s=args.exit_timeout_secs,
+        log_path=args.log_file,
+    )
+    try:
+        server.start()
+    except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+        print(f"mobilesamv2-serve: {exc}", file=sys.stderr)
+        return 1
+    print(
+        f"Triton ready (pid {server.pid}), model repository {repository}\n"
+        f"  http:    {server.http_url}\n"
+        f"  grpc:    {server.grpc_url}\n"
+        f"  metrics: {server.metrics_url}\n"
+        f"  log:     {server.log_path}\n"
+        "Ctrl-C or SIGTERM stops it.",
+        flush=True,
+    )
+    code = 0
+    while not stop_requested.wait(1.0):
+        if not server.is_running():
+            print(
+                f"mobilesamv2-serve: tritonserver died; log {server.log_path}:\n{_tail(server.log_path)}",
+                file=sys.stderr,
+            )
+            code = 1
+            break
+    server.stop()
+    print("mobilesamv2-serve: stopped", flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

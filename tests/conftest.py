@@ -1,0 +1,80 @@
+"""Shared fixtures: official-format random-weight checkpoints, a built model repository, a real tritonserver.
+
+Everything heavy is made once per session under ``work/test-cache`` (gitignored) and reused by later runs when
+the inputs are unchanged (the build's fingerprint check), so a second ``pytest`` run starts in seconds.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+CACHE = REPO_ROOT / "work" / "test-cache"
+
+os.environ.setdefault("YOLO_OFFLINE", "1")
+os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / "work" / "ultralytics"))
+
+
+def read_rgb(path: Path) -> np.ndarray:
+    return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
+
+
+@pytest.fixture(scope="session")
+def sample_images() -> list[Path]:
+    from mobilesamv2.assets import sample_images as images
+
+    return images()
+
+
+@pytest.fixture(scope="session")
+def bus_rgb(sample_images) -> np.ndarray:
+    return read_rgb(next(p for p in sample_images if p.name == "bus.jpg"))
+
+
+@pytest.fixture(scope="session")
+def fake_weights() -> Path:
+    """Seeded random weights for all five official files (ViT-H at depth 2)."""
+    from mobilesamv2.fake_checkpoints import FILENAMES, write_all
+
+    out = CACHE / "weights"
+    if not all((out / name).is_file() for name in FILENAMES.values()):
+        write_all(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def built_repository(fake_weights) -> Path:
+    """The model repository built from the fake weights with the default encoder (EfficientViT-L2)."""
+    from mobilesamv2.export.cli import build_repository
+
+    out = CACHE / "model_repository"
+    build_repository(fake_weights, "fake", "efficientvit_l2", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def reference_pipeline(fake_weights):
+    from mobilesamv2.reference import ReferencePipeline
+
+    return ReferencePipeline.from_checkpoints(fake_weights, encoder="efficientvit_l2")
+
+
+@pytest.fixture(scope="session")
+def triton_server(built_repository):
+    """A real tritonserver (pip-installed 2.51) serving the built repository on free ports."""
+    from mobilesamv2.server.launcher import TritonServer
+
+    server = TritonServer(
+        built_repository,
+        log_path=REPO_ROOT / "work" / "logs" / "pytest-tritonserver.log",
+        startup_timeout=300,
+    )
+    server.start()
+    yield server
+    server.stop()
