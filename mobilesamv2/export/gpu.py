@@ -215,7 +215,8 @@ def gpu_model_config(
 
 
 def write_gpu_repository(cpu_repo: Path, out: Path, **settings) -> list[Path]:
-    """Copy every model of ``cpu_repo`` (configs, Python files, ONNX files) to ``out`` with GPU configs.
+    """Copy every model of ``cpu_repo`` (configs, Python files, ONNX files) and its top-level files to ``out``,
+    with GPU configs.
 
     Each ``out/<model>`` folder is replaced whole; other folders in ``out`` are left alone. TensorRT models keep
     their ``1/model.onnx``: the container's entrypoint builds ``model.plan`` from it on the GPU it runs on.
@@ -228,6 +229,9 @@ def write_gpu_repository(cpu_repo: Path, out: Path, **settings) -> list[Path]:
     if not models:
         raise FileNotFoundError(f"{cpu_repo}: no <model>/config.pbtxt found")
     out.mkdir(parents=True, exist_ok=True)
+    for path in cpu_repo.iterdir():  # BUILD_INFO.json & co.; Triton only looks at folders
+        if path.is_file():
+            shutil.copy2(path, out / path.name)
     written = []
     for model in models:
         target = out / model.name

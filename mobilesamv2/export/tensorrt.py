@@ -419,3 +419,28 @@ def cache_entry_state(entry: Path, gpu: GpuInfo, trt_version: str, onnx_sha256: 
     except (OSError, ValueError, KeyError, TypeError):
         return "corrupt"
     return "hit"
+
+
+# --- reading a GPU config without protobuf (the entrypoint's Python has none) --------------------------------------
+
+# Only model parameters have a key with a ``string_value`` (warm-up inputs have data types, accelerator
+# parameters plain strings).
+_STRING_PARAMETER = re.compile(r'key:\s*"(?P<key>[^"]+)"\s*,?\s*value\s*:?\s*\{\s*string_value:\s*"(?P<value>[^"]*)"')
+_GENERATED_BUILD_PARAMETER = re.compile(
+    r'parameters \{\n  key: "engine_build_[a-z0-9_]+"\n  value \{\n    string_value: "[^"]*"\n  \}\n\}\n'
+)
+
+
+def config_string_parameters(config_text: str) -> dict[str, str]:
+    """``parameters`` with string values of a ``config.pbtxt`` (generated or hand-written list form)."""
+    return {m.group("key"): m.group("value") for m in _STRING_PARAMETER.finditer(config_text)}
+
+
+def is_tensorrt_config(config_text: str) -> bool:
+    return bool(re.search(r'^\s*(platform:\s*"tensorrt_plan"|backend:\s*"tensorrt")', config_text, re.MULTILINE))
+
+
+def strip_build_parameters(config_text: str) -> str:
+    """The config without the ``engine_build_*`` parameters (as written by ``mobilesamv2.export.gpu``): the
+    served config carries only what Triton's TensorRT backend reads."""
+    return _GENERATED_BUILD_PARAMETER.sub("", config_text)

@@ -64,15 +64,16 @@ def decode_image(
     """
     if not data:
         raise InvalidImageError("image is empty (0 bytes)")
+    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our limit applies, with a better message
     try:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
-    except Image.DecompressionBombError as exc:  # PIL's own guard fires at ~179 MP, before ours
-        raise InvalidImageError(f"image too large: {exc}") from None
     except Exception:
         raise InvalidImageError(
             f"data is not a recognised image ({len(data)} bytes); expected one of {', '.join(SUPPORTED_FORMATS)}"
         ) from None
+    finally:
+        Image.MAX_IMAGE_PIXELS = pil_limit
     if fmt not in SUPPORTED_FORMATS:
         raise InvalidImageError(f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}")
     check_image_size(height, width, max_pixels=max_pixels, min_side=min_side)

@@ -1,0 +1,62 @@
+# MobileSAMv2 "segment everything" on NVIDIA Triton, GPU image.
+#
+#   mobilesamv2-build --weights weights/official --out model_repository              # ONNX files (CPU repository)
+#   mobilesamv2-build --target gpu --cpu-repo model_repository --out model_repository_gpu
+#   docker build -t mobilesamv2-triton:0.1.0 .                                        # models baked in
+#   docker build --target runtime -t mobilesamv2-triton:0.1.0-runtime .               # models from a volume
+#   docker run --gpus=1 -p 8000-8002:8000-8002 -v mobilesamv2-engines:/var/cache/mobilesamv2/engines \
+#       mobilesamv2-triton:0.1.0
+#
+# Base: 24.10 ships Triton 2.51.0, the server the test suite runs (nvidia-pytriton 0.7.0 bundles 2.51.0), so
+# what the tests verify (Python backend, BLS, configs) is what runs here; it brings TensorRT 10.5, CUDA 12.6,
+# cuDNN 9.5 and Python 3.10, and needs an NVIDIA driver >= 560 (or a data-centre driver with forward
+# compatibility). Move the tag and deploy/docker/requirements.txt together.
+# For reproducible builds pin the digest as well: FROM nvcr.io/nvidia/tritonserver:24.10-py3@sha256:<digest>.
+FROM nvcr.io/nvidia/tritonserver:24.10-py3 AS runtime
+
+ARG APP_UID=10001
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    MODEL_REPOSITORY=/opt/mobilesamv2/model_repository \
+    ENGINE_CACHE_DIR=/var/cache/mobilesamv2/engines \
+    RUNTIME_MODEL_REPOSITORY=/tmp/mobilesamv2/model_repository
+
+SHELL ["/bin/bash", "-o", "pipefail", "-c"]
+
+# Server-side dependencies only: what the Python models and the entrypoint import (no torch, no ultralytics).
+COPY deploy/docker/requirements.txt /tmp/requirements.txt
+RUN python3 -m pip install --no-cache-dir -r /tmp/requirements.txt && rm /tmp/requirements.txt
+
+# The package (pre/post-processing the Python models import, and the engine-build helpers). The image's Python
+# is 3.10; the server-side code runs there, hence --ignore-requires-python; its dependencies are pinned above.
+WORKDIR /opt/mobilesamv2/src
+COPY pyproject.toml README.md ./
+COPY client/ client/
+COPY mobilesamv2/ mobilesamv2/
+RUN python3 -m pip install --no-cache-dir --no-deps --ignore-requires-python . \
+    && rm -rf /opt/mobilesamv2/src
+
+COPY deploy/docker/entrypoint.py /opt/mobilesamv2/entrypoint.py
+
+# Non-root: the engine cache and the runtime repository are the only places the server writes to.
+RUN groupadd --gid "${APP_UID}" mobilesamv2 \
+    && useradd --no-log-init --uid "${APP_UID}" --gid "${APP_UID}" --create-home --shell /usr/sbin/nologin mobilesamv2 \
+    && mkdir -p /opt/mobilesamv2/model_repository "${ENGINE_CACHE_DIR}" /tmp/mobilesamv2 \
+    && chown -R mobilesamv2:mobilesamv2 "${ENGINE_CACHE_DIR}" /tmp/mobilesamv2
+USER ${APP_UID}:${APP_UID}
+WORKDIR /opt/mobilesamv2
+
+EXPOSE 8000 8001 8002
+# The first start on a GPU type builds the TensorRT engines (minutes): failures do not count during start-period.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 \
+    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
+# NVIDIA's entrypoint checks the driver and prints the banner, then execs ours, which execs tritonserver.
+# Arguments after the image name are tritonserver options (e.g. --log-verbose=1).
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/mobilesamv2/entrypoint.py"]
+
+# Default target: the GPU model repository (mobilesamv2-build --target gpu) baked into the image, owned by root
+# and read-only for the server.
+FROM runtime AS baked
+COPY model_repository_gpu/ /opt/mobilesamv2/model_repository/

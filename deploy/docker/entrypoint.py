@@ -1,0 +1,382 @@
+"""Container entrypoint: build the TensorRT engines for the GPU this container runs on, then exec tritonserver.
+
+TensorRT plans are specific to a GPU model (compute capability) and a TensorRT version, so they are built at
+start from the ONNX files of the GPU model repository (``mobilesamv2.export.gpu``) into a cache volume, keyed by
+GPU name, compute capability, TensorRT version, the ONNX file's SHA-256 and the build settings of the model's
+config. A complete cached engine is reused; a missing, foreign or damaged one (its plan's checksum is in
+``engine.json``) is rebuilt. Builds of one GPU type hold a lock in the cache, so pods that share the volume
+build each engine once.
+
+Triton then serves a runtime repository (``--runtime-repository``, a writable scratch folder) that links the
+models of ``--model-repository`` and the cached plans.
+
+    python3 entrypoint.py [--dry-run | --build-only] [entrypoint options] [tritonserver options]
+
+Options it does not know go to tritonserver unchanged. ``--dry-run`` prints the decisions and the commands as
+JSON and runs nothing but the GPU / TensorRT queries. Runs on the container's Python (3.10).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from mobilesamv2.export.tensorrt import (
+    ENGINE_META,
+    ONNX_FILENAME,
+    PLAN_FILENAME,
+    EngineBuild,
+    GpuInfo,
+    cache_entry_state,
+    config_string_parameters,
+    engine_cache_key,
+    engine_metadata,
+    is_tensorrt_config,
+    parse_nvidia_smi,
+    parse_tensorrt_version,
+    sha256_file,
+    strip_build_parameters,
+)
+
+DEFAULT_MODEL_REPOSITORY = "/opt/mobilesamv2/model_repository"
+DEFAULT_ENGINE_CACHE = "/var/cache/mobilesamv2/engines"
+DEFAULT_RUNTIME_REPOSITORY = "/tmp/mobilesamv2/model_repository"
+TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
+NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
+RUNTIME_MARKER = ".mobilesamv2-runtime-repository"
+#: tritonserver options the entrypoint sets unless the caller passes them.
+DEFAULT_SERVER_ARGS = ("--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--allow-metrics=true",
+                       "--allow-gpu-metrics=true", "--exit-timeout-secs=30")
+
+Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
+
+
+class EntrypointError(RuntimeError):
+    """A condition the container cannot start under; the message says what to change."""
+
+
+def run_captured(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(list(command), capture_output=True, text=True, check=False)
+
+
+def run_streamed(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
+    """Run with output to the container log (engine builds take minutes: show their progress)."""
+    return subprocess.run(list(command), check=False, text=True)
+
+
+# --- what runs here: GPU, TensorRT, trtexec ------------------------------------------------------------------------
+
+
+def query_gpus(run: Runner = run_captured, visible_devices: str | None = None) -> list[GpuInfo]:
+    command = list(NVIDIA_SMI_QUERY)
+    if visible_devices:  # nvidia-smi ignores CUDA_VISIBLE_DEVICES: ask for those GPUs only
+        command.append(f"--id={visible_devices}")
+    try:
+        result = run(command)
+    except FileNotFoundError as exc:
+        raise EntrypointError("nvidia-smi not found: run the container with a GPU (docker run --gpus=1, "
+                              "or a nvidia.com/gpu resource in Kubernetes)") from exc
+    if result.returncode != 0:
+        raise EntrypointError(f"nvidia-smi failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
+    gpus = parse_nvidia_smi(result.stdout)
+    if not gpus:
+        raise EntrypointError("nvidia-smi lists no GPU: this image needs one")
+    return gpus
+
+
+def select_gpu(gpus: Sequence[GpuInfo]) -> GpuInfo:
+    """The one GPU type of this container. Triton loads the same plan on every GPU it uses, so all must match."""
+    kinds = sorted({(g.name, g.compute_capability) for g in gpus})
+    if len(kinds) != 1:
+        listed = "; ".join(f"{n} (sm {c})" for n, c in kinds)
+        raise EntrypointError(f"GPUs of different types in one container ({listed}): TensorRT engines are per GPU "
+                              "type. Give each pod one type (node selector) or restrict CUDA_VISIBLE_DEVICES.")
+    return gpus[0]
+
+
+def find_trtexec(which: Callable[[str], str | None] = shutil.which,
+                 candidates: Sequence[str] = TRTEXEC_CANDIDATES) -> str:
+    for candidate in candidates:
+        found = which(candidate)
+        if found:
+            return found
+    raise EntrypointError(f"trtexec not found (looked for {', '.join(candidates)}): use NVIDIA's tritonserver image")
+
+
+def query_tensorrt_version(trtexec: str, run: Runner = run_captured,
+                           environ: dict[str, str] | None = None) -> str:
+    """TensorRT version of the library that builds (and that Triton's TensorRT backend loads)."""
+    attempts = [[trtexec, "--help"], [sys.executable, "-c", "import tensorrt; print(tensorrt.__version__)"]]
+    for command in attempts:
+        try:
+            result = run(command)
+        except OSError:
+            continue
+        version = parse_tensorrt_version(f"{result.stdout}\n{result.stderr}")
+        if version:
+            return version
+    environ = os.environ if environ is None else environ
+    for variable in ("TRT_VERSION", "TENSORRT_VERSION"):
+        version = parse_tensorrt_version(environ.get(variable, ""))
+        if version:
+            return version
+    raise EntrypointError("cannot tell the TensorRT version (trtexec banner, python tensorrt, $TRT_VERSION)")
+
+
+# --- engine decisions ----------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EngineJob:
+    """One TensorRT model version: where its ONNX is, which cache entry fits, and what to do about it."""
+
+    model: str
+    version: str
+    onnx: Path
+    onnx_sha256: str  # of the ONNX file and its external-data files
+    build: EngineBuild
+    key: str
+    entry: Path
+    state: str  # "hit" | "miss" | "corrupt"
+    command: list[str] = field(default_factory=list)
+
+    @property
+    def plan(self) -> Path:
+        return self.entry / PLAN_FILENAME
+
+    def to_json(self) -> dict:
+        return {"model": self.model, "version": self.version, "onnx": str(self.onnx), "key": self.key,
+                "entry": str(self.entry), "state": self.state, "action": "reuse" if self.state == "hit" else "build",
+                "command": self.command}
+
+
+def _version_dirs(model_dir: Path) -> list[Path]:
+    return sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+
+
+def tensorrt_models(repository: Path) -> Iterator[tuple[Path, str]]:
+    """``(model_dir, config_text)`` of the TensorRT models that ship an ONNX file to build from."""
+    for config_path in sorted(repository.glob("*/config.pbtxt")):
+        text = config_path.read_text()
+        model_dir = config_path.parent
+        if is_tensorrt_config(text) and any((v / ONNX_FILENAME).is_file() for v in _version_dirs(model_dir)):
+            yield model_dir, text
+
+
+def onnx_digest(version_dir: Path) -> str:
+    """SHA-256 over the version folder's files except engines: ``model.onnx`` and its external data (a large
+    model's weights live beside the graph, which alone may not change when they do)."""
+    digest = hashlib.sha256()
+    for path in sorted(p for p in version_dir.iterdir() if p.is_file() and p.suffix != ".plan"):
+        digest.update(f"{path.name}\0{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def timing_cache_path(cache_dir: Path, gpu: GpuInfo, trt_version: str) -> Path:
+    key = engine_cache_key(gpu.name, gpu.compute_capability, trt_version, "timing-cache")
+    return cache_dir / "timing" / f"{key}.cache"
+
+
+def plan_engines(repository: Path, cache_dir: Path, gpu: GpuInfo, trt_version: str, trtexec: str) -> list[EngineJob]:
+    """Decide, per TensorRT model version, whether its cached engine is reusable; build commands for the rest."""
+    jobs = []
+    for model_dir, text in tensorrt_models(repository):
+        build = EngineBuild.from_parameters(config_string_parameters(text))
+        for version_dir in _version_dirs(model_dir):
+            onnx_path = version_dir / ONNX_FILENAME
+            if not onnx_path.is_file():
+                continue
+            onnx_sha = onnx_digest(version_dir)
+            key = engine_cache_key(gpu.name, gpu.compute_capability, trt_version, onnx_sha, build.fingerprint())
+            entry = cache_dir / model_dir.name / key
+            state = cache_entry_state(entry, gpu, trt_version, onnx_sha, build)
+            job = EngineJob(model_dir.name, version_dir.name, onnx_path, onnx_sha, build, key, entry, state)
+            if state != "hit":
+                job.command = build.command(onnx_path, entry / PLAN_FILENAME, trtexec=trtexec,
+                                            timing_cache=timing_cache_path(cache_dir, gpu, trt_version))
+            jobs.append(job)
+    return jobs
+
+
+@contextlib.contextmanager
+def cache_lock(cache_dir: Path, name: str) -> Iterator[None]:
+    """An exclusive lock shared by every pod that mounts the same cache (flock on the volume)."""
+    import fcntl
+
+    lock_dir = cache_dir / ".locks"
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    with open(lock_dir / f"{name}.lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def build_engine(job: EngineJob, gpu: GpuInfo, trt_version: str, run: Runner = run_streamed) -> None:
+    """Build into a scratch folder beside the entry, then rename it into place: a killed build leaves no entry
+    that looks complete."""
+    scratch = job.entry.parent / f".tmp-{job.key}-{socket.gethostname()}-{os.getpid()}"
+    if scratch.exists():
+        shutil.rmtree(scratch)
+    scratch.mkdir(parents=True)
+    (job.entry.parent.parent / "timing").mkdir(parents=True, exist_ok=True)
+    command = [arg.replace(str(job.plan), str(scratch / PLAN_FILENAME)) for arg in job.command]
+    started = time.monotonic()
+    print(f"[entrypoint] building {job.model}/{job.version} for {gpu.name} (sm {gpu.compute_capability}, "
+          f"TensorRT {trt_version}):\n  {' '.join(command)}", flush=True)
+    try:
+        result = run(command)
+        plan = scratch / PLAN_FILENAME
+        if result.returncode != 0 or not plan.is_file() or plan.stat().st_size == 0:
+            raise EntrypointError(f"engine build of {job.model}/{job.version} failed (exit {result.returncode}); "
+                                  "the trtexec log above says why")
+        meta = engine_metadata(gpu, trt_version, job.onnx_sha256, job.build, sha256_file(plan), job.command)
+        (scratch / ENGINE_META).write_text(json.dumps(meta, indent=2))
+        if job.entry.exists():
+            shutil.rmtree(job.entry)  # the corrupt entry this build replaces
+        os.replace(scratch, job.entry)
+    finally:
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
+    print(f"[entrypoint] built {job.entry} in {time.monotonic() - started:.0f} s", flush=True)
+
+
+def ensure_engines(jobs: list[EngineJob], cache_dir: Path, gpu: GpuInfo, trt_version: str,
+                   run: Runner = run_streamed) -> None:
+    """Build what is missing; another pod may have built it while this one waited for the lock."""
+    if all(job.state == "hit" for job in jobs):
+        return
+    lock_name = engine_cache_key(gpu.name, gpu.compute_capability, trt_version, "lock")
+    with cache_lock(cache_dir, lock_name):
+        for job in jobs:
+            if job.state != "hit":
+                job.state = cache_entry_state(job.entry, gpu, trt_version, job.onnx_sha256, job.build)
+            if job.state == "hit":
+                print(f"[entrypoint] reusing {job.entry}", flush=True)
+                continue
+            build_engine(job, gpu, trt_version, run)
+            job.state = "hit"
+
+
+# --- the repository Triton serves, and the server command ----------------------------------------------------------
+
+
+def assemble_runtime_repository(source: Path, runtime: Path, jobs: Sequence[EngineJob]) -> Path:
+    """``runtime/<model>`` links ``source/<model>``; TensorRT models get their config (without the build
+    parameters) and ``<version>/model.plan`` linked to the cached engine."""
+    source, runtime = source.resolve(), runtime.resolve()
+    if runtime == source or source in runtime.parents:
+        raise EntrypointError("--runtime-repository must be outside --model-repository")
+    if runtime.exists() and any(runtime.iterdir()):
+        if not (runtime / RUNTIME_MARKER).exists():
+            raise EntrypointError(f"{runtime} is not empty and was not made by this entrypoint: refusing to clear it")
+        shutil.rmtree(runtime)
+    runtime.mkdir(parents=True, exist_ok=True)
+    (runtime / RUNTIME_MARKER).write_text(f"assembled from {source}\n")
+    by_model: dict[str, list[EngineJob]] = {}
+    for job in jobs:
+        by_model.setdefault(job.model, []).append(job)
+    for config_path in sorted(source.glob("*/config.pbtxt")):
+        model_dir = config_path.parent
+        target = runtime / model_dir.name
+        if model_dir.name not in by_model:
+            target.symlink_to(model_dir, target_is_directory=True)
+            continue
+        target.mkdir()
+        (target / "config.pbtxt").write_text(strip_build_parameters(config_path.read_text()))
+        for job in by_model[model_dir.name]:
+            (target / job.version).mkdir()
+            (target / job.version / PLAN_FILENAME).symlink_to(job.plan)
+    return runtime
+
+
+def _has_option(args: Sequence[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in args)
+
+
+def tritonserver_command(runtime: Path, server_args: Sequence[str], tritonserver: str = "tritonserver") -> list[str]:
+    if _has_option(server_args, "--model-repository") or _has_option(server_args, "--model-store"):
+        raise EntrypointError("pass the repository as --model-repository to the entrypoint (before the server "
+                              "options): it serves a runtime copy with the built engines")
+    defaults = [d for d in DEFAULT_SERVER_ARGS if not _has_option(server_args, d.split("=")[0])]
+    return [tritonserver, f"--model-repository={runtime}", *defaults, *server_args]
+
+
+# --- main ------------------------------------------------------------------------------------------------------------
+
+
+def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
+    env = os.environ
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
+    parser.add_argument("--model-repository", type=Path,
+                        default=Path(env.get("MODEL_REPOSITORY", DEFAULT_MODEL_REPOSITORY)))
+    parser.add_argument("--engine-cache", type=Path, default=Path(env.get("ENGINE_CACHE_DIR", DEFAULT_ENGINE_CACHE)))
+    parser.add_argument("--runtime-repository", type=Path,
+                        default=Path(env.get("RUNTIME_MODEL_REPOSITORY", DEFAULT_RUNTIME_REPOSITORY)))
+    mode = parser.add_mutually_exclusive_group()
+    mode.add_argument("--dry-run", action="store_true", help="print decisions and commands as JSON; run nothing")
+    mode.add_argument("--build-only", action="store_true", help="build the engines, then exit (cache warm-up job)")
+    return parser.parse_known_args(argv)
+
+
+def _terminate_on_sigterm() -> None:
+    # As PID 1, a process without a SIGTERM handler ignores SIGTERM: during a build `kubectl delete pod` would
+    # wait out the whole grace period. Exit instead (the trtexec child gets SIGTERM from the runtime too).
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+
+
+def main(
+    argv: Sequence[str] | None = None,
+    *,
+    run_query: Runner = run_captured,
+    run_build: Runner = run_streamed,
+    which: Callable[[str], str | None] = shutil.which,
+    execv: Callable[[str, list[str]], object] = os.execvp,
+    environ: dict[str, str] | None = None,
+) -> int:
+    args, server_args = parse_args(argv)
+    environ = dict(os.environ if environ is None else environ)
+    if not args.dry_run:
+        _terminate_on_sigterm()
+    try:
+        if not args.model_repository.is_dir():
+            raise EntrypointError(f"model repository {args.model_repository} not found")
+        gpu = select_gpu(query_gpus(run_query, environ.get("CUDA_VISIBLE_DEVICES")))
+        trtexec = find_trtexec(which)
+        trt_version = query_tensorrt_version(trtexec, run_query, environ)
+        jobs = plan_engines(args.model_repository, args.engine_cache, gpu, trt_version, trtexec)
+        command = tritonserver_command(args.runtime_repository, server_args)
+        if args.dry_run:
+            print(json.dumps({"gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+                              "tensorrt": trt_version, "engines": [j.to_json() for j in jobs],
+                              "tritonserver": command}, indent=2))
+            return 0
+        print(f"[entrypoint] GPU {gpu.name} (sm {gpu.compute_capability}), TensorRT {trt_version}, "
+              f"{sum(j.state == 'hit' for j in jobs)}/{len(jobs)} engines cached", flush=True)
+        ensure_engines(jobs, args.engine_cache, gpu, trt_version, run_build)
+        if args.build_only:
+            return 0
+        assemble_runtime_repository(args.model_repository, args.runtime_repository, jobs)
+    except EntrypointError as exc:
+        print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    print(f"[entrypoint] exec {' '.join(command)}", flush=True)
+    execv(command[0], command)
+    return 0  # only reached when execv is a test double
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,24 @@
+"""Fixtures of the deployment tests: the entrypoint module (it lives outside the package, in deploy/docker)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+
+
+def load_module(name: str, path: Path):
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def entrypoint():
+    return load_module("mobilesamv2_entrypoint", REPO_ROOT / "deploy" / "docker" / "entrypoint.py")
