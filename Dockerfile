@@ -21,7 +21,8 @@ ENV PIP_NO_CACHE_DIR=1 \
     PYTHONUNBUFFERED=1 \
     MODEL_REPOSITORY=/opt/mobilesamv2/model_repository \
     ENGINE_CACHE_DIR=/var/cache/mobilesamv2/engines \
-    RUNTIME_MODEL_REPOSITORY=/tmp/mobilesamv2/model_repository
+    RUNTIME_MODEL_REPOSITORY=/tmp/mobilesamv2/model_repository \
+    CUDA_CACHE_PATH=/tmp/mobilesamv2/cuda-cache
 
 SHELL ["/bin/bash", "-o", "pipefail", "-c"]
 

@@ -1,11 +1,11 @@
-"""Container entrypoint: build the TensorRT engines for the GPU this container runs on, then exec tritonserver.
+"""Container entrypoint: build the TensorRT engines for this container's GPU, then exec tritonserver.
 
 TensorRT plans are specific to a GPU model (compute capability) and a TensorRT version, so they are built at
-start from the ONNX files of the GPU model repository (``mobilesamv2.export.gpu``) into a cache volume, keyed by
-GPU name, compute capability, TensorRT version, the ONNX file's SHA-256 and the build settings of the model's
-config. A complete cached engine is reused; a missing, foreign or damaged one (its plan's checksum is in
-``engine.json``) is rebuilt. Builds of one GPU type hold a lock in the cache, so pods that share the volume
-build each engine once.
+start from the ONNX files of the GPU model repository (``mobilesamv2.export.gpu``) into a cache volume, keyed
+by GPU name, compute capability, TensorRT version, the ONNX file's SHA-256 and the build settings of the
+model's config. A complete cached engine is reused; a missing, foreign or damaged one (its plan's checksum
+is in ``engine.json``) is rebuilt. Builds of one GPU type hold a lock in the cache, so pods that share the
+volume build each engine once.
 
 Triton then serves a runtime repository (``--runtime-repository``, a writable scratch folder) that links the
 models of ``--model-repository`` and the cached plans.
@@ -57,8 +57,14 @@ TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
 RUNTIME_MARKER = ".mobilesamv2-runtime-repository"
 #: tritonserver options the entrypoint sets unless the caller passes them.
-DEFAULT_SERVER_ARGS = ("--http-port=8000", "--grpc-port=8001", "--metrics-port=8002", "--allow-metrics=true",
-                       "--allow-gpu-metrics=true", "--exit-timeout-secs=30")
+DEFAULT_SERVER_ARGS = (
+    "--http-port=8000",
+    "--grpc-port=8001",
+    "--metrics-port=8002",
+    "--allow-metrics=true",
+    "--allow-gpu-metrics=true",
+    "--exit-timeout-secs=30",
+)
 
 Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
@@ -76,7 +82,7 @@ def run_streamed(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
     return subprocess.run(list(command), check=False, text=True)
 
 
-# --- what runs here: GPU, TensorRT, trtexec ------------------------------------------------------------------------
+# --- what runs here: GPU, TensorRT, trtexec -----------------------------------------------------------------
 
 
 def query_gpus(run: Runner = run_captured, visible_devices: str | None = None) -> list[GpuInfo]:
@@ -86,10 +92,14 @@ def query_gpus(run: Runner = run_captured, visible_devices: str | None = None) -
     try:
         result = run(command)
     except FileNotFoundError as exc:
-        raise EntrypointError("nvidia-smi not found: run the container with a GPU (docker run --gpus=1, "
-                              "or a nvidia.com/gpu resource in Kubernetes)") from exc
+        raise EntrypointError(
+            "nvidia-smi not found: run the container with a GPU (docker run --gpus=1, "
+            "or a nvidia.com/gpu resource in Kubernetes)"
+        ) from exc
     if result.returncode != 0:
-        raise EntrypointError(f"nvidia-smi failed ({result.returncode}): {(result.stderr or result.stdout).strip()}")
+        raise EntrypointError(
+            f"nvidia-smi failed ({result.returncode}): {(result.stderr or result.stdout).strip()}"
+        )
     gpus = parse_nvidia_smi(result.stdout)
     if not gpus:
         raise EntrypointError("nvidia-smi lists no GPU: this image needs one")
@@ -97,26 +107,33 @@ def query_gpus(run: Runner = run_captured, visible_devices: str | None = None) -
 
 
 def select_gpu(gpus: Sequence[GpuInfo]) -> GpuInfo:
-    """The one GPU type of this container. Triton loads the same plan on every GPU it uses, so all must match."""
+    """The one GPU type of this container: Triton loads the same plan on every GPU it uses, so all must
+    match."""
     kinds = sorted({(g.name, g.compute_capability) for g in gpus})
     if len(kinds) != 1:
         listed = "; ".join(f"{n} (sm {c})" for n, c in kinds)
-        raise EntrypointError(f"GPUs of different types in one container ({listed}): TensorRT engines are per GPU "
-                              "type. Give each pod one type (node selector) or restrict CUDA_VISIBLE_DEVICES.")
+        raise EntrypointError(
+            f"GPUs of different types in one container ({listed}): TensorRT engines are per GPU "
+            "type. Give each pod one type (node selector) or restrict CUDA_VISIBLE_DEVICES."
+        )
     return gpus[0]
 
 
-def find_trtexec(which: Callable[[str], str | None] = shutil.which,
-                 candidates: Sequence[str] = TRTEXEC_CANDIDATES) -> str:
+def find_trtexec(
+    which: Callable[[str], str | None] = shutil.which, candidates: Sequence[str] = TRTEXEC_CANDIDATES
+) -> str:
     for candidate in candidates:
         found = which(candidate)
         if found:
             return found
-    raise EntrypointError(f"trtexec not found (looked for {', '.join(candidates)}): use NVIDIA's tritonserver image")
+    raise EntrypointError(
+        f"trtexec not found (looked for {', '.join(candidates)}): use NVIDIA's tritonserver image"
+    )
 
 
-def query_tensorrt_version(trtexec: str, run: Runner = run_captured,
-                           environ: dict[str, str] | None = None) -> str:
+def query_tensorrt_version(
+    trtexec: str, run: Runner = run_captured, environ: dict[str, str] | None = None
+) -> str:
     """TensorRT version of the library that builds (and that Triton's TensorRT backend loads)."""
     attempts = [[trtexec, "--help"], [sys.executable, "-c", "import tensorrt; print(tensorrt.__version__)"]]
     for command in attempts:
@@ -135,7 +152,7 @@ def query_tensorrt_version(trtexec: str, run: Runner = run_captured,
     raise EntrypointError("cannot tell the TensorRT version (trtexec banner, python tensorrt, $TRT_VERSION)")
 
 
-# --- engine decisions ----------------------------------------------------------------------------------------------
+# --- engine decisions ---------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -157,13 +174,22 @@ class EngineJob:
         return self.entry / PLAN_FILENAME
 
     def to_json(self) -> dict:
-        return {"model": self.model, "version": self.version, "onnx": str(self.onnx), "key": self.key,
-                "entry": str(self.entry), "state": self.state, "action": "reuse" if self.state == "hit" else "build",
-                "command": self.command}
+        return {
+            "model": self.model,
+            "version": self.version,
+            "onnx": str(self.onnx),
+            "key": self.key,
+            "entry": str(self.entry),
+            "state": self.state,
+            "action": "reuse" if self.state == "hit" else "build",
+            "command": self.command,
+        }
 
 
 def _version_dirs(model_dir: Path) -> list[Path]:
-    return sorted((p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    return sorted(
+        (p for p in model_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name)
+    )
 
 
 def tensorrt_models(repository: Path) -> Iterator[tuple[Path, str]]:
@@ -189,8 +215,10 @@ def timing_cache_path(cache_dir: Path, gpu: GpuInfo, trt_version: str) -> Path:
     return cache_dir / "timing" / f"{key}.cache"
 
 
-def plan_engines(repository: Path, cache_dir: Path, gpu: GpuInfo, trt_version: str, trtexec: str) -> list[EngineJob]:
-    """Decide, per TensorRT model version, whether its cached engine is reusable; build commands for the rest."""
+def plan_engines(
+    repository: Path, cache_dir: Path, gpu: GpuInfo, trt_version: str, trtexec: str
+) -> list[EngineJob]:
+    """Per TensorRT model version: is its cached engine reusable? Build commands for the others."""
     jobs = []
     for model_dir, text in tensorrt_models(repository):
         build = EngineBuild.from_parameters(config_string_parameters(text))
@@ -199,13 +227,19 @@ def plan_engines(repository: Path, cache_dir: Path, gpu: GpuInfo, trt_version: s
             if not onnx_path.is_file():
                 continue
             onnx_sha = onnx_digest(version_dir)
-            key = engine_cache_key(gpu.name, gpu.compute_capability, trt_version, onnx_sha, build.fingerprint())
+            key = engine_cache_key(
+                gpu.name, gpu.compute_capability, trt_version, onnx_sha, build.fingerprint()
+            )
             entry = cache_dir / model_dir.name / key
             state = cache_entry_state(entry, gpu, trt_version, onnx_sha, build)
             job = EngineJob(model_dir.name, version_dir.name, onnx_path, onnx_sha, build, key, entry, state)
             if state != "hit":
-                job.command = build.command(onnx_path, entry / PLAN_FILENAME, trtexec=trtexec,
-                                            timing_cache=timing_cache_path(cache_dir, gpu, trt_version))
+                job.command = build.command(
+                    onnx_path,
+                    entry / PLAN_FILENAME,
+                    trtexec=trtexec,
+                    timing_cache=timing_cache_path(cache_dir, gpu, trt_version),
+                )
             jobs.append(job)
     return jobs
 
@@ -218,7 +252,15 @@ def cache_lock(cache_dir: Path, name: str) -> Iterator[None]:
     lock_dir = cache_dir / ".locks"
     lock_dir.mkdir(parents=True, exist_ok=True)
     with open(lock_dir / f"{name}.lock", "w") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        except OSError as exc:  # e.g. ENOLCK on an NFS mount without lock support
+            print(
+                f"[entrypoint] warning: no lock on {lock_dir} ({exc}); pods may build the same engine twice",
+                flush=True,
+            )
+            yield
+            return
         try:
             yield
         finally:
@@ -235,14 +277,19 @@ def build_engine(job: EngineJob, gpu: GpuInfo, trt_version: str, run: Runner = r
     (job.entry.parent.parent / "timing").mkdir(parents=True, exist_ok=True)
     command = [arg.replace(str(job.plan), str(scratch / PLAN_FILENAME)) for arg in job.command]
     started = time.monotonic()
-    print(f"[entrypoint] building {job.model}/{job.version} for {gpu.name} (sm {gpu.compute_capability}, "
-          f"TensorRT {trt_version}):\n  {' '.join(command)}", flush=True)
+    print(
+        f"[entrypoint] building {job.model}/{job.version} for {gpu.name} (sm {gpu.compute_capability}, "
+        f"TensorRT {trt_version}):\n  {' '.join(command)}",
+        flush=True,
+    )
     try:
         result = run(command)
         plan = scratch / PLAN_FILENAME
         if result.returncode != 0 or not plan.is_file() or plan.stat().st_size == 0:
-            raise EntrypointError(f"engine build of {job.model}/{job.version} failed (exit {result.returncode}); "
-                                  "the trtexec log above says why")
+            raise EntrypointError(
+                f"engine build of {job.model}/{job.version} failed (exit {result.returncode}); "
+                "the trtexec log above says why"
+            )
         meta = engine_metadata(gpu, trt_version, job.onnx_sha256, job.build, sha256_file(plan), job.command)
         (scratch / ENGINE_META).write_text(json.dumps(meta, indent=2))
         if job.entry.exists():
@@ -254,8 +301,9 @@ def build_engine(job: EngineJob, gpu: GpuInfo, trt_version: str, run: Runner = r
     print(f"[entrypoint] built {job.entry} in {time.monotonic() - started:.0f} s", flush=True)
 
 
-def ensure_engines(jobs: list[EngineJob], cache_dir: Path, gpu: GpuInfo, trt_version: str,
-                   run: Runner = run_streamed) -> None:
+def ensure_engines(
+    jobs: list[EngineJob], cache_dir: Path, gpu: GpuInfo, trt_version: str, run: Runner = run_streamed
+) -> None:
     """Build what is missing; another pod may have built it while this one waited for the lock."""
     if all(job.state == "hit" for job in jobs):
         return
@@ -271,7 +319,7 @@ def ensure_engines(jobs: list[EngineJob], cache_dir: Path, gpu: GpuInfo, trt_ver
             job.state = "hit"
 
 
-# --- the repository Triton serves, and the server command ----------------------------------------------------------
+# --- the repository Triton serves, and the server command ---------------------------------------------------
 
 
 def assemble_runtime_repository(source: Path, runtime: Path, jobs: Sequence[EngineJob]) -> Path:
@@ -282,7 +330,9 @@ def assemble_runtime_repository(source: Path, runtime: Path, jobs: Sequence[Engi
         raise EntrypointError("--runtime-repository must be outside --model-repository")
     if runtime.exists() and any(runtime.iterdir()):
         if not (runtime / RUNTIME_MARKER).exists():
-            raise EntrypointError(f"{runtime} is not empty and was not made by this entrypoint: refusing to clear it")
+            raise EntrypointError(
+                f"{runtime} is not empty and was not made by this entrypoint: refusing to clear it"
+            )
         shutil.rmtree(runtime)
     runtime.mkdir(parents=True, exist_ok=True)
     (runtime / RUNTIME_MARKER).write_text(f"assembled from {source}\n")
@@ -307,28 +357,42 @@ def _has_option(args: Sequence[str], option: str) -> bool:
     return any(a == option or a.startswith(option + "=") for a in args)
 
 
-def tritonserver_command(runtime: Path, server_args: Sequence[str], tritonserver: str = "tritonserver") -> list[str]:
+def tritonserver_command(
+    runtime: Path, server_args: Sequence[str], tritonserver: str = "tritonserver"
+) -> list[str]:
     if _has_option(server_args, "--model-repository") or _has_option(server_args, "--model-store"):
-        raise EntrypointError("pass the repository as --model-repository to the entrypoint (before the server "
-                              "options): it serves a runtime copy with the built engines")
+        raise EntrypointError(
+            "pass the repository as --model-repository to the entrypoint (before the server "
+            "options): it serves a runtime copy with the built engines"
+        )
     defaults = [d for d in DEFAULT_SERVER_ARGS if not _has_option(server_args, d.split("=")[0])]
     return [tritonserver, f"--model-repository={runtime}", *defaults, *server_args]
 
 
-# --- main ------------------------------------------------------------------------------------------------------------
+# --- main ---------------------------------------------------------------------------------------------------
 
 
 def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
     env = os.environ
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
-    parser.add_argument("--model-repository", type=Path,
-                        default=Path(env.get("MODEL_REPOSITORY", DEFAULT_MODEL_REPOSITORY)))
-    parser.add_argument("--engine-cache", type=Path, default=Path(env.get("ENGINE_CACHE_DIR", DEFAULT_ENGINE_CACHE)))
-    parser.add_argument("--runtime-repository", type=Path,
-                        default=Path(env.get("RUNTIME_MODEL_REPOSITORY", DEFAULT_RUNTIME_REPOSITORY)))
+    parser.add_argument(
+        "--model-repository", type=Path, default=Path(env.get("MODEL_REPOSITORY", DEFAULT_MODEL_REPOSITORY))
+    )
+    parser.add_argument(
+        "--engine-cache", type=Path, default=Path(env.get("ENGINE_CACHE_DIR", DEFAULT_ENGINE_CACHE))
+    )
+    parser.add_argument(
+        "--runtime-repository",
+        type=Path,
+        default=Path(env.get("RUNTIME_MODEL_REPOSITORY", DEFAULT_RUNTIME_REPOSITORY)),
+    )
     mode = parser.add_mutually_exclusive_group()
-    mode.add_argument("--dry-run", action="store_true", help="print decisions and commands as JSON; run nothing")
-    mode.add_argument("--build-only", action="store_true", help="build the engines, then exit (cache warm-up job)")
+    mode.add_argument(
+        "--dry-run", action="store_true", help="print decisions and commands as JSON; run nothing"
+    )
+    mode.add_argument(
+        "--build-only", action="store_true", help="build the engines, then exit (cache warm-up job)"
+    )
     return parser.parse_known_args(argv)
 
 
@@ -349,24 +413,37 @@ def main(
 ) -> int:
     args, server_args = parse_args(argv)
     environ = dict(os.environ if environ is None else environ)
-    if not args.dry_run:
-        _terminate_on_sigterm()
     try:
         if not args.model_repository.is_dir():
             raise EntrypointError(f"model repository {args.model_repository} not found")
         gpu = select_gpu(query_gpus(run_query, environ.get("CUDA_VISIBLE_DEVICES")))
-        trtexec = find_trtexec(which)
-        trt_version = query_tensorrt_version(trtexec, run_query, environ)
-        jobs = plan_engines(args.model_repository, args.engine_cache, gpu, trt_version, trtexec)
+        jobs: list[EngineJob] = []
+        trt_version = None  # no TensorRT model to build (e.g. the onnxruntime-trt repository)
+        if any(True for _ in tensorrt_models(args.model_repository)):
+            trtexec = find_trtexec(which)
+            trt_version = query_tensorrt_version(trtexec, run_query, environ)
+            jobs = plan_engines(args.model_repository, args.engine_cache, gpu, trt_version, trtexec)
         command = tritonserver_command(args.runtime_repository, server_args)
         if args.dry_run:
-            print(json.dumps({"gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
-                              "tensorrt": trt_version, "engines": [j.to_json() for j in jobs],
-                              "tritonserver": command}, indent=2))
+            print(
+                json.dumps(
+                    {
+                        "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
+                        "tensorrt": trt_version,
+                        "engines": [j.to_json() for j in jobs],
+                        "tritonserver": command,
+                    },
+                    indent=2,
+                )
+            )
             return 0
-        print(f"[entrypoint] GPU {gpu.name} (sm {gpu.compute_capability}), TensorRT {trt_version}, "
-              f"{sum(j.state == 'hit' for j in jobs)}/{len(jobs)} engines cached", flush=True)
-        ensure_engines(jobs, args.engine_cache, gpu, trt_version, run_build)
+        print(
+            f"[entrypoint] GPU {gpu.name} (sm {gpu.compute_capability}), TensorRT {trt_version}, "
+            f"{sum(j.state == 'hit' for j in jobs)}/{len(jobs)} engines cached",
+            flush=True,
+        )
+        if jobs:
+            ensure_engines(jobs, args.engine_cache, gpu, trt_version, run_build)
         if args.build_only:
             return 0
         assemble_runtime_repository(args.model_repository, args.runtime_repository, jobs)
@@ -379,4 +456,5 @@ def main(
 
 
 if __name__ == "__main__":
+    _terminate_on_sigterm()
     sys.exit(main())

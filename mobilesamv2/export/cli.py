@@ -43,10 +43,14 @@ def log(message: str) -> None:
 
 
 def _fingerprint(files: list[Path], encoder: str) -> str:
+    """Identity of a build: the checkpoint files (size, mtime) and the code that turns them into graphs."""
     digest = hashlib.sha256(f"{__version__}:{encoder}".encode())
     for path in files:
         stat = path.stat()
         digest.update(f"{path.name}:{stat.st_size}:{stat.st_mtime_ns}".encode())
+    package = Path(__file__).resolve().parents[1]
+    for source in sorted([*package.glob("modeling/*.py"), package / "export/onnx_export.py"]):
+        digest.update(source.read_bytes())
     return digest.hexdigest()
 
 

@@ -4,9 +4,9 @@ version.
 
 Why FP32 layers: in FP16, LayerNorm's mean of squares and LiteMLA's normaliser (a sum of ``relu(q).relu(k)``
 over every token, divided with an epsilon of 1e-15) overflow or underflow, and the embeddings come out inf/NaN
-(EfficientViT-SAM-L2 in plain FP16 was reported at mAP 0.0). Upstream keeps those parts in FP32 under autocast;
-a TensorRT engine does the same with per-layer precision constraints. TensorRT names layers after the ONNX node
-names, so the list is computed from the ONNX graph that the engine is built from.
+(EfficientViT-SAM-L2 in plain FP16 was reported at mAP 0.0). Upstream keeps those parts in FP32 under
+autocast; a TensorRT engine does the same with per-layer precision constraints. TensorRT names layers after
+the ONNX node names, so the list is computed from the ONNX graph that the engine is built from.
 
 Imported by the entrypoint inside NVIDIA's container (Python 3.10, ``onnx`` installed; no torch): keep this
 module free of torch and of Python 3.11-only features.
@@ -25,17 +25,22 @@ from typing import Any
 
 import onnx
 
-# --- which layers stay FP32 --------------------------------------------------------------------------------------
+# --- which layers stay FP32 ---------------------------------------------------------------------------------
 
-#: ONNX normalisation ops (LayerNorm of the SAM mask decoder, TinyViT and ViT-H encoders; torch's dynamo exporter
-#: writes ``nn.LayerNorm`` as one LayerNormalization node).
+#: ONNX normalisation ops (LayerNorm of the SAM mask decoder, TinyViT and ViT-H encoders; torch's dynamo
+#: exporter writes ``nn.LayerNorm`` as one LayerNormalization node).
 NORM_OP_TYPES = frozenset(
-    {"LayerNormalization", "SimplifiedLayerNormalization", "RMSNormalization", "GroupNormalization",
-     "InstanceNormalization"}
+    {
+        "LayerNormalization",
+        "SimplifiedLayerNormalization",
+        "RMSNormalization",
+        "GroupNormalization",
+        "InstanceNormalization",
+    }
 )
 #: Module classes / module scopes whose nodes stay FP32, matched against the node name and the exporter's
 #: metadata (``namespace``, ``pkg.torch.onnx.class_hierarchy``, ``pkg.torch.onnx.name_scopes``).
-#: ``LayerNorm2d`` is EfficientViT's and SAM's channel LayerNorm, written out with ReduceMean/Sub/Pow/Sqrt/Div;
+#: ``LayerNorm2d`` is EfficientViT's and SAM's channel LayerNorm (ReduceMean/Sub/Pow/Sqrt/Div ops);
 #: ``LiteMLA`` and the ``context_module`` that wraps it are EfficientViT's linear attention.
 FP32_SCOPE_MARKERS = ("LiteMLA", "context_module", "LayerNorm2d")
 #: Inside those scopes the convolutions (with their folded BatchNorm) may run in FP16, as under upstream's
@@ -43,8 +48,9 @@ FP32_SCOPE_MARKERS = ("LiteMLA", "context_module", "LayerNorm2d")
 FP16_SAFE_OPS_IN_SCOPE = frozenset({"Conv", "ConvTranspose", "BatchNormalization"})
 #: Nodes that produce no float activation a precision could apply to (constants, shape arithmetic).
 NON_COMPUTE_OPS = frozenset({"Constant", "ConstantOfShape", "Shape", "Size", "Range", "NonZero"})
-_FLOAT_TYPES = frozenset({onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16,
-                          onnx.TensorProto.DOUBLE})
+_FLOAT_TYPES = frozenset(
+    {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16, onnx.TensorProto.BFLOAT16, onnx.TensorProto.DOUBLE}
+)
 _SCOPE_METADATA_KEYS = ("namespace", "pkg.torch.onnx.class_hierarchy", "pkg.torch.onnx.name_scopes")
 # The ops between a norm's two ReduceMeans and its division (x - mean) / sqrt(mean((x - mean)^2) + eps).
 _NORM_CHAIN_OPS = frozenset({"Add", "Sqrt", "Reciprocal", "Cast", "Identity"})
@@ -70,7 +76,7 @@ def _tensor_types(model: onnx.ModelProto) -> dict[str, int]:
         # The dynamo exporter writes value_info for every tensor; other exporters may not.
         try:
             inferred = onnx.shape_inference.infer_shapes(model, strict_mode=False)
-        except Exception:  # inference is a help here, not a requirement
+        except (onnx.shape_inference.InferenceError, ValueError, RuntimeError):  # a help, not a requirement
             return types
         for value in inferred.graph.value_info:
             if value.type.HasField("tensor_type"):
@@ -99,7 +105,9 @@ def _reduce_mean_norms(graph: onnx.GraphProto) -> set[str]:
             continue
         diff = sub.output[0]
         for square in consumers.get(diff, []):
-            is_square = (square.op_type == "Pow") or (square.op_type == "Mul" and list(square.input) == [diff, diff])
+            is_square = (square.op_type == "Pow") or (
+                square.op_type == "Mul" and list(square.input) == [diff, diff]
+            )
             if not is_square:
                 continue
             for var in consumers.get(square.output[0], []):
@@ -159,7 +167,9 @@ def fp32_layer_names(
         if not outputs or any(types.get(o) not in _FLOAT_TYPES for o in outputs):
             continue
         if not node.name:
-            raise ValueError(f"an unnamed {node.op_type} node must stay FP32: name the ONNX nodes before building")
+            raise ValueError(
+                f"an unnamed {node.op_type} node must stay FP32: name the ONNX nodes before building"
+            )
         if "," in node.name or "'" in node.name:
             raise ValueError(f"layer name {node.name!r} cannot be passed to trtexec --layerPrecisions")
         if node.name not in seen:
@@ -168,7 +178,7 @@ def fp32_layer_names(
     return names
 
 
-# --- trtexec ------------------------------------------------------------------------------------------------------
+# --- trtexec ------------------------------------------------------------------------------------------------
 
 #: Linux caps one argv string at 128 KiB (MAX_ARG_STRLEN); trtexec reads --layerPrecisions only from argv.
 MAX_ARGUMENT_BYTES = 128 * 1024 - 1
@@ -191,7 +201,7 @@ def shapes_arguments(shapes: Mapping[str, ShapeRange]) -> list[str]:
     for name, (low, opt, high) in shapes.items():
         if not (len(low) == len(opt) == len(high)):
             raise ValueError(f"{name}: min/opt/max shapes have different ranks")
-        if any(not (a <= b <= c) for a, b, c in zip(low, opt, high)):
+        if any(not (a <= b <= c) for a, b, c in zip(low, opt, high, strict=True)):
             raise ValueError(f"{name}: need min <= opt <= max per dimension, got {low} / {opt} / {high}")
     return [
         f"--{flag}=" + ",".join(f"{name}:{_dims(r[i])}" for name, r in shapes.items())
@@ -246,7 +256,7 @@ def trtexec_command(
     return command
 
 
-# --- what the GPU config asks to build ------------------------------------------------------------------------------
+# --- what the GPU config asks to build ----------------------------------------------------------------------
 
 #: ``config.pbtxt`` parameters the GPU repository writes for TensorRT models and the entrypoint reads. The
 #: TensorRT backend ignores parameters it does not know.
@@ -284,15 +294,17 @@ class EngineBuild:
     shapes: dict[str, ShapeRange] = field(default_factory=dict)
 
     @classmethod
-    def from_parameters(cls, parameters: Mapping[str, str]) -> "EngineBuild":
+    def from_parameters(cls, parameters: Mapping[str, str]) -> EngineBuild:
         precision = parameters.get(PARAM_PRECISION, "FP16").upper()
         if precision not in ("FP16", "FP32"):
             raise ValueError(f"{PARAM_PRECISION} must be FP16 or FP32, got {precision!r}")
         fp32_layers = parameters.get(PARAM_FP32_LAYERS, "auto").lower()
         if fp32_layers not in ("auto", "none"):
             raise ValueError(f"{PARAM_FP32_LAYERS} must be 'auto' or 'none', got {fp32_layers!r}")
-        low, opt, high = (parse_shapes(parameters.get(k, "")) for k in (PARAM_MIN_SHAPES, PARAM_OPT_SHAPES,
-                                                                          PARAM_MAX_SHAPES))
+        low, opt, high = (
+            parse_shapes(parameters.get(k, ""))
+            for k in (PARAM_MIN_SHAPES, PARAM_OPT_SHAPES, PARAM_MAX_SHAPES)
+        )
         if not (low.keys() == opt.keys() == high.keys()):
             raise ValueError("engine_build_{min,opt,max}_shapes must name the same inputs")
         return cls(
@@ -318,15 +330,21 @@ class EngineBuild:
     ) -> list[str]:
         layers = fp32_layer_names(onnx_path) if (self.fp16 and self.fp32_layers == "auto") else []
         return trtexec_command(
-            onnx_path, plan_path, fp16=self.fp16, fp32_layers=layers, shapes=self.shapes or None,
-            workspace_mb=self.workspace_mb, timing_cache=timing_cache, trtexec=trtexec,
+            onnx_path,
+            plan_path,
+            fp16=self.fp16,
+            fp32_layers=layers,
+            shapes=self.shapes or None,
+            workspace_mb=self.workspace_mb,
+            timing_cache=timing_cache,
+            trtexec=trtexec,
         )
 
     def fingerprint(self) -> str:
         return json.dumps(self.to_parameters(), sort_keys=True)
 
 
-# --- GPU / TensorRT identification and the engine cache ----------------------------------------------------------
+# --- GPU / TensorRT identification and the engine cache -----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -376,8 +394,8 @@ def _slug(text: str) -> str:
 def engine_cache_key(
     gpu_name: str, compute_capability: str, trt_version: str, onnx_sha256: str, build_fingerprint: str = ""
 ) -> str:
-    """Folder name of one cached engine: readable GPU/TensorRT prefix + a digest of everything the plan depends
-    on (GPU model, compute capability, TensorRT version, ONNX bytes, build settings)."""
+    """Folder name of one cached engine: readable GPU/TensorRT prefix + a digest of everything the plan
+    depends on (GPU model, compute capability, TensorRT version, ONNX bytes, build settings)."""
     digest = hashlib.sha256(
         json.dumps([gpu_name, compute_capability, trt_version, onnx_sha256, build_fingerprint]).encode()
     ).hexdigest()
@@ -388,7 +406,12 @@ ENGINE_META = "engine.json"
 
 
 def engine_metadata(
-    gpu: GpuInfo, trt_version: str, onnx_sha256: str, build: EngineBuild, plan_sha256: str, command: Sequence[str]
+    gpu: GpuInfo,
+    trt_version: str,
+    onnx_sha256: str,
+    build: EngineBuild,
+    plan_sha256: str,
+    command: Sequence[str],
 ) -> dict[str, Any]:
     return {
         "gpu_name": gpu.name,
@@ -401,16 +424,24 @@ def engine_metadata(
     }
 
 
-def cache_entry_state(entry: Path, gpu: GpuInfo, trt_version: str, onnx_sha256: str, build: EngineBuild) -> str:
+def cache_entry_state(
+    entry: Path, gpu: GpuInfo, trt_version: str, onnx_sha256: str, build: EngineBuild
+) -> str:
     """``"hit"`` (a complete engine for exactly this GPU/TensorRT/ONNX/build), ``"miss"`` (no entry) or
-    ``"corrupt"`` (an entry that must be rebuilt: unreadable metadata, other inputs, missing or altered plan)."""
+    ``"corrupt"`` (an entry that must be rebuilt: unreadable metadata, other inputs, missing or altered
+    plan)."""
     if not entry.exists():
         return "miss"
     try:
         meta = json.loads((entry / ENGINE_META).read_text())
         expected = (gpu.name, gpu.compute_capability, trt_version, onnx_sha256, build.to_parameters())
-        actual = (meta["gpu_name"], meta["compute_capability"], meta["tensorrt_version"], meta["onnx_sha256"],
-                  meta["build"])
+        actual = (
+            meta["gpu_name"],
+            meta["compute_capability"],
+            meta["tensorrt_version"],
+            meta["onnx_sha256"],
+            meta["build"],
+        )
         if actual != expected:
             return "corrupt"
         plan = entry / PLAN_FILENAME
@@ -421,11 +452,13 @@ def cache_entry_state(entry: Path, gpu: GpuInfo, trt_version: str, onnx_sha256: 
     return "hit"
 
 
-# --- reading a GPU config without protobuf (the entrypoint's Python has none) --------------------------------------
+# --- reading a GPU config without protobuf (the entrypoint's Python has none) -------------------------------
 
 # Only model parameters have a key with a ``string_value`` (warm-up inputs have data types, accelerator
 # parameters plain strings).
-_STRING_PARAMETER = re.compile(r'key:\s*"(?P<key>[^"]+)"\s*,?\s*value\s*:?\s*\{\s*string_value:\s*"(?P<value>[^"]*)"')
+_STRING_PARAMETER = re.compile(
+    r'key:\s*"(?P<key>[^"]+)"\s*,?\s*value\s*:?\s*\{\s*string_value:\s*"(?P<value>[^"]*)"'
+)
 _GENERATED_BUILD_PARAMETER = re.compile(
     r'parameters \{\n  key: "engine_build_[a-z0-9_]+"\n  value \{\n    string_value: "[^"]*"\n  \}\n\}\n'
 )
@@ -437,7 +470,9 @@ def config_string_parameters(config_text: str) -> dict[str, str]:
 
 
 def is_tensorrt_config(config_text: str) -> bool:
-    return bool(re.search(r'^\s*(platform:\s*"tensorrt_plan"|backend:\s*"tensorrt")', config_text, re.MULTILINE))
+    return bool(
+        re.search(r'^\s*(platform:\s*"tensorrt_plan"|backend:\s*"tensorrt")', config_text, re.MULTILINE)
+    )
 
 
 def strip_build_parameters(config_text: str) -> str:

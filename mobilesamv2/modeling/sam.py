@@ -41,10 +41,37 @@ def build_mask_decoder() -> nn.Module:
     )
 
 
+def _exportable_patch_merging() -> type:
+    from ultralytics.models.sam.modules.tiny_encoder import PatchMerging
+
+    class ExportablePatchMerging(PatchMerging):
+        """ultralytics' PatchMerging reads the batch with ``len(x)``, which torch.export turns into a constant
+        (an ONNX graph with a fixed batch); ``x.shape[0]`` stays symbolic. Same computation otherwise."""
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            if x.ndim == 3:
+                h, w = self.input_resolution
+                x = x.view(x.shape[0], h, w, -1).permute(0, 3, 1, 2)
+            x = self.act(self.conv1(x))
+            x = self.act(self.conv2(x))
+            return self.conv3(x).flatten(2).transpose(1, 2)
+
+    return ExportablePatchMerging
+
+
 def build_tiny_vit() -> nn.Module:
     """MobileSAM's TinyViT-5M image encoder (1024x1024 input, 256x64x64 output)."""
-    from ultralytics.models.sam.modules.tiny_encoder import TinyViT
+    from ultralytics.models.sam.modules.tiny_encoder import PatchMerging, TinyViT
 
+    model = _tiny_vit(TinyViT)
+    merging = _exportable_patch_merging()
+    for module in model.modules():
+        if type(module) is PatchMerging:
+            module.__class__ = merging
+    return model
+
+
+def _tiny_vit(TinyViT: type) -> nn.Module:
     return TinyViT(
         img_size=IMAGE_SIZE,
         in_chans=3,

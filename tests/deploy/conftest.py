@@ -1,4 +1,4 @@
-"""Fixtures of the deployment tests: the entrypoint module (it lives outside the package, in deploy/docker)."""
+"""Fixtures of the deployment tests: the entrypoint and the GPU check script (outside the package)."""
 
 from __future__ import annotations
 
@@ -22,3 +22,8 @@ def load_module(name: str, path: Path):
 @pytest.fixture(scope="session")
 def entrypoint():
     return load_module("mobilesamv2_entrypoint", REPO_ROOT / "deploy" / "docker" / "entrypoint.py")
+
+
+@pytest.fixture(scope="session")
+def gpu_check():
+    return load_module("mobilesamv2_gpu_check", REPO_ROOT / "scripts" / "gpu_check.py")

@@ -20,18 +20,19 @@ def _node(op, inputs, outputs, name, scope=None, **attrs):
     return node
 
 
+SCOPE = "backbone.stages.4.op_list.1.context_module.main"
 LITEMLA = {
-    "namespace": ": Encoder/backbone.stages.4.op_list.1.context_module.main: mobilesamv2.modeling.efficientvit.LiteMLA",
-    "pkg.torch.onnx.name_scopes": "['', 'backbone', 'backbone.stages.4.op_list.1.context_module.main', 'matmul']",
+    "namespace": f": Encoder/{SCOPE}: mobilesamv2.modeling.efficientvit.LiteMLA",
+    "pkg.torch.onnx.name_scopes": f"['', 'backbone', '{SCOPE}', 'matmul']",
 }
 NECK = {"pkg.torch.onnx.name_scopes": "['', 'neck', 'conv']"}
 
 
 def small_encoder_graph() -> onnx.ModelProto:
-    """conv -> LiteMLA-like attention (scoped by metadata) -> LayerNorm2d written with ReduceMean -> LayerNorm op."""
+    """conv -> LiteMLA-like attention (scoped by metadata) -> LayerNorm2d as ReduceMean ops -> LayerNorm."""
     nodes = [
         _node("Conv", ["x", "w"], ["c"], "node_conv_stem", NECK),
-        # LiteMLA: its qkv conv may stay FP16, the attention arithmetic and its shape arithmetic are scoped too
+        # LiteMLA: its qkv conv may stay FP16; the attention arithmetic and its shape arithmetic are scoped
         _node("Conv", ["c", "w"], ["qkv"], "node_Conv_qkv", LITEMLA),
         _node("Relu", ["qkv"], ["q"], "node_relu", LITEMLA),
         _node("Shape", ["qkv"], ["qkv_shape"], "node_shape", LITEMLA),
@@ -63,8 +64,11 @@ def small_encoder_graph() -> onnx.ModelProto:
         helper.make_tensor("beta", FLOAT, [4, 1, 1], [0.0] * 4),
     ]
     graph = helper.make_graph(
-        nodes, "small_encoder", [helper.make_tensor_value_info("x", FLOAT, [1, 4, 8, 8])],
-        [helper.make_tensor_value_info("out", FLOAT, [1, 4, 8, 8])], inits,
+        nodes,
+        "small_encoder",
+        [helper.make_tensor_value_info("x", FLOAT, [1, 4, 8, 8])],
+        [helper.make_tensor_value_info("out", FLOAT, [1, 4, 8, 8])],
+        inits,
     )
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     onnx.checker.check_model(model)
@@ -72,8 +76,16 @@ def small_encoder_graph() -> onnx.ModelProto:
 
 
 EXPECTED_FP32 = [
-    "node_relu", "node_matmul", "node_div",  # LiteMLA attention (not its conv, not its int64 shape ops)
-    "node_mean", "node_sub", "node_pow", "node_mean_1", "node_add_eps", "node_sqrt", "node_div_norm",
+    "node_relu",
+    "node_matmul",
+    "node_div",  # LiteMLA attention (not its conv, not its int64 shape ops)
+    "node_mean",
+    "node_sub",
+    "node_pow",
+    "node_mean_1",
+    "node_add_eps",
+    "node_sqrt",
+    "node_div_norm",
     "node_layer_norm",
 ]
 
@@ -105,8 +117,15 @@ def test_fp32_layer_names_that_trtexec_cannot_express_are_refused():
 
 def test_trtexec_command_fp16_with_fp32_layers_and_profile():
     command = trt.trtexec_command(
-        "/m/model.onnx", "/c/model.plan", fp32_layers=["a", "b:c"], workspace_mb=2048, timing_cache="/c/t.cache",
-        shapes={"point_coords": ((1, 1, 2), (64, 2, 2), (320, 4, 2)), "point_labels": ((1, 1), (64, 2), (320, 4))},
+        "/m/model.onnx",
+        "/c/model.plan",
+        fp32_layers=["a", "b:c"],
+        workspace_mb=2048,
+        timing_cache="/c/t.cache",
+        shapes={
+            "point_coords": ((1, 1, 2), (64, 2, 2), (320, 4, 2)),
+            "point_labels": ((1, 1), (64, 2), (320, 4)),
+        },
         trtexec="/usr/src/tensorrt/bin/trtexec",
     )
     assert command == [
@@ -136,11 +155,14 @@ def test_trtexec_command_refuses_a_layer_list_longer_than_one_argument():
         trt.trtexec_command("m.onnx", "m.plan", fp32_layers=names)
 
 
-@pytest.mark.parametrize("shapes", [
-    {"x": ((2, 3), (1, 3), (4, 3))},  # min > opt
-    {"x": ((1, 3), (2,), (4, 3))},  # ranks differ
-    {"x": ((0, 3), (1, 3), (4, 3))},  # zero dim
-])
+@pytest.mark.parametrize(
+    "shapes",
+    [
+        {"x": ((2, 3), (1, 3), (4, 3))},  # min > opt
+        {"x": ((1, 3), (2,), (4, 3))},  # ranks differ
+        {"x": ((0, 3), (1, 3), (4, 3))},  # zero dim
+    ],
+)
 def test_bad_profiles_are_refused(shapes):
     with pytest.raises(ValueError):
         trt.trtexec_command("m.onnx", "m.plan", shapes=shapes)
@@ -159,33 +181,43 @@ def test_engine_cache_key_changes_with_every_input():
     base = ("NVIDIA A100-SXM4-80GB", "8.0", "10.5.0", "ab" * 32, "{}")
     key = trt.engine_cache_key(*base)
     assert key.startswith("nvidia-a100-sxm4-80gb_sm80_trt10.5.0_")
-    others = {trt.engine_cache_key(*(base[:i] + ("other",) + base[i + 1:])) for i in range(len(base))}
+    others = {trt.engine_cache_key(*(base[:i] + ("other",) + base[i + 1 :])) for i in range(len(base))}
     assert key not in others and len(others) == len(base)
     assert trt.engine_cache_key(*base) == key  # deterministic
 
 
 def test_parse_nvidia_smi():
     out = "NVIDIA A100-SXM4-80GB, 8.0\nNVIDIA H100 80GB HBM3, 9.0\n\n"
-    assert trt.parse_nvidia_smi(out) == [trt.GpuInfo("NVIDIA A100-SXM4-80GB", "8.0"),
-                                         trt.GpuInfo("NVIDIA H100 80GB HBM3", "9.0")]
+    assert trt.parse_nvidia_smi(out) == [
+        trt.GpuInfo("NVIDIA A100-SXM4-80GB", "8.0"),
+        trt.GpuInfo("NVIDIA H100 80GB HBM3", "9.0"),
+    ]
     with pytest.raises(ValueError):
         trt.parse_nvidia_smi("No devices were found")
 
 
-@pytest.mark.parametrize("text, version", [
-    ("&&&& RUNNING TensorRT.trtexec [TensorRT v100500] # trtexec --help", "10.5.0"),
-    ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec", "8.6.1"),
-    ("10.5.0.18\n", "10.5.0.18"),
-    ("usage: nothing here", None),
-])
+@pytest.mark.parametrize(
+    "text, version",
+    [
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v100500] # trtexec --help", "10.5.0"),
+        ("&&&& RUNNING TensorRT.trtexec [TensorRT v8601] # trtexec", "8.6.1"),
+        ("10.5.0.18\n", "10.5.0.18"),
+        ("usage: nothing here", None),
+    ],
+)
 def test_parse_tensorrt_version(text, version):
     assert trt.parse_tensorrt_version(text) == version
 
 
 def test_config_parameters_are_read_from_both_pbtxt_styles():
-    hand_written = 'parameters [\n  { key: "a", value: { string_value: "1" } },\n  { key: "b", value: { string_value: "x,y" } }\n]'
+    hand_written = (
+        'parameters [\n  { key: "a", value: { string_value: "1" } },\n'
+        '  { key: "b", value: { string_value: "x,y" } }\n]'
+    )
     generated = 'parameters {\n  key: "engine_build_precision"\n  value {\n    string_value: "FP16"\n  }\n}\n'
     assert trt.config_string_parameters(hand_written) == {"a": "1", "b": "x,y"}
     assert trt.config_string_parameters(generated) == {"engine_build_precision": "FP16"}
     assert trt.strip_build_parameters('name: "m"\n' + generated) == 'name: "m"\n'
-    assert trt.is_tensorrt_config('platform: "tensorrt_plan"\n') and not trt.is_tensorrt_config('backend: "python"')
+    assert trt.is_tensorrt_config('platform: "tensorrt_plan"\n') and not trt.is_tensorrt_config(
+        'backend: "python"'
+    )

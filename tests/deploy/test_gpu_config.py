@@ -1,0 +1,190 @@
+"""The GPU model repository differs from the committed CPU one only where a GPU needs it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from google.protobuf import json_format, text_format
+from tritonclient.grpc import model_config_pb2 as mc
+
+from mobilesamv2.export import gpu
+from mobilesamv2.export.tensorrt import EngineBuild, config_string_parameters, parse_shapes
+
+CPU_REPO = Path(__file__).resolve().parents[2] / "model_repository"
+MODELS = sorted(p.parent.name for p in CPU_REPO.glob("*/config.pbtxt"))
+BUILD_KEYS = {f"parameters.{k}" for k in EngineBuild().to_parameters()} | {
+    "parameters.engine_build_min_shapes",
+    "parameters.engine_build_opt_shapes",
+    "parameters.engine_build_max_shapes",
+}
+
+
+def _parse(text: str) -> mc.ModelConfig:
+    return text_format.Parse(text, mc.ModelConfig())
+
+
+def _flatten(value, prefix="") -> dict:
+    """Message -> {dotted path: leaf}; lists are leaves, maps (parameters, warm-up inputs) are walked."""
+    if isinstance(value, dict):
+        out = {}
+        for key, item in value.items():
+            out.update(_flatten(item, f"{prefix}.{key}" if prefix else key))
+        return out
+    return {prefix: value}
+
+
+def changed_fields(cpu_text: str, gpu_text: str) -> set[str]:
+    a = _flatten(json_format.MessageToDict(_parse(cpu_text)))
+    b = _flatten(json_format.MessageToDict(_parse(gpu_text)))
+    return {key.removesuffix(".stringValue") for key in a.keys() | b.keys() if a.get(key) != b.get(key)}
+
+
+def cpu_config(model: str) -> str:
+    return (CPU_REPO / model / "config.pbtxt").read_text()
+
+
+def test_the_committed_repository_has_the_models_this_test_knows():
+    assert {"image_encoder", "prompt_decoder", "object_discovery", "segment_everything"} <= set(MODELS)
+
+
+def test_image_encoder_becomes_a_batched_tensorrt_engine_and_nothing_else_changes():
+    text = gpu.gpu_model_config(cpu_config("image_encoder"), instances_per_gpu=2)
+    assert (
+        changed_fields(cpu_config("image_encoder"), text)
+        == {"backend", "platform", "instanceGroup", "dynamicBatching.preferredBatchSize"} | BUILD_KEYS
+    )
+    config = _parse(text)
+    assert (config.backend, config.platform) == ("tensorrt", "tensorrt_plan")
+    assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
+    assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
+    build = EngineBuild.from_parameters(config_string_parameters(text))
+    assert build.fp16 and build.fp32_layers == "auto"
+    assert build.shapes["image"] == ((1, 1024, 1024, 3), (4, 1024, 1024, 3), (4, 1024, 1024, 3))
+    assert build.shapes["image_size"] == ((1, 2), (4, 2), (4, 2))
+
+
+def test_prompt_decoder_profile_covers_one_to_max_prompts_and_cpu_slicing_is_dropped():
+    text = gpu.gpu_model_config(cpu_config("prompt_decoder"), max_prompts=320)
+    assert (
+        changed_fields(cpu_config("prompt_decoder"), text)
+        == {"backend", "platform", "instanceGroup", "parameters.max_rows_per_run", "parameters.sliced_inputs"}
+        | BUILD_KEYS
+    )
+    params = config_string_parameters(text)
+    low, high = (
+        parse_shapes(params["engine_build_min_shapes"]),
+        parse_shapes(params["engine_build_max_shapes"]),
+    )
+    assert low["point_coords"][0] == 1 and high["point_coords"][0] == 320
+    assert low["point_labels"][0] == 1 and high["point_labels"][0] == 320
+    assert low["image_embeddings"] == high["image_embeddings"] == (1, 256, 64, 64)
+    # the warm-up (one box: 1 prompt x 2 points) lies inside the profile
+    warmup = _parse(text).model_warmup[0].inputs["point_coords"]
+    assert all(
+        a <= d <= b for a, d, b in zip(low["point_coords"], warmup.dims, high["point_coords"], strict=True)
+    )
+
+
+def test_object_discovery_moves_to_the_gpu_with_the_cuda_provider_and_a_warmup():
+    text = gpu.gpu_model_config(cpu_config("object_discovery"))
+    assert changed_fields(cpu_config("object_discovery"), text) == {
+        "instanceGroup",
+        "parameters.execution_provider",
+        "modelWarmup",
+    }
+    config = _parse(text)
+    assert config.parameters["execution_provider"].string_value == "cuda"
+    assert list(config.model_warmup[0].inputs["images"].dims) == [1024, 1024, 3]
+
+
+def test_bls_model_stays_on_cpu_and_only_its_decoder_call_size_follows_max_prompts():
+    text = cpu_config("segment_everything")
+    assert changed_fields(text, gpu.gpu_model_config(text, max_prompts=320)) == set()
+    assert changed_fields(text, gpu.gpu_model_config(text, max_prompts=256)) == {
+        "parameters.decoder_max_prompts_per_call"
+    }
+
+
+def test_onnxruntime_with_tensorrt_accelerator_variant():
+    text = gpu.gpu_model_config(cpu_config("prompt_decoder"), backend="onnxruntime-trt", max_prompts=300)
+    assert changed_fields(cpu_config("prompt_decoder"), text) == {
+        "instanceGroup",
+        "optimization.executionAccelerators.gpuExecutionAccelerator",
+        "parameters.max_rows_per_run",
+        "parameters.sliced_inputs",
+    }
+    accelerator = _parse(text).optimization.execution_accelerators.gpu_execution_accelerator[0]
+    assert accelerator.name == "tensorrt"
+    assert accelerator.parameters["precision_mode"] == "FP16"
+    assert accelerator.parameters["trt_layer_norm_fp32_fallback"] == "1"
+    assert parse_shapes(accelerator.parameters["trt_profile_max_shapes"])["point_coords"][0] == 300
+
+
+def test_settings_are_applied():
+    text = gpu.gpu_model_config(
+        cpu_config("image_encoder"),
+        preferred_batch_sizes=[4],
+        max_queue_delay_us=500,
+        gpus=[0, 1],
+        fp16=False,
+    )
+    config = _parse(text)
+    assert list(config.dynamic_batching.preferred_batch_size) == [4]
+    assert config.dynamic_batching.max_queue_delay_microseconds == 500
+    assert list(config.instance_group[0].gpus) == [0, 1]
+    assert EngineBuild.from_parameters(config_string_parameters(text)) == EngineBuild(
+        fp16=False,
+        fp32_layers="none",
+        shapes=EngineBuild.from_parameters(config_string_parameters(text)).shapes,
+    )
+
+
+@pytest.mark.parametrize("kwargs", [{"backend": "openvino"}, {"instances_per_gpu": 0}, {"max_prompts": 0}])
+def test_bad_settings_are_refused(kwargs):
+    with pytest.raises(ValueError):
+        gpu.gpu_model_config(cpu_config("prompt_decoder"), **kwargs)
+
+
+def test_write_gpu_repository_copies_everything_and_rewrites_only_configs(tmp_path):
+    cpu = tmp_path / "cpu"
+    for model in MODELS:
+        (cpu / model / "1").mkdir(parents=True)
+        (cpu / model / "config.pbtxt").write_text(cpu_config(model))
+    (cpu / "image_encoder" / "1" / "model.onnx").write_bytes(b"onnx bytes")
+    (cpu / "object_discovery" / "1" / "model.py").write_text("# python model\n")
+    (cpu / "object_discovery" / "1" / "__pycache__").mkdir()
+    (cpu / "BUILD_INFO.json").write_text("{}")
+    out = tmp_path / "gpu"
+    (out / "image_encoder" / "1").mkdir(parents=True)
+    (out / "image_encoder" / "1" / "model.plan").write_bytes(b"stale")  # replaced with the model folder
+    written = gpu.write_gpu_repository(cpu, out)
+    assert sorted(p.parent.name for p in written) == MODELS
+    assert (out / "image_encoder" / "1" / "model.onnx").read_bytes() == b"onnx bytes"
+    assert not (out / "image_encoder" / "1" / "model.plan").exists()
+    assert (out / "object_discovery" / "1" / "model.py").is_file()
+    assert not (out / "object_discovery" / "1" / "__pycache__").exists()
+    assert (out / "BUILD_INFO.json").is_file()
+    assert _parse((out / "image_encoder" / "config.pbtxt").read_text()).platform == "tensorrt_plan"
+    with pytest.raises(ValueError):
+        gpu.write_gpu_repository(cpu, cpu)
+
+
+def test_main_writes_the_repository(tmp_path, capsys):
+    gpu.main(
+        [
+            "--cpu-repo",
+            str(CPU_REPO),
+            "--out",
+            str(tmp_path / "gpu"),
+            "--instances-per-gpu",
+            "2",
+            "--max-prompts",
+            "256",
+            "--preferred-batch-sizes",
+            "2,4",
+        ]
+    )
+    assert len(capsys.readouterr().out.splitlines()) == len(MODELS)
+    config = _parse((tmp_path / "gpu" / "prompt_decoder" / "config.pbtxt").read_text())
+    assert config.instance_group[0].count == 2

@@ -1,0 +1,298 @@
+"""The Helm chart, rendered by Helm's own engine (helm-python-sdk binds Helm's Go SDK; no helm binary or
+cluster here), every built-in object validated against the Kubernetes OpenAPI schemas (kubernetes-validate,
+strict: unknown fields fail) of the oldest and newest supported versions, the prometheus-operator objects
+validated against the subset of their CRD schemas the chart uses, and the objects checked against each other
+(selectors, port names, volumes, probes)."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+helm = pytest.importorskip("helm_python", reason="helm-python-sdk (Helm's engine) is a test dependency")
+kubernetes_validate = pytest.importorskip("kubernetes_validate")
+jsonschema = pytest.importorskip("jsonschema")
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+CHART = REPO_ROOT / "deploy" / "helm" / "segment-everything"
+ADAPTER_VALUES = REPO_ROOT / "deploy" / "helm" / "prometheus-adapter-values.yaml"
+# Chart.yaml's kubeVersion >=1.25, and the newest schema the installed kubernetes-validate ships
+KUBERNETES_VERSIONS = ("1.25.0", kubernetes_validate.latest_version())
+STARTUP_BUDGET_S = 30 * 60  # a first start builds the TensorRT engines
+
+SCENARIOS = {
+    "defaults (baked repository, shared engine cache, ServiceMonitor, HPA)": {},
+    "volume repository, existing cache, PodMonitor, fixed replicas, GPU type": {
+        "modelRepository": {
+            "source": "volume",
+            "volume": {"claimName": "mobilesamv2-models", "subPath": "gpu"},
+        },
+        "engineCache": {"existingClaim": "shared-engines"},
+        "metrics": {
+            "serviceMonitor": {"enabled": False},
+            "podMonitor": {"enabled": True, "labels": {"team": "cv"}},
+        },
+        "autoscaling": {"enabled": False},
+        "replicaCount": 2,
+        "gpu": {"product": "NVIDIA-L4", "count": 2},
+        "server": {"args": ["--log-verbose=1"], "env": [{"name": "OMP_NUM_THREADS", "value": "4"}]},
+    },
+    "object store repository, per-pod cache, LoadBalancer": {
+        "modelRepository": {
+            "source": "objectStore",
+            "objectStore": {
+                "uri": "s3://bucket/model_repository_gpu",
+                "image": "amazon/aws-cli:2.17.0",
+                "credentialsSecret": "s3-credentials",
+            },
+        },
+        "engineCache": {"enabled": False},
+        "podDisruptionBudget": {"enabled": False},
+        "service": {"type": "LoadBalancer"},
+        "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}}},
+    },
+}
+
+# The parts of prometheus-operator's ServiceMonitor / PodMonitor CRDs (monitoring.coreos.com/v1) the chart
+# writes; kubernetes-validate ships no schema for custom resources.
+DURATION = r"^(0|(([0-9]+)y)?(([0-9]+)w)?(([0-9]+)d)?(([0-9]+)h)?(([0-9]+)m)?(([0-9]+)s)?(([0-9]+)ms)?)$"
+ENDPOINT = {
+    "type": "object",
+    "required": ["port"],
+    "additionalProperties": False,
+    "properties": {
+        "port": {"type": "string"},
+        "path": {"type": "string"},
+        "interval": {"type": "string", "pattern": DURATION},
+    },
+}
+SELECTOR = {
+    "type": "object",
+    "required": ["matchLabels"],
+    "additionalProperties": False,
+    "properties": {"matchLabels": {"type": "object", "additionalProperties": {"type": "string"}}},
+}
+METADATA = {
+    "type": "object",
+    "required": ["name"],
+    "properties": {
+        "name": {"type": "string"},
+        "labels": {"type": "object", "additionalProperties": {"type": "string"}},
+    },
+}
+
+
+def _monitor_schema(kind: str, endpoints_key: str) -> dict:
+    return {
+        "type": "object",
+        "required": ["apiVersion", "kind", "metadata", "spec"],
+        "additionalProperties": False,
+        "properties": {
+            "apiVersion": {"const": "monitoring.coreos.com/v1"},
+            "kind": {"const": kind},
+            "metadata": METADATA,
+            "spec": {
+                "type": "object",
+                "required": ["selector", endpoints_key],
+                "additionalProperties": False,
+                "properties": {
+                    "selector": SELECTOR,
+                    endpoints_key: {"type": "array", "minItems": 1, "items": ENDPOINT},
+                },
+            },
+        },
+    }
+
+
+CRD_SCHEMAS = {
+    "ServiceMonitor": _monitor_schema("ServiceMonitor", "endpoints"),
+    "PodMonitor": _monitor_schema("PodMonitor", "podMetricsEndpoints"),
+}
+
+
+def render(values: dict, name: str = "demo", namespace: str = "vision") -> list[dict]:
+    with helm.Chart.load(str(CHART)) as chart:
+        files = chart.render(values, name=name, namespace=namespace)
+    documents = []
+    for path, text in sorted(files.items()):
+        if path.endswith(".yaml"):
+            documents += [d for d in yaml.safe_load_all(text) if d]
+    return documents
+
+
+def by_kind(documents: list[dict], kind: str) -> list[dict]:
+    return [d for d in documents if d["kind"] == kind]
+
+
+def one(documents: list[dict], kind: str) -> dict:
+    [document] = by_kind(documents, kind)
+    return document
+
+
+def matches(selector: dict, labels: dict) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+@pytest.fixture(scope="module", params=list(SCENARIOS), ids=list(SCENARIOS))
+def scenario(request):
+    values = SCENARIOS[request.param]
+    return values, render(values)
+
+
+def test_helm_lint_has_no_errors():
+    report = helm.lint(str(CHART))
+    assert report["errors"] == []
+    assert all(m["severity"] <= 1 for m in report["messages"]), report["messages"]  # info only (icon)
+
+
+def test_every_object_is_valid(scenario):
+    _, documents = scenario
+    kinds = sorted(d["kind"] for d in documents)
+    assert {"Deployment", "Service"} <= set(kinds)
+    for document in documents:
+        name = f"{document['kind']}/{document['metadata']['name']}"
+        if document["apiVersion"].startswith("monitoring.coreos.com/"):
+            jsonschema.validate(document, CRD_SCHEMAS[document["kind"]])
+            continue
+        for version in KUBERNETES_VERSIONS:
+            try:
+                kubernetes_validate.validate(document, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                pytest.fail(f"{name} is invalid for Kubernetes {version}: {exc.message} at {list(exc.path)}")
+
+
+def test_objects_fit_together(scenario):
+    values, documents = scenario
+    deployment = one(documents, "Deployment")
+    pod = deployment["spec"]["template"]
+    pod_labels = pod["metadata"]["labels"]
+    assert matches(deployment["spec"]["selector"]["matchLabels"], pod_labels)
+    [container] = pod["spec"]["containers"]
+    container_ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    # the entrypoint's tritonserver defaults
+    assert container_ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
+
+    services = {s["metadata"]["name"]: s for s in by_kind(documents, "Service")}
+    assert set(services) == {"demo-segment-everything", "demo-segment-everything-metrics"}
+    for service in services.values():
+        assert matches(service["spec"]["selector"], pod_labels)
+        assert all(p["targetPort"] in container_ports for p in service["spec"]["ports"])
+    assert {p["name"] for p in services["demo-segment-everything"]["spec"]["ports"]} == {"http", "grpc"}
+
+    for monitor in by_kind(documents, "ServiceMonitor"):
+        [target] = [
+            s
+            for s in services.values()
+            if matches(monitor["spec"]["selector"]["matchLabels"], s["metadata"]["labels"])
+        ]
+        assert target["metadata"]["name"] == "demo-segment-everything-metrics"
+        assert {e["port"] for e in monitor["spec"]["endpoints"]} <= {
+            p["name"] for p in target["spec"]["ports"]
+        }
+    for monitor in by_kind(documents, "PodMonitor"):
+        assert matches(monitor["spec"]["selector"]["matchLabels"], pod_labels)
+        assert {e["port"] for e in monitor["spec"]["podMetricsEndpoints"]} <= set(container_ports)
+
+    volumes = {v["name"]: v for v in pod["spec"]["volumes"]}
+    for c in [container, *pod["spec"].get("initContainers", [])]:
+        assert {m["name"] for m in c["volumeMounts"]} <= set(volumes)
+    assert volumes["dshm"]["emptyDir"]["medium"] == "Memory"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    mounts = {m["mountPath"]: m for m in container["volumeMounts"]}
+    assert env["ENGINE_CACHE_DIR"] in mounts and env["RUNTIME_MODEL_REPOSITORY"].startswith("/tmp/")
+    assert "/tmp" in mounts and container["securityContext"]["readOnlyRootFilesystem"] is True
+
+    for claim in by_kind(documents, "PersistentVolumeClaim"):
+        assert claim["metadata"]["name"] in {
+            v.get("persistentVolumeClaim", {}).get("claimName") for v in volumes.values()
+        }
+
+    probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert all(p["httpGet"]["port"] == "http" for p in probes.values())
+    assert probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
+    assert probes["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
+    startup = probes["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_BUDGET_S
+
+    resources = container["resources"]
+    gpus = values.get("gpu", {}).get("count", 1)
+    assert resources["limits"]["nvidia.com/gpu"] == resources["requests"]["nvidia.com/gpu"] == gpus
+    assert pod["spec"]["securityContext"]["runAsNonRoot"] is True
+
+    hpas = by_kind(documents, "HorizontalPodAutoscaler")
+    if values.get("autoscaling", {}).get("enabled", True):
+        [hpa] = hpas
+        assert hpa["spec"]["scaleTargetRef"] == {
+            "apiVersion": "apps/v1",
+            "kind": "Deployment",
+            "name": deployment["metadata"]["name"],
+        }
+        [metric] = hpa["spec"]["metrics"]
+        assert metric["type"] == "Pods" and metric["pods"]["metric"]["name"] == "avg_time_queue_us"
+        assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
+    else:
+        assert hpas == [] and deployment["spec"]["replicas"] == values["replicaCount"]
+
+
+def test_model_repository_sources():
+    volume = one(
+        render(SCENARIOS["volume repository, existing cache, PodMonitor, fixed replicas, GPU type"]),
+        "Deployment",
+    )["spec"]["template"]["spec"]
+    repo = next(v for v in volume["volumes"] if v["name"] == "model-repository")
+    assert repo["persistentVolumeClaim"] == {"claimName": "mobilesamv2-models", "readOnly": True}
+    mount = next(m for m in volume["containers"][0]["volumeMounts"] if m["name"] == "model-repository")
+    assert mount == {
+        "name": "model-repository",
+        "mountPath": "/opt/mobilesamv2/model_repository",
+        "readOnly": True,
+        "subPath": "gpu",
+    }
+    assert volume["nodeSelector"] == {"nvidia.com/gpu.product": "NVIDIA-L4"}
+    cache = next(v for v in volume["volumes"] if v["name"] == "engine-cache")
+    assert cache["persistentVolumeClaim"]["claimName"] == "shared-engines"
+
+    store = one(render(SCENARIOS["object store repository, per-pod cache, LoadBalancer"]), "Deployment")[
+        "spec"
+    ]["template"]["spec"]
+    [init] = store["initContainers"]
+    assert init["image"] == "amazon/aws-cli:2.17.0"
+    assert {"name": "MODEL_REPOSITORY_URI", "value": "s3://bucket/model_repository_gpu"} in init["env"]
+    assert init["envFrom"] == [{"secretRef": {"name": "s3-credentials"}}]
+    assert {"emptyDir": {}, "name": "engine-cache"} in store["volumes"]
+
+    baked = one(render({}), "Deployment")["spec"]["template"]["spec"]
+    assert "initContainers" not in baked
+    assert "model-repository" not in {v["name"] for v in baked["volumes"]}
+
+
+@pytest.mark.parametrize(
+    "values, message",
+    [
+        ({"modelRepository": {"source": "nfs"}}, "modelRepository/source"),
+        (
+            {"modelRepository": {"source": "objectStore", "objectStore": {"uri": "s3://b/m"}}},
+            "objectStore.image is required",
+        ),
+        ({"modelRepository": {"source": "volume"}}, "volume.claimName is required"),
+        ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
+        ({"gpu": {"count": 0}}, "gpu/count"),
+        ({"autoscalling": {"enabled": False}}, "additional properties 'autoscalling'"),
+    ],
+)
+def test_bad_values_fail_at_render_time(values, message):
+    with pytest.raises(helm.HelmError, match=re.escape(message)):
+        render(values)
+
+
+def test_prometheus_adapter_rule_serves_the_metric_the_hpa_reads():
+    adapter = yaml.safe_load(ADAPTER_VALUES.read_text())
+    [rule] = adapter["rules"]["custom"]
+    chart_values = yaml.safe_load((CHART / "values.yaml").read_text())
+    assert rule["name"]["as"] == chart_values["autoscaling"]["queueTimeMetric"]
+    assert "nv_inference_queue_duration_us" in rule["seriesQuery"]
+    assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
+    assert "nv_inference_request_success" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
