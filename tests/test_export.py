@@ -24,7 +24,7 @@ def _run(path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_build_report_records_parity_of_every_graph(built_repository):
     info = json.loads((built_repository / BUILD_INFO).read_text())
     assert info["weights"] == "fake" and info["encoder"] == "efficientvit_l2"
-    assert {e["name"] for e in info["exports"]} == {"image_encoder", "prompt_decoder", "detector"}
+    assert {e["name"] for e in info["exports"]} == {"image_encoder", "prompt_decoder", "prompt_decoder (plain)", "detector"}
     for export in info["exports"]:
         assert export["max_abs_diff"] <= export["tolerance"]
     decoder = next(e for e in info["exports"] if e["name"] == "prompt_decoder")

@@ -239,3 +239,14 @@ def test_validate_rgb_array():
         validate_rgb_array(np.zeros((10, 10, 3), np.float32))
     with pytest.raises(InvalidImageError, match="HxWx3"):
         validate_rgb_array(np.zeros((10, 10, 4), np.uint8))
+
+
+def test_mask_and_rle_boxes_agree():
+    from mobilesamv2.processing.masks import mask_boxes, rle_boxes
+
+    masks = np.zeros((3, 40, 60), bool)
+    masks[0, 5:10, 20:33] = True
+    masks[1, 39, 59] = True
+    boxes = mask_boxes(masks)
+    np.testing.assert_array_equal(boxes, [[20, 5, 33, 10], [59, 39, 60, 40], [0, 0, 0, 0]])
+    np.testing.assert_array_equal(rle_boxes([rle_codec.encode(m) for m in masks]), boxes)

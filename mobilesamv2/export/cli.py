@@ -33,7 +33,8 @@ WEIGHTS_KINDS = ("official", "fake")
 
 ONNX_FILES = {
     "image_encoder": "image_encoder/1/model.onnx",
-    "prompt_decoder": "prompt_decoder/1/model.onnx",
+    "prompt_decoder": "prompt_decoder/1/model.onnx",  # factorized formulation (ONNX Runtime)
+    "prompt_decoder_plain": "prompt_decoder/1/plain.onnx",  # SAM's formulation, same I/O (TensorRT source)
     "detector": "object_discovery/1/detector.onnx",
 }
 
@@ -128,12 +129,12 @@ def build_repository(
         embedding = graph(torch.from_numpy(canvas)[None], torch.from_numpy(size)[None])
     del graph
 
-    log(f"[2/3] prompt decoder from {files[1].name}")
+    log(f"[2/3] prompt decoder from {files[1].name} (factorized for ONNX Runtime, plain for TensorRT)")
     decoder = load_prompt_decoder(files[1])
-    reports.append(
-        onnx_export.export_prompt_decoder(decoder, out / ONNX_FILES["prompt_decoder"], embedding, decoder_counts)
-    )
-    log(f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}")
+    for key, factorized in (("prompt_decoder", True), ("prompt_decoder_plain", False)):
+        path = out / ONNX_FILES[key]
+        reports.append(onnx_export.export_prompt_decoder(decoder, path, embedding, decoder_counts, factorized=factorized))
+        log(f"      {path.name} exported in {reports[-1].export_seconds:.1f} s, max diff {reports[-1].max_abs_diff:.2e}")
 
     log(f"[3/3] object-aware model from {files[0].name}")
     network = load_object_aware_model(files[0])

@@ -32,6 +32,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from .tensorrt import DEFAULT_WORKSPACE_MB, EngineBuild, format_shapes
 
 BACKENDS = ("tensorrt", "onnxruntime-trt")
+PLAIN_ONNX = "plain.onnx"  # written by the build next to a model.onnx whose formulation is tuned for CPU
 DEFAULT_MAX_PROMPTS = 320  # the reference decodes in batches of 320 (and keeps at most 300 boxes)
 DEFAULT_OPT_PROMPTS = 64
 DEFAULT_POINTS_PER_PROMPT = (1, 2, 4)  # min / opt (a box is 2 corner points) / max points per prompt
@@ -260,6 +261,9 @@ def write_gpu_repository(cpu_repo: Path, out: Path, **settings) -> list[Path]:
         if target.exists():
             shutil.rmtree(target)
         shutil.copytree(model, target, ignore=shutil.ignore_patterns("__pycache__", "*.pyc", "*.plan"))
+        plain = target / "1" / PLAIN_ONNX
+        if plain.exists():  # the decoder's plain formulation is the TensorRT source; same inputs and outputs
+            plain.replace(target / "1" / "model.onnx")
         config_path = target / "config.pbtxt"
         config_path.write_text(gpu_model_config((model / "config.pbtxt").read_text(), **settings))
         written.append(config_path)

@@ -87,3 +87,20 @@ def masks_to_rles(
             # binary[:, :, k].T is the (h, w) mask; its column-major order is this array's row-major order.
             rles.append(rle_codec.encode(binary[:, :, k].T))
     return rles
+
+
+def mask_boxes(masks: np.ndarray) -> np.ndarray:
+    """Tight xyxy boxes (pixel edges, float32) of boolean masks ``(N, h, w)``; zeros for empty masks."""
+    out = np.zeros((len(masks), 4), np.float32)
+    for i, mask in enumerate(masks):
+        rows, cols = np.flatnonzero(mask.any(1)), np.flatnonzero(mask.any(0))
+        if len(rows):
+            out[i] = cols[0], rows[0], cols[-1] + 1, rows[-1] + 1
+    return out
+
+
+def rle_boxes(rles: list[dict]) -> np.ndarray:
+    """Tight xyxy boxes of COCO RLE masks (same convention as :func:`mask_boxes`)."""
+    xywh = np.array([rle_codec.to_bbox(r) for r in rles], np.float32).reshape(-1, 4)
+    xywh[:, 2:] += xywh[:, :2]
+    return xywh

@@ -35,6 +35,7 @@ def tiny_onnx(path: Path, scale: float = 1.0) -> None:
     model = helper.make_model(
         helper.make_graph(nodes, "tiny", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)]
     )
+    path.parent.mkdir(parents=True, exist_ok=True)  # version folders hold only built files: absent in a clone
     onnx.save(model, path)
 
 

@@ -61,7 +61,7 @@ def _huge_png_header() -> bytes:
 BAD_REQUESTS = {
     "empty bytes": (lambda b: _image(b""), "empty"),
     "truncated jpeg": (lambda b: _image(b[: len(b) // 2]), "truncated"),
-    "corrupt jpeg": (lambda b: _image(b[:200] + bytes(range(256)) * 40), "truncated|corrupt"),
+    "corrupt jpeg": (lambda b: _image(b[:200] + bytes(range(256)) * 40), "truncated|corrupt|not a recognised"),
     "text file": (lambda b: _image(b"id,name\n1,bus\n"), "not a recognised image"),
     "1x1 image": (lambda b: _image(_encoded(np.zeros((1, 1, 3), np.uint8), ".png")), "at least 8"),
     "30000x30000 header": (lambda b: _image(_huge_png_header()), "30000x30000"),

@@ -26,7 +26,7 @@ from mobilesamv2.processing.image import (
     encoder_canvas,
     encoder_input_size,
 )
-from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES, masks_to_rles, upsample_masks
+from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES, mask_boxes, masks_to_rles, rle_boxes, upsample_masks
 from mobilesamv2.server.requests import (
     BadRequest,
     Limits,
@@ -189,10 +189,15 @@ class TritonPythonModel:
             pb_utils.Tensor("image_size", np.array(shape, np.int32)),
         ]
         if settings.output_format == "dense":
-            outputs.append(pb_utils.Tensor("masks", upsample_masks(logits, input_size, shape, chunk_bytes=self.chunk_bytes)))
+            masks = upsample_masks(logits, input_size, shape, chunk_bytes=self.chunk_bytes)
+            outputs.append(pb_utils.Tensor("masks", masks))
+            rles = None
         else:
             rles = masks_to_rles(logits, input_size, shape, chunk_bytes=self.chunk_bytes)
             outputs.append(pb_utils.Tensor("masks_rle", np.array([rle_codec.dumps(r) for r in rles], dtype=np.object_)))
+        if points is not None:  # point prompts have no box: report each mask's tight box instead
+            boxes = mask_boxes(masks) if rles is None else rle_boxes(rles)
+            outputs[0] = pb_utils.Tensor("boxes", boxes)
         if settings.output_format == "logits":
             outputs.append(pb_utils.Tensor("low_res_logits", logits.astype(np.float32)))
         timings["postprocess"] = (time.perf_counter() - start) * 1e3

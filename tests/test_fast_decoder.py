@@ -1,0 +1,55 @@
+"""The factorized decoder (served on CPU) equals SAM's decoder formulation: logits within 1e-4 in FP32."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from mobilesamv2.export.cli import ONNX_FILES
+from mobilesamv2.export.onnx_export import box_prompts, ort_session
+from mobilesamv2.fake_checkpoints import FILENAMES
+from mobilesamv2.modeling.checkpoints import load_prompt_decoder
+from mobilesamv2.modeling.fast_decoder import FactorizedPromptDecoder
+
+
+@pytest.fixture(scope="module")
+def decoders(fake_weights):
+    plain = load_prompt_decoder(fake_weights / FILENAMES["decoder"])
+    return plain, FactorizedPromptDecoder(plain).eval()
+
+
+@pytest.fixture(scope="module")
+def embedding(reference_pipeline, bus_rgb):
+    return reference_pipeline.encode(bus_rgb)  # a real image's embedding, not noise
+
+
+@pytest.mark.parametrize("n", [1, 7, 64, 300])
+def test_factorized_equals_reference_decoder(decoders, embedding, built_repository, n):
+    plain, fast = decoders
+    coords, labels = box_prompts(n, seed=n)
+    with torch.no_grad():
+        expected, expected_iou = plain(embedding, coords, labels)
+        got, got_iou = fast(embedding, coords, labels)
+    assert (got - expected).abs().max() < 1e-4
+    assert (got_iou - expected_iou).abs().max() < 1e-5
+    uncertain = expected.abs() < 1e-4
+    assert torch.equal((got > 0)[~uncertain], (expected > 0)[~uncertain])
+    if n in (7, 300):  # the served ONNX graph too
+        masks, _ = ort_session(built_repository / ONNX_FILES["prompt_decoder"]).run(
+            None, {"image_embeddings": embedding.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()}
+        )
+        assert np.abs(masks - expected.numpy()).max() < 1e-4
+
+
+def test_point_prompts_with_padding(decoders, embedding):
+    plain, fast = decoders
+    coords = torch.tensor([[[500.0, 400.0], [100.0, 100.0], [0.0, 0.0]], [[10.0, 900.0], [0.0, 0.0], [0.0, 0.0]]])
+    labels = torch.tensor([[1.0, 0.0, -1.0], [1.0, -1.0, -1.0]])
+    with torch.no_grad():
+        assert (fast(embedding, coords, labels)[0] - plain(embedding, coords, labels)[0]).abs().max() < 1e-4
+
+
+def test_factorized_decoder_adds_no_weights(decoders):
+    plain, fast = decoders
+    assert set(fast.state_dict()) == {f"decoder.{k}" for k in plain.state_dict()}
