@@ -15,7 +15,9 @@ def ultralytics_images() -> Path:
     """The sample images inside the ultralytics wheel (bus.jpg, zidane.jpg), found without importing it."""
     spec = importlib.util.find_spec("ultralytics")
     if spec is None or spec.origin is None:
-        raise FileNotFoundError("no image folder given and ultralytics (which ships sample images) is not installed")
+        raise FileNotFoundError(
+            "no image folder given and ultralytics (which ships sample images) is not installed"
+        )
     return Path(spec.origin).parent / "assets"
 
 

@@ -33,7 +33,7 @@ from locust import User, constant, events, task
 grpc_gevent.init_gevent()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_images, split_host  # noqa: E402 - beside this file; locust may load it from anywhere
+from common import load_images, split_host
 
 PROTOCOLS = ("grpc", "http")
 OUTPUT_FORMATS = ("rle", "dense")
@@ -41,31 +41,84 @@ OUTPUT_FORMATS = ("rle", "dense")
 
 @events.init_command_line_parser.add_listener
 def _add_arguments(parser: Any) -> None:
-    # On the parser itself, not a group: only its add_argument knows locust's web-UI keywords.
-    group = parser
-    group.add_argument("--protocol", choices=PROTOCOLS, default="grpc", env_var="LOCUST_PROTOCOL",
-                       help="tritonclient transport; --host is host:port of that endpoint (gRPC 8001, HTTP 8000)")
-    group.add_argument("--images", default="", env_var="LOCUST_IMAGES",
-                       help="folder of images sent as encoded bytes (default: the images shipped with ultralytics)")
-    group.add_argument("--model-name", default="segment_everything", env_var="LOCUST_MODEL_NAME")
-    group.add_argument("--max-prompts", type=int, default=0, env_var="LOCUST_MAX_PROMPTS",
-                       help="objects segmented per image; 0 = server default (300). Small values keep requests fast")
-    group.add_argument("--conf", type=float, default=0.0, env_var="LOCUST_CONF",
-                       help="detector confidence threshold; 0 = server default (0.4)")
-    group.add_argument("--iou", type=float, default=0.0, env_var="LOCUST_IOU",
-                       help="box NMS IoU threshold; 0 = server default (0.9)")
-    group.add_argument("--output-format", choices=OUTPUT_FORMATS, default="rle", env_var="LOCUST_OUTPUT_FORMAT",
-                       help="rle (COCO RLE strings, the default) or dense (HxW bool masks: large responses)")
-    group.add_argument("--request-timeout", type=float, default=600.0, env_var="LOCUST_REQUEST_TIMEOUT",
-                       help="seconds before a request counts as failed")
-    group.add_argument("--think-time", type=float, default=0.0, env_var="LOCUST_THINK_TIME",
-                       help="seconds a user waits between requests (0: closed loop, back to back)")
-    group.add_argument("--per-image-names", action="store_true", default=False, env_var="LOCUST_PER_IMAGE_NAMES",
-                       help="one stats row per image file instead of one for the model")
-    group.add_argument("--server-timings", action="store_true", default=False, env_var="LOCUST_SERVER_TIMINGS",
-                       help="ask for the server's per-stage milliseconds and keep them in --samples-file")
-    group.add_argument("--samples-file", default="", env_var="LOCUST_SAMPLES_FILE", include_in_web_ui=False,
-                       help="append one JSON line per request (exact latencies for loadtest.run's percentiles)")
+    # On the parser itself, not in a group: only its add_argument takes locust's web-UI keywords.
+    parser.add_argument(
+        "--protocol",
+        choices=PROTOCOLS,
+        default="grpc",
+        env_var="LOCUST_PROTOCOL",
+        help="tritonclient transport; --host is host:port of that endpoint (gRPC 8001, HTTP 8000)",
+    )
+    parser.add_argument(
+        "--images",
+        default="",
+        env_var="LOCUST_IMAGES",
+        help="folder of images sent as encoded bytes (default: the images shipped with ultralytics)",
+    )
+    parser.add_argument("--model-name", default="segment_everything", env_var="LOCUST_MODEL_NAME")
+    parser.add_argument(
+        "--max-prompts",
+        type=int,
+        default=0,
+        env_var="LOCUST_MAX_PROMPTS",
+        help="objects segmented per image; 0 = server default (300). Small values keep requests fast",
+    )
+    parser.add_argument(
+        "--conf",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_CONF",
+        help="detector confidence threshold; 0 = server default (0.4)",
+    )
+    parser.add_argument(
+        "--iou",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_IOU",
+        help="box NMS IoU threshold; 0 = server default (0.9)",
+    )
+    parser.add_argument(
+        "--output-format",
+        choices=OUTPUT_FORMATS,
+        default="rle",
+        env_var="LOCUST_OUTPUT_FORMAT",
+        help="rle (COCO RLE strings, the default) or dense (HxW bool masks: large responses)",
+    )
+    parser.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        env_var="LOCUST_REQUEST_TIMEOUT",
+        help="seconds before a request counts as failed",
+    )
+    parser.add_argument(
+        "--think-time",
+        type=float,
+        default=0.0,
+        env_var="LOCUST_THINK_TIME",
+        help="seconds a user waits between requests (0: closed loop, back to back)",
+    )
+    parser.add_argument(
+        "--per-image-names",
+        action="store_true",
+        default=False,
+        env_var="LOCUST_PER_IMAGE_NAMES",
+        help="one stats row per image file instead of one for the model",
+    )
+    parser.add_argument(
+        "--server-timings",
+        action="store_true",
+        default=False,
+        env_var="LOCUST_SERVER_TIMINGS",
+        help="ask for the server's per-stage milliseconds and keep them in --samples-file",
+    )
+    parser.add_argument(
+        "--samples-file",
+        default="",
+        env_var="LOCUST_SAMPLES_FILE",
+        include_in_web_ui=False,
+        help="append one JSON line per request (exact latencies for loadtest.run's percentiles)",
+    )
 
 
 class SampleLog:
@@ -162,10 +215,16 @@ class SegmentEverythingUser(User):
         if options.iou > 0:
             inputs.append(self._tensor("iou_threshold", np.array([options.iou], np.float32), "FP32"))
         if options.output_format != "rle":
-            inputs.append(self._tensor("output_format", np.array([options.output_format.encode()], np.object_), "BYTES"))
+            inputs.append(
+                self._tensor("output_format", np.array([options.output_format.encode()], np.object_), "BYTES")
+            )
         if options.server_timings:
             inputs.append(self._tensor("return_timings", np.array([True]), "BOOL"))
-        self.output_names = ["boxes", "image_size", "masks_rle" if options.output_format == "rle" else "masks"]
+        self.output_names = [
+            "boxes",
+            "image_size",
+            "masks_rle" if options.output_format == "rle" else "masks",
+        ]
         if options.server_timings:
             self.output_names.append("timings")
         return inputs

@@ -186,7 +186,9 @@ def check_bounds(summary: Summary, bounds: Bounds) -> list[str]:
     """The bounds ``summary`` violates, as sentences; empty when it passes."""
     violations = []
     if summary.requests < bounds.min_requests:
-        violations.append(f"{summary.requests} requests completed, fewer than the {bounds.min_requests} required")
+        violations.append(
+            f"{summary.requests} requests completed, fewer than the {bounds.min_requests} required"
+        )
     if summary.requests and summary.failure_ratio > bounds.max_failure_ratio:
         violations.append(
             f"failure ratio {summary.failure_ratio:.4f} ({summary.failures}/{summary.requests}) "
@@ -202,13 +204,19 @@ def check_bounds(summary: Summary, bounds: Bounds) -> list[str]:
 
 def format_summary(summary: Summary, bounds: Bounds | None = None) -> str:
     lines = [
-        f"requests {summary.requests}, failures {summary.failures} ({100 * (summary.failure_ratio or 0):.2f}%), "
-        f"throughput {summary.throughput_rps:.3f} req/s over {summary.window_s:.1f} s",
-        f"latency ms ({summary.source}): p50 {summary.p50_ms:.1f}  p95 {summary.p95_ms:.1f}  "
-        f"p99 {summary.p99_ms:.1f}  mean {summary.mean_ms:.1f}  max {summary.max_ms:.1f}",
+        (
+            f"requests {summary.requests}, failures {summary.failures} ({100 * (summary.failure_ratio or 0):.2f}%), "
+            f"throughput {summary.throughput_rps:.3f} req/s over {summary.window_s:.1f} s"
+        ),
+        (
+            f"latency ms ({summary.source}): p50 {summary.p50_ms:.1f}  p95 {summary.p95_ms:.1f}  "
+            f"p99 {summary.p99_ms:.1f}  mean {summary.mean_ms:.1f}  max {summary.max_ms:.1f}"
+        ),
     ]
     if not math.isnan(summary.masks_mean):
-        lines.append(f"masks per response {summary.masks_mean:.1f}, response {summary.response_bytes_mean / 1e3:.1f} kB")
+        lines.append(
+            f"masks per response {summary.masks_mean:.1f}, response {summary.response_bytes_mean / 1e3:.1f} kB"
+        )
     for error, count in sorted(summary.errors.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  {count} x {error}")
     if bounds is not None:
@@ -216,7 +224,9 @@ def format_summary(summary: Summary, bounds: Bounds | None = None) -> str:
         limits = f"failure ratio <= {bounds.max_failure_ratio}" + (
             f", p95 <= {bounds.max_p95_ms:.0f} ms" if bounds.max_p95_ms is not None else ""
         )
-        lines.append(f"bounds ({limits}): " + ("PASS" if not violations else "FAIL: " + "; ".join(violations)))
+        lines.append(
+            f"bounds ({limits}): " + ("PASS" if not violations else "FAIL: " + "; ".join(violations))
+        )
     return "\n".join(lines)
 
 
@@ -269,29 +279,48 @@ class LoadTestResult:
 def locust_command(settings: LoadTestSettings, out_dir: Path, locustfile: Path = LOCUSTFILE) -> list[str]:
     """The ``locust`` command line of a headless run writing its reports under ``out_dir``."""
     command = [
-        sys.executable, "-m", "locust",
-        "-f", str(locustfile),
+        sys.executable,
+        "-m",
+        "locust",
+        "-f",
+        str(locustfile),
         "--headless",
-        "--users", str(settings.users),
-        "--spawn-rate", f"{settings.spawn_rate:g}",
-        "--run-time", settings.run_time,
-        "--stop-timeout", f"{settings.stop_timeout:g}",
-        "--csv", str(out_dir / CSV_PREFIX),
-        "--html", str(out_dir / "report.html"),
+        "--users",
+        str(settings.users),
+        "--spawn-rate",
+        f"{settings.spawn_rate:g}",
+        "--run-time",
+        settings.run_time,
+        "--stop-timeout",
+        f"{settings.stop_timeout:g}",
+        "--csv",
+        str(out_dir / CSV_PREFIX),
+        "--html",
+        str(out_dir / "report.html"),
         "--only-summary",
-        "--exit-code-on-error", "0",  # failures are judged here, against the bounds
-        "--protocol", settings.protocol,
-        "--model-name", settings.model_name,
-        "--samples-file", str(out_dir / "samples.jsonl"),
-        "--request-timeout", f"{settings.request_timeout:g}",
-        "--output-format", settings.output_format,
-    ]  # fmt: skip
+        "--exit-code-on-error",
+        "0",  # failures are judged here, against the bounds
+        "--protocol",
+        settings.protocol,
+        "--model-name",
+        settings.model_name,
+        "--samples-file",
+        str(out_dir / "samples.jsonl"),
+        "--request-timeout",
+        f"{settings.request_timeout:g}",
+        "--output-format",
+        settings.output_format,
+    ]
     if settings.host:
         command += ["--host", settings.host]
     if settings.images:
         command += ["--images", settings.images]
-    for flag, value in (("--max-prompts", settings.max_prompts), ("--conf", settings.conf), ("--iou", settings.iou),
-                        ("--think-time", settings.think_time)):
+    for flag, value in (
+        ("--max-prompts", settings.max_prompts),
+        ("--conf", settings.conf),
+        ("--iou", settings.iou),
+        ("--think-time", settings.think_time),
+    ):
         if value:
             command += [flag, f"{value:g}"]
     if settings.per_image_names:
@@ -378,9 +407,13 @@ def run_locust(
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(out_dir / "locust.log", "wb") as log:
         try:
-            process = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=limit, check=False)
+            process = subprocess.run(
+                command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=limit, check=False
+            )
         except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(f"locust did not finish within {limit:.0f} s; log {out_dir / 'locust.log'}") from exc
+            raise RuntimeError(
+                f"locust did not finish within {limit:.0f} s; log {out_dir / 'locust.log'}"
+            ) from exc
     log_text = (out_dir / "locust.log").read_text(errors="replace")
     if not quiet:
         print(log_text, end="")
@@ -391,7 +424,8 @@ def run_locust(
     samples = read_samples(out_dir / "samples.jsonl")
     summary = summarize_samples(samples) if samples else summary_from_stats_csv(stats_csv, run_time_s)
     (out_dir / "summary.json").write_text(
-        json.dumps({"settings": asdict(settings), "command": command, "summary": summary.to_dict()}, indent=2) + "\n"
+        json.dumps({"settings": asdict(settings), "command": command, "summary": summary.to_dict()}, indent=2)
+        + "\n"
     )
     return LoadTestResult(summary=summary, out_dir=out_dir, command=command, returncode=process.returncode)
 
@@ -406,34 +440,68 @@ def build_parser() -> argparse.ArgumentParser:
         epilog="Arguments after '--' go to locust unchanged. Exit status: 0 pass, 1 a bound exceeded, 2 run error.",
     )
     target = parser.add_argument_group("target")
-    target.add_argument("--host", default="", help="host:port of Triton's gRPC (default 127.0.0.1:8001) or HTTP "
-                        "(127.0.0.1:8000) endpoint; https:// or grpcs:// for TLS")
+    target.add_argument(
+        "--host",
+        default="",
+        help="host:port of Triton's gRPC (default 127.0.0.1:8001) or HTTP "
+        "(127.0.0.1:8000) endpoint; https:// or grpcs:// for TLS",
+    )
     target.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
-    target.add_argument("--model-repository", type=Path, default=None,
-                        help="start a local Triton on this repository for the run (free ports; --host is ignored)")
+    target.add_argument(
+        "--model-repository",
+        type=Path,
+        default=None,
+        help="start a local Triton on this repository for the run (free ports; --host is ignored)",
+    )
     target.add_argument("--model-name", default="segment_everything")
+    target.add_argument(
+        "--ready-timeout",
+        type=float,
+        default=30.0,
+        help="seconds to wait for the server and model to be ready before giving up",
+    )
     load = parser.add_argument_group("load")
-    load.add_argument("-u", "--users", type=int, default=2, help="concurrent users (each one request at a time)")
-    load.add_argument("-r", "--spawn-rate", type=float, default=None, help="users started per second (default: all at once)")
+    load.add_argument(
+        "-u", "--users", type=int, default=2, help="concurrent users (each one request at a time)"
+    )
+    load.add_argument(
+        "-r", "--spawn-rate", type=float, default=None, help="users started per second (default: all at once)"
+    )
     load.add_argument("-t", "--run-time", default="60s", help="e.g. 60s, 5m, 1h30m")
-    load.add_argument("--images", default="", help="folder of images (default: the images shipped with ultralytics)")
+    load.add_argument(
+        "--images", default="", help="folder of images (default: the images shipped with ultralytics)"
+    )
     load.add_argument("--think-time", type=float, default=0.0, help="seconds between a user's requests")
     load.add_argument("--warmup", type=int, default=1, help="unmeasured requests before the run")
-    load.add_argument("--stop-timeout", type=float, default=60.0,
-                      help="seconds locust lets running requests finish after --run-time")
+    load.add_argument(
+        "--stop-timeout",
+        type=float,
+        default=60.0,
+        help="seconds locust lets running requests finish after --run-time",
+    )
     model = parser.add_argument_group("model settings")
-    model.add_argument("--max-prompts", type=int, default=0, help="objects per image; 0 = server default (300)")
-    model.add_argument("--conf", type=float, default=0.0, help="detector confidence; 0 = server default (0.4)")
+    model.add_argument(
+        "--max-prompts", type=int, default=0, help="objects per image; 0 = server default (300)"
+    )
+    model.add_argument(
+        "--conf", type=float, default=0.0, help="detector confidence; 0 = server default (0.4)"
+    )
     model.add_argument("--iou", type=float, default=0.0, help="box NMS IoU; 0 = server default (0.9)")
     model.add_argument("--output-format", choices=("rle", "dense"), default="rle")
     model.add_argument("--request-timeout", type=float, default=600.0)
-    model.add_argument("--server-timings", action="store_true", help="record the server's per-stage ms per request")
+    model.add_argument(
+        "--server-timings", action="store_true", help="record the server's per-stage ms per request"
+    )
     model.add_argument("--per-image-names", action="store_true", help="one locust stats row per image")
     checks = parser.add_argument_group("bounds")
-    checks.add_argument("--max-failure-ratio", type=float, default=0.0, help="fail above this ratio (default 0)")
+    checks.add_argument(
+        "--max-failure-ratio", type=float, default=0.0, help="fail above this ratio (default 0)"
+    )
     checks.add_argument("--max-p95-ms", type=float, default=None, help="fail when p95 latency exceeds this")
     checks.add_argument("--min-requests", type=int, default=1, help="fail with fewer completed requests")
-    parser.add_argument("--out", type=Path, default=None, help="report folder (default work/loadtest/<time>/)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="report folder (default work/loadtest/<time>/)"
+    )
     parser.add_argument("-v", "--verbose", action="store_true", help="print locust's own output")
     return parser
 
@@ -473,7 +541,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = None
     if args.model_repository is not None:
-        from mobilesamv2.server.launcher import TritonServer  # noqa: PLC0415 - only for a local server
+        from mobilesamv2.server.launcher import TritonServer
 
         server = TritonServer(args.model_repository, startup_timeout=300)
         print(f"loadtest: starting Triton on {args.model_repository} (log {server.log_path})", flush=True)
@@ -490,7 +558,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     try:
-        result = run_locust(settings, args.out, warmup=args.warmup, quiet=not args.verbose)
+        result = run_locust(
+            settings, args.out, warmup=args.warmup, ready_timeout=args.ready_timeout, quiet=not args.verbose
+        )
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return EXIT_ERROR

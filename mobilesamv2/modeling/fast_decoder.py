@@ -145,8 +145,27 @@ class FactorizedPromptDecoder(nn.Module):
         queries = transformer.norm_final_attn(queries + attn_out)
 
         # masks from mask token 0 only; IoU from the IoU token
-        upscaled = md.output_upscaling(keys.transpose(1, 2).reshape(n, -1, EMBEDDING_SIZE, EMBEDDING_SIZE))
         hyper = md.output_hypernetworks_mlps[0](queries[:, 1])  # (N, 32)
-        masks = torch.matmul(hyper.unsqueeze(1), upscaled.flatten(2)).reshape(n, 1, *upscaled.shape[-2:])
+        masks = self._upscale_and_project(keys, hyper)
         iou = md.iou_prediction_head(queries[:, 0])[:, :1]
         return masks, iou
+
+    def _upscale_and_project(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
+        """SAM's output upscaling (two 2x2 stride-2 transposed convolutions, LayerNorm2d, GELUs) and the
+        hypernetwork product, channels-last. A stride-2 2x2 transposed convolution has no overlapping taps: it is a
+        matmul per pixel (C -> 4 C') followed by depth-to-space. Keeping the sub-pixel axes apart until the very
+        end makes every step a plain matmul / LayerNorm over the last axis, and only the final (N, 256, 256) logits
+        get rearranged, instead of transposing (N, 256, 64, 64) activations into NCHW for convolutions."""
+        up1, norm, _, up2, _ = self.decoder.mask_decoder.output_upscaling
+        n, s = keys.shape[0], EMBEDDING_SIZE
+        c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
+        # (N, 4096, 256) @ (256, 2*2*64) -> (N, y, x, i, j, 64)
+        w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.weight.shape[0], 4 * c1)
+        x = (torch.matmul(keys, w1).reshape(n, s, s, 2, 2, c1) + up1.bias)
+        x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
+        # (..., 64) @ (64, 2*2*32) -> (N, y, x, i, j, i2, j2, 32)
+        w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
+        x = F.gelu(torch.matmul(x, w2).reshape(n, s, s, 2, 2, 2, 2, c2) + up2.bias)
+        # hypernetwork product over the 32 channels, then pixels (y, i, i2) x (x, j, j2) -> 256 x 256
+        logits = torch.matmul(x.reshape(n, -1, c2), hyper.unsqueeze(-1)).reshape(n, s, s, 2, 2, 2, 2)
+        return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(n, 1, 4 * s, 4 * s)

@@ -6,7 +6,7 @@
 Encoder and discovery run concurrently (``asyncio.gather`` of two BLS requests). All prompts go to the decoder in
 one call; only a count above ``decoder_max_prompts_per_call`` is split, to bound the decoder's memory. With
 ``boxes`` or ``points`` inputs (SegAny), discovery is skipped and the given prompts are decoded instead.
-Per-stage timings go to the log (verbose) and, with ``return_timings``, to the response.
+Per-stage timings go to the log (INFO, one line per request) and, with ``return_timings``, to the response.
 """
 
 from __future__ import annotations
@@ -204,7 +204,7 @@ class TritonPythonModel:
         timings["total"] = (time.perf_counter() - started) * 1e3
         if settings.return_timings:
             outputs.append(pb_utils.Tensor("timings", np.array([json.dumps(timings).encode()], dtype=np.object_)))
-        self.logger.log_verbose(
+        self.logger.log_info(
             f"segment_everything: {len(boxes)} masks, {shape[1]}x{shape[0]}, "
             + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items())
         )

@@ -1,0 +1,1 @@
+"""Benchmarks of the SegEvery service: ``python -m benchmarks.run`` writes BENCHMARKS.md and docs/benchmarks.png."""
