@@ -21,16 +21,21 @@ from pathlib import Path
 import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO_ROOT))
+
+from benchmarks.sections import write_section  # noqa: E402
+
 START, END = "<!-- ort-tuning:start -->", "<!-- ort-tuning:end -->"
 
 OPTIONS = {
     "graph_optimization_level": ["basic", "extended", "all"],
     "enable_cpu_mem_arena": [True, False],
     "intra_op_threads": [1, 0],  # 0 = one per core
+    "skip_layer_norm_fusion": [True, False],  # ORT's Add+LayerNorm fusion (SkipLayerNormalization kernel)
 }
 
 
-def session(path: Path, level: str, arena: bool, threads: int):
+def session(path: Path, level: str, arena: bool, threads: int, skip_ln_fusion: bool):
     import onnxruntime as ort
 
     options = ort.SessionOptions()
@@ -41,7 +46,8 @@ def session(path: Path, level: str, arena: bool, threads: int):
     }[level]
     options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    disabled = None if skip_ln_fusion else ["SkipLayerNormFusion"]
+    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -109,14 +115,13 @@ def main(argv: list[str] | None = None) -> int:
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
     lines = [
-        START,
         "## ONNX Runtime session options (CPU)",
         "",
         f"Medians of {args.repeats} alternating repeats, {threads} cores; decoder = factorized graph with "
         f"{args.prompts} box prompts (one slice of the runner), encoder = EfficientViT-L2 at batch 1 on bus.jpg.",
         "",
-        "| model | runtime | graph optimisation | memory arena | intra-op threads | median ms |",
-        "|---|---|---|---|---|---|",
+        "| model | runtime | graph optimisation | memory arena | intra-op threads | Add+LayerNorm fusion | median ms |",
+        "|---|---|---|---|---|---|---|",
     ]
     for model in feeds:
         ranked = sorted(
@@ -124,21 +129,17 @@ def main(argv: list[str] | None = None) -> int:
         )
         for ms, key in ranked:
             if key[1] == "torch":
-                lines.append(f"| {model} | PyTorch (eager) | - | - | {threads} | {ms * 1e3:.0f} |")
+                lines.append(f"| {model} | PyTorch (eager) | - | - | {threads} | - | {ms * 1e3:.0f} |")
             else:
-                level, arena, t = key[1]
+                level, arena, t, fusion = key[1]
                 lines.append(
-                    f"| {model} | ONNX Runtime | {level} | {'on' if arena else 'off'} | {t or threads} | {ms * 1e3:.0f} |"
+                    f"| {model} | ONNX Runtime | {level} | {'on' if arena else 'off'} | {t or threads} | "
+                    f"{'on' if fusion else 'off'} | {ms * 1e3:.0f} |"
                 )
-    lines += ["", "Reproduce: `python benchmarks/ort_tuning.py`.", END]
+    lines += ["", "Reproduce: `python benchmarks/ort_tuning.py`."]
     section = "\n".join(lines)
     print(section)
-    text = args.out.read_text() if args.out.exists() else "# Benchmarks\n"
-    if START in text and END in text:
-        text = text[: text.index(START)] + section + text[text.index(END) + len(END) :]
-    else:
-        text = text.rstrip() + "\n\n" + section + "\n"
-    args.out.write_text(text)
+    write_section(args.out, START, END, section)
     return 0
 
 

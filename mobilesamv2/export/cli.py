@@ -111,10 +111,10 @@ def build_repository(
     files = [weights_dir / "ObjectAwareModel.pt", weights_dir / "Prompt_guided_Mask_Decoder.pt", weights_dir / spec.filename]
     fingerprint = _fingerprint(files, encoder)
     info = read_build_info(out)
+    copy_template(out)  # configs and Python models always follow the committed ones (cheap)
     if not force and info and info.get("fingerprint") == fingerprint and all((out / f).is_file() for f in ONNX_FILES.values()):
         log(f"{out} is up to date ({info['weights']} weights, encoder {info['encoder']})")
         return info
-    copy_template(out)
     torch.manual_seed(0)
     images = [cv2.cvtColor(cv2.imread(str(p)), cv2.COLOR_BGR2RGB) for p in sample_images()]
     reports = []

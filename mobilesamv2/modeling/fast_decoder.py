@@ -159,13 +159,13 @@ class FactorizedPromptDecoder(nn.Module):
         up1, norm, _, up2, _ = self.decoder.mask_decoder.output_upscaling
         n, s = keys.shape[0], EMBEDDING_SIZE
         c1, c2 = up1.weight.shape[1], up2.weight.shape[1]
-        # (N, 4096, 256) @ (256, 2*2*64) -> (N, y, x, i, j, 64)
+        # (N*4096, 256) @ (256, 2*2*64) + bias -> (N, y, x, i, j, 64); 2-D so that the bias fuses into a Gemm
         w1 = up1.weight.permute(0, 2, 3, 1).reshape(up1.weight.shape[0], 4 * c1)
-        x = (torch.matmul(keys, w1).reshape(n, s, s, 2, 2, c1) + up1.bias)
+        x = torch.addmm(up1.bias.repeat(4), keys.reshape(-1, keys.shape[-1]), w1).reshape(-1, c1)
         x = F.gelu(F.layer_norm(x, (c1,), norm.weight, norm.bias, norm.eps))
-        # (..., 64) @ (64, 2*2*32) -> (N, y, x, i, j, i2, j2, 32)
+        # (N*4096*4, 64) @ (64, 2*2*32) + bias -> (N, y, x, i, j, i2, j2, 32)
         w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
-        x = F.gelu(torch.matmul(x, w2).reshape(n, s, s, 2, 2, 2, 2, c2) + up2.bias)
+        x = F.gelu(torch.addmm(up2.bias.repeat(4), x, w2))
         # hypernetwork product over the 32 channels, then pixels (y, i, i2) x (x, j, j2) -> 256 x 256
         logits = torch.matmul(x.reshape(n, -1, c2), hyper.unsqueeze(-1)).reshape(n, s, s, 2, 2, 2, 2)
         return logits.permute(0, 1, 3, 5, 2, 4, 6).reshape(n, 1, 4 * s, 4 * s)

@@ -36,6 +36,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{path} not found: build the repository (mobilesamv2-build)")
         options = ort.SessionOptions()
         options.intra_op_num_threads = int(params.get("intra_op_thread_count", "0") or 0)
+        if params.get("allow_spinning", "true").lower() in ("0", "false", "no", "off"):
+            options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = ["CPUExecutionProvider"]
         if params.get("execution_provider", "cpu").lower() == "cuda":
             providers.insert(0, "CUDAExecutionProvider")

@@ -10,6 +10,9 @@ Config ``parameters`` read here (all optional, string values):
     execution_mode                                 0 sequential (default), 1 parallel
     graph_optimization_level                       0 none, 1 basic, 2 extended, 99 all (default)
     enable_mem_pattern, enable_cpu_mem_arena       "true"/"false" (default true)
+    allow_spinning                                 "true"/"false" (default true): ORT threads busy-wait
+    disabled_optimizers                            comma-separated ORT graph transformers to skip (measured per
+                                                   model, e.g. SkipLayerNormFusion; see BENCHMARKS.md)
     max_rows_per_run                               run at most this many rows of axis 0 per ORT call and
                                                    concatenate the outputs (bounds CPU memory of huge batches)
     sliced_inputs                                  comma-separated inputs that max_rows_per_run slices; they
@@ -75,6 +78,8 @@ def _session_options(config: dict[str, Any]) -> tuple[ort.SessionOptions, dict[s
         "graph_optimization_level": int(_param(config, "graph_optimization_level", "99")),
         "enable_mem_pattern": _flag(_param(config, "enable_mem_pattern", "true")),
         "enable_cpu_mem_arena": _flag(_param(config, "enable_cpu_mem_arena", "true")),
+        "allow_spinning": _flag(_param(config, "allow_spinning", "true")),
+        "disabled_optimizers": [o.strip() for o in (_param(config, "disabled_optimizers", "") or "").split(",") if o.strip()],
     }
     if settings["graph_optimization_level"] not in _GRAPH_LEVELS:
         raise ValueError(f"graph_optimization_level must be one of {sorted(_GRAPH_LEVELS)}")
@@ -89,6 +94,9 @@ def _session_options(config: dict[str, Any]) -> tuple[ort.SessionOptions, dict[s
     options.graph_optimization_level = _GRAPH_LEVELS[settings["graph_optimization_level"]]
     options.enable_mem_pattern = settings["enable_mem_pattern"]
     options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
+    # Spinning intra-op threads busy-wait between ops; when several models share few cores (encoder and
+    # discovery run concurrently) they steal the cores the other model needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0")
     return options, settings
 
 
@@ -110,7 +118,12 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
 
         options, settings = _session_options(config)
-        self.session = ort.InferenceSession(path, sess_options=options, providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(
+            path,
+            sess_options=options,
+            providers=["CPUExecutionProvider"],
+            disabled_optimizers=settings["disabled_optimizers"] or None,
+        )
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self._check_io(config)
 

@@ -1,0 +1,16 @@
+"""BENCHMARKS.md is written by several scripts: each owns the part between its two markers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def write_section(path: Path, start: str, end: str, body: str) -> None:
+    """Replace the text between ``start`` and ``end`` in ``path`` (appended when absent); the rest is kept."""
+    section = f"{start}\n{body.strip()}\n{end}"
+    text = path.read_text() if path.exists() else "# Benchmarks\n"
+    if start in text and end in text:
+        text = text[: text.index(start)] + section + text[text.index(end) + len(end) :]
+    else:
+        text = text.rstrip() + "\n\n" + section + "\n"
+    path.write_text(text)
