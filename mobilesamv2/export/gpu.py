@@ -13,7 +13,8 @@ Only what a GPU needs changes (tests/deploy/test_gpu_config.py pins the list):
   its ``execution_provider`` parameter); the BLS model stays on CPU, it only orchestrates.
 - Batched models get ``preferred_batch_size`` (and ``max_queue_delay_us`` when given); warm-ups are kept, and
   object discovery gets one (the CUDA provider initialises on its first run).
-- CPU-only parameters (``max_rows_per_run``, ``sliced_inputs``, ``EXECUTION_ENV_PATH``) are dropped; the BLS
+- CPU-only parameters (``max_rows_per_run``, ``sliced_inputs``, ``disabled_optimizers``, ``allow_spinning``,
+  ``EXECUTION_ENV_PATH``) are dropped; the BLS
   model sends up to ``max_prompts`` prompts per decoder call.
 
     python -m mobilesamv2.export.gpu --cpu-repo model_repository --out model_repository_gpu
@@ -40,8 +41,11 @@ DEFAULT_POINTS_PER_PROMPT = (1, 2, 4)  # min / opt (a box is 2 corner points) / 
 #: mounts the engine cache volume there.
 DEFAULT_ORT_ENGINE_CACHE = "/var/cache/mobilesamv2/engines/onnxruntime"
 
-#: Parameters that only the CPU deployment uses: the Python-based ONNX runner's row slicing, and a local venv.
-CPU_ONLY_PARAMETERS = frozenset({"max_rows_per_run", "sliced_inputs", "EXECUTION_ENV_PATH"})
+#: Parameters that only the CPU deployment uses: the Python-based ONNX runner's row slicing and CPU tuning
+#: (measured for 2 shared cores), and a local venv.
+CPU_ONLY_PARAMETERS = frozenset(
+    {"max_rows_per_run", "sliced_inputs", "disabled_optimizers", "allow_spinning", "EXECUTION_ENV_PATH"}
+)
 #: Parameters of the ONNX Runtime backend, meaningless once a model is a TensorRT plan.
 ORT_PARAMETERS = frozenset(
     {

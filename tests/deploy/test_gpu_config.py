@@ -52,7 +52,8 @@ def test_image_encoder_becomes_a_batched_tensorrt_engine_and_nothing_else_change
     text = gpu.gpu_model_config(cpu_config("image_encoder"), instances_per_gpu=2)
     assert (
         changed_fields(cpu_config("image_encoder"), text)
-        == {"backend", "platform", "instanceGroup", "dynamicBatching.preferredBatchSize"} | BUILD_KEYS
+        == {"backend", "platform", "instanceGroup", "dynamicBatching.preferredBatchSize", "parameters.allow_spinning"}
+        | BUILD_KEYS
     )
     config = _parse(text)
     assert (config.backend, config.platform) == ("tensorrt", "tensorrt_plan")
@@ -69,6 +70,7 @@ def test_prompt_decoder_profile_covers_one_to_max_prompts_and_cpu_slicing_is_dro
     assert (
         changed_fields(cpu_config("prompt_decoder"), text)
         == {"backend", "platform", "instanceGroup", "parameters.max_rows_per_run", "parameters.sliced_inputs"}
+        | {"parameters.graph_optimization_level", "parameters.disabled_optimizers", "parameters.allow_spinning"}
         | BUILD_KEYS
     )
     params = config_string_parameters(text)
@@ -91,6 +93,7 @@ def test_object_discovery_moves_to_the_gpu_with_the_cuda_provider_and_a_warmup()
     assert changed_fields(cpu_config("object_discovery"), text) == {
         "instanceGroup",
         "parameters.execution_provider",
+        "parameters.allow_spinning",
         "modelWarmup",
     }
     config = _parse(text)
@@ -113,6 +116,8 @@ def test_onnxruntime_with_tensorrt_accelerator_variant():
         "optimization.executionAccelerators.gpuExecutionAccelerator",
         "parameters.max_rows_per_run",
         "parameters.sliced_inputs",
+        "parameters.disabled_optimizers",
+        "parameters.allow_spinning",
     }
     accelerator = _parse(text).optimization.execution_accelerators.gpu_execution_accelerator[0]
     assert accelerator.name == "tensorrt"
