@@ -22,7 +22,6 @@ import platform
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
@@ -71,7 +70,9 @@ def flops_per_prompt(weights: Path) -> tuple[float, float]:
 # --- one configuration, in its own process ---------------------------------------------------------------------
 
 
-def run_one(kind: str, n: int, weights: Path, repository: Path, threads: int, slice_rows: int, repeats: int) -> dict:
+def run_one(
+    kind: str, n: int, weights: Path, repository: Path, threads: int, slice_rows: int, repeats: int
+) -> dict:
     import numpy as np
     import torch
 
@@ -99,15 +100,24 @@ def run_one(kind: str, n: int, weights: Path, repository: Path, threads: int, sl
         if kind == "ours":  # the served config's options (model_repository/prompt_decoder/config.pbtxt)
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED
             disabled = ["SkipLayerNormFusion"]
-        session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
-        feeds = {"image_embeddings": emb.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()}
+        session = ort.InferenceSession(
+            str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+        )
+        feeds = {
+            "image_embeddings": emb.numpy(),
+            "point_coords": coords.numpy(),
+            "point_labels": labels.numpy(),
+        }
         rows = n if kind == "plain" else slice_rows
 
         def call():
             outs = []
             for start in range(0, n, rows):
-                part = {**feeds, "point_coords": feeds["point_coords"][start : start + rows],
-                        "point_labels": feeds["point_labels"][start : start + rows]}
+                part = {
+                    **feeds,
+                    "point_coords": feeds["point_coords"][start : start + rows],
+                    "point_labels": feeds["point_labels"][start : start + rows],
+                }
                 outs.append(session.run(None, part)[0])
             return np.concatenate(outs)
 
@@ -124,8 +134,23 @@ def measure(kind: str, n: int, args) -> dict:
     """Run one configuration in a subprocess; sample its RSS to get the peak."""
     import psutil
 
-    cmd = [sys.executable, __file__, "--child", kind, str(n), "--weights", str(args.weights), "--repository",
-           str(args.repository), "--threads", str(args.threads), "--slice", str(args.slice), "--repeats", str(args.repeats)]
+    cmd = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        str(n),
+        "--weights",
+        str(args.weights),
+        "--repository",
+        str(args.repository),
+        "--threads",
+        str(args.threads),
+        "--slice",
+        str(args.slice),
+        "--repeats",
+        str(args.repeats),
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     peak, ps = 0, psutil.Process(proc.pid)
     while proc.poll() is None:
@@ -147,17 +172,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "work/test-cache/weights")
     parser.add_argument("--repository", type=Path, default=REPO_ROOT / "work/test-cache/model_repository")
     parser.add_argument("--threads", type=int, default=os.cpu_count() or 2)
-    parser.add_argument("--slice", type=int, default=16, help="rows per ORT run for our decoder (config max_rows_per_run)")
+    parser.add_argument(
+        "--slice", type=int, default=16, help="rows per ORT run for our decoder (config max_rows_per_run)"
+    )
     parser.add_argument("--counts", default="1,32,300")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--plain-onnx-max-n", type=int, default=32,
-                        help="largest N for the plain ONNX graph in one call (300 prompts needed 21.6 GB here)")
+    parser.add_argument(
+        "--plain-onnx-max-n",
+        type=int,
+        default=32,
+        help="largest N for the plain ONNX graph in one call (300 prompts needed 21.6 GB here)",
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.child:
         kind, n = args.child[0], int(args.child[1])
-        print(json.dumps(run_one(kind, n, args.weights, args.repository, args.threads, args.slice, args.repeats)))
+        print(
+            json.dumps(
+                run_one(kind, n, args.weights, args.repository, args.threads, args.slice, args.repeats)
+            )
+        )
         return 0
 
     peak = matmul_gflops(args.threads)
@@ -170,14 +205,27 @@ def main(argv: list[str] | None = None) -> int:
             result = measure(kind, n, args)
             ms = result.get("median_s", float("nan")) / n * 1e3
             flops = our_flops if kind == "ours" else ref_flops
-            rows.append({"kind": kind, "n": n, "ms_per_prompt": ms, "peak_rss_gib": result["peak_rss_gib"],
-                         "share_of_peak": (flops / (ms / 1e3)) / peak if ms == ms else float("nan"),
-                         "error": result.get("error")})
-            print(f"N={n:4d} {kind:10s} {ms:8.1f} ms/prompt  peak RSS {result['peak_rss_gib']:.2f} GiB"
-                  + (f"  ({result['error']})" if result.get("error") else ""), flush=True)
+            rows.append(
+                {
+                    "kind": kind,
+                    "n": n,
+                    "ms_per_prompt": ms,
+                    "peak_rss_gib": result["peak_rss_gib"],
+                    "share_of_peak": (flops / (ms / 1e3)) / peak if ms == ms else float("nan"),
+                    "error": result.get("error"),
+                }
+            )
+            print(
+                f"N={n:4d} {kind:10s} {ms:8.1f} ms/prompt  peak RSS {result['peak_rss_gib']:.2f} GiB"
+                + (f"  ({result['error']})" if result.get("error") else ""),
+                flush=True,
+            )
 
-    names = {"reference": "reference (PyTorch, one call)", "plain": "plain ONNX (ORT, one call)",
-             "ours": f"ours: factorized ONNX (ORT tuned, slices of {args.slice})"}
+    names = {
+        "reference": "reference (PyTorch, one call)",
+        "plain": "plain ONNX (ORT, one call)",
+        "ours": f"ours: factorized ONNX (ORT tuned, slices of {args.slice})",
+    }
     lines = [
         "## Decoder efficiency (prompt encoder + mask decoder, CPU, FP32)",
         "",
@@ -191,15 +239,25 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for r in rows:
         value = f"{r['ms_per_prompt']:.1f}" if not r["error"] else f"failed ({r['error']})"
-        lines.append(f"| {names[r['kind']]} | {r['n']} | {value} | {r['share_of_peak']:.0%} | {r['peak_rss_gib']:.2f} |")
-    ours300 = next((r for r in rows if r["kind"] == "ours" and r["n"] == max(int(c) for c in args.counts.split(","))), None)
+        lines.append(
+            f"| {names[r['kind']]} | {r['n']} | {value} | {r['share_of_peak']:.0%} | {r['peak_rss_gib']:.2f} |"
+        )
+    ours300 = next(
+        (r for r in rows if r["kind"] == "ours" and r["n"] == max(int(c) for c in args.counts.split(","))),
+        None,
+    )
     if ours300:
-        lines += ["", f"At N = {ours300['n']}: ours {ours300['ms_per_prompt']:.1f} ms/prompt = "
-                  f"{ours300['ms_per_prompt'] / limit_ms:.2f}x the reference formulation's compute limit, "
-                  f"peak {ours300['peak_rss_gib']:.2f} GiB (process RSS, incl. the ORT session and Python)."]
-    lines += ["", f"Reproduce: `python benchmarks/decoder_efficiency.py --repeats {args.repeats}` "
-              "(random-weight checkpoints in the official formats; timings do not depend on the weights' values).",
-              ]
+        lines += [
+            "",
+            f"At N = {ours300['n']}: ours {ours300['ms_per_prompt']:.1f} ms/prompt = "
+            f"{ours300['ms_per_prompt'] / limit_ms:.2f}x the reference formulation's compute limit, "
+            f"peak {ours300['peak_rss_gib']:.2f} GiB (process RSS, incl. the ORT session and Python).",
+        ]
+    lines += [
+        "",
+        f"Reproduce: `python benchmarks/decoder_efficiency.py --repeats {args.repeats}` "
+        "(random-weight checkpoints in the official formats; timings do not depend on the weights' values).",
+    ]
     section = "\n".join(lines)
     print(section)
     write_section(args.out, START, END, section)

@@ -18,8 +18,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT))
 
@@ -47,7 +45,9 @@ def session(path: Path, level: str, arena: bool, threads: int, skip_ln_fusion: b
     options.enable_cpu_mem_arena = arena
     options.intra_op_num_threads = threads
     disabled = None if skip_ln_fusion else ["SkipLayerNormFusion"]
-    return ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled)
+    return ort.InferenceSession(
+        str(path), options, providers=["CPUExecutionProvider"], disabled_optimizers=disabled
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -59,16 +59,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "BENCHMARKS.md")
     args = parser.parse_args(argv)
 
+    import cv2
     import torch
 
+    from mobilesamv2.assets import bus_jpg
     from mobilesamv2.export.onnx_export import box_prompts
     from mobilesamv2.modeling.checkpoints import load_image_encoder, load_prompt_decoder
     from mobilesamv2.modeling.fast_decoder import FactorizedPromptDecoder
     from mobilesamv2.modeling.image_encoder import ImageEncoderGraph
     from mobilesamv2.processing.image import encoder_canvas
-    from mobilesamv2.assets import bus_jpg
-
-    import cv2
 
     threads = os.cpu_count() or 2
     torch.set_num_threads(threads)

@@ -157,12 +157,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / "work" / "ultralytics"))
     import cv2
     import numpy as np
-    from segment_everything_client import SegmentEverythingClient
 
     from benchmarks import measure
     from benchmarks.environment import describe_machine, git_commit, package_versions
     from mobilesamv2.assets import sample_images
     from mobilesamv2.server.launcher import TritonServer
+    from segment_everything_client import SegmentEverythingClient
 
     plan = measure.SMOKE if args.smoke else measure.QUICK if args.quick else measure.FULL
     if args.reps is not None:

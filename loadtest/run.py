@@ -346,7 +346,7 @@ def wait_for_server(host: str, protocol: str, model_name: str, timeout: float = 
                 if client.is_server_ready() and client.is_model_ready(model_name):
                     return
                 last = f"model '{model_name}' not ready"
-            except Exception as exc:  # noqa: BLE001 - retried until the deadline
+            except Exception as exc:
                 last = exc
             time.sleep(0.5)
     finally:

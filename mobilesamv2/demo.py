@@ -36,13 +36,18 @@ def choose_weights(weights: Path, encoder: str, fake_dir: Path) -> tuple[Path, s
         print(f"\n{BANNER}\n!! Could not get the official weights: {exc}", file=sys.stderr)
         print("!! Falling back to SEEDED RANDOM WEIGHTS in the official file formats.", file=sys.stderr)
         print("!! The pipeline runs for real, but the masks it draws are MEANINGLESS.", file=sys.stderr)
-        print(f"!! Put the official files into {weights}/ (see README) for real masks.\n{BANNER}\n", file=sys.stderr)
+        print(
+            f"!! Put the official files into {weights}/ (see README) for real masks.\n{BANNER}\n",
+            file=sys.stderr,
+        )
         return resolve_weights(weights, encoder, fake=True, download=False, fake_dir=fake_dir)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--image", type=Path, default=None, help="image to segment (default: ultralytics' bus.jpg)")
+    parser.add_argument(
+        "--image", type=Path, default=None, help="image to segment (default: ultralytics' bus.jpg)"
+    )
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "outputs")
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=sorted(ENCODERS))
     parser.add_argument("--weights", type=Path, default=REPO_ROOT / "weights/official")
@@ -66,7 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     overlay = args.out / f"{image.stem}_overlay.png"
     coco = args.out / f"{image.stem}_coco.json"
     result.save_overlay(overlay, str(image))
-    coco.write_text(json.dumps({"image": str(image), "weights": kind, "annotations": result.to_coco()}) + "\n")
+    coco.write_text(
+        json.dumps({"image": str(image), "weights": kind, "annotations": result.to_coco()}) + "\n"
+    )
     stages = ", ".join(f"{k} {v / 1e3:.2f} s" for k, v in (result.timings or {}).items())
     print(f"[demo] {len(result)} masks on {image.name} in {seconds:.1f} s ({stages})")
     print(f"[demo] wrote {overlay} and {coco}")

@@ -151,8 +151,16 @@ def make_detector(path: Path, seed: int = 0, scale: str = "n", target_boxes: int
     _calibrate_detector(model, target_boxes)
     model = _as_ultralytics_8_0(model).half()
     train_args = {
-        "task": "segment", "mode": "train", "model": f"yolov8{scale}-seg.yaml", "data": "sa1b.yaml",
-        "imgsz": 1024, "batch": 16, "epochs": 30, "conf": CONF_THRESHOLD, "iou": 0.9, "max_det": 300,
+        "task": "segment",
+        "mode": "train",
+        "model": f"yolov8{scale}-seg.yaml",
+        "data": "sa1b.yaml",
+        "imgsz": 1024,
+        "batch": 16,
+        "epochs": 30,
+        "conf": CONF_THRESHOLD,
+        "iou": 0.9,
+        "max_det": 300,
     }
     ckpt = {
         "epoch": -1,
@@ -231,7 +239,10 @@ def write_all(
     if "efficientvit_l2" in encoders:
         _seed(seed + 2)
         encoder = build_efficientvit_l2_image_encoder()
-        torch.save({"state_dict": {**_prefixed("image_encoder", encoder), **sam_parts}}, out / FILENAMES["efficientvit_l2"])
+        torch.save(
+            {"state_dict": {**_prefixed("image_encoder", encoder), **sam_parts}},
+            out / FILENAMES["efficientvit_l2"],
+        )
         written["efficientvit_l2"] = out / FILENAMES["efficientvit_l2"]
     if "tiny_vit" in encoders:
         _seed(seed + 3)
@@ -252,13 +263,19 @@ def write_all(
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--out", type=Path, default=Path("weights/fake"), help="folder to write the files into")
+    parser.add_argument(
+        "--out", type=Path, default=Path("weights/fake"), help="folder to write the files into"
+    )
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--detector-scale", default="n", choices=list("nsmlx"), help="YOLOv8 size of the detector")
+    parser.add_argument(
+        "--detector-scale", default="n", choices=list("nsmlx"), help="YOLOv8 size of the detector"
+    )
     parser.add_argument("--vit-h-depth", type=int, default=2, help="ViT-H blocks (32 = full size, 2.5 GB)")
     parser.add_argument("--encoders", default="efficientvit_l2,tiny_vit,sam_vit_h")
     args = parser.parse_args(argv)
-    written = write_all(args.out, args.seed, args.detector_scale, args.vit_h_depth, tuple(args.encoders.split(",")))
+    written = write_all(
+        args.out, args.seed, args.detector_scale, args.vit_h_depth, tuple(args.encoders.split(","))
+    )
     for name, path in written.items():
         print(f"{name:16s} {path} ({path.stat().st_size / 2**20:.1f} MiB)")
 

@@ -24,11 +24,10 @@ from .modeling.detector import ObjectAwareNetwork, load_object_aware_model
 from .modeling.sam import PromptDecoder
 from .processing import boxes as box_ops
 from .processing.image import (
+    DETECTOR_CHANNEL_ORDER,
     ENCODER_IMAGE_SIZE,
     PIXEL_MEAN,
     PIXEL_STD,
-    encoder_input_size,
-    DETECTOR_CHANNEL_ORDER,
     detector_input,
     encoder_input_size,
     resize_longest_side,
@@ -87,8 +86,11 @@ class ReferencePipeline:
 
     @classmethod
     def from_checkpoints(
-        cls, weights_dir: str | Path, encoder: str = DEFAULT_ENCODER, channel_order: ChannelOrder = DETECTOR_CHANNEL_ORDER
-    ) -> "ReferencePipeline":
+        cls,
+        weights_dir: str | Path,
+        encoder: str = DEFAULT_ENCODER,
+        channel_order: ChannelOrder = DETECTOR_CHANNEL_ORDER,
+    ) -> ReferencePipeline:
         weights_dir = Path(weights_dir)
         spec = encoder_spec(encoder)
         return cls(
@@ -124,7 +126,9 @@ class ReferencePipeline:
         return self.image_encoder(x)
 
     @torch.inference_mode()
-    def decode_boxes(self, embedding: torch.Tensor, boxes_encoder_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def decode_boxes(
+        self, embedding: torch.Tensor, boxes_encoder_frame: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
         """All boxes as prompts, single-mask output (mask token 0), in batches of 320 like the reference."""
         logits, ious = [], []
         image_pe = self.prompt_encoder.get_dense_pe()
@@ -185,7 +189,9 @@ class GridResult:
     total_ms: float
 
 
-def stability_score(logits: torch.Tensor, threshold: float = 0.0, offset: float = GRID_STABILITY_OFFSET) -> torch.Tensor:
+def stability_score(
+    logits: torch.Tensor, threshold: float = 0.0, offset: float = GRID_STABILITY_OFFSET
+) -> torch.Tensor:
     """IoU between the masks thresholded at ``threshold + offset`` and ``threshold - offset`` (SAM's amg)."""
     inter = (logits > threshold + offset).sum((-1, -2), dtype=torch.int32)
     union = (logits > threshold - offset).sum((-1, -2), dtype=torch.int32)
@@ -209,7 +215,9 @@ def masks_to_boxes(masks: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def grid_segment_everything(pipeline: ReferencePipeline, image_rgb: np.ndarray, embedding: torch.Tensor | None = None) -> GridResult:
+def grid_segment_everything(
+    pipeline: ReferencePipeline, image_rgb: np.ndarray, embedding: torch.Tensor | None = None
+) -> GridResult:
     """SAM's automatic mask generator on one crop: a 32x32 point grid, 64 points per batch, 3 masks per point
     upsampled to full resolution, predicted IoU > 0.88 and stability >= 0.95, then box NMS 0.7."""
     t0 = time.perf_counter()
@@ -241,15 +249,21 @@ def grid_segment_everything(pipeline: ReferencePipeline, image_rgb: np.ndarray, 
         low_res, iou = low_res[keep], iou[keep]
         if len(iou) == 0:
             continue
-        up = F.interpolate(low_res[:, None], (ENCODER_IMAGE_SIZE, ENCODER_IMAGE_SIZE), mode="bilinear", align_corners=False)
-        up = F.interpolate(up[..., : input_size[0], : input_size[1]], (h, w), mode="bilinear", align_corners=False)[:, 0]
+        up = F.interpolate(
+            low_res[:, None], (ENCODER_IMAGE_SIZE, ENCODER_IMAGE_SIZE), mode="bilinear", align_corners=False
+        )
+        up = F.interpolate(
+            up[..., : input_size[0], : input_size[1]], (h, w), mode="bilinear", align_corners=False
+        )[:, 0]
         keep = stability_score(up) >= GRID_STABILITY_THRESHOLD
         if keep.any():
             keep_boxes.append(masks_to_boxes(up[keep] > 0))
             keep_scores.append(iou[keep])
     boxes = torch.cat(keep_boxes) if keep_boxes else torch.zeros(0, 4)
     scores = torch.cat(keep_scores) if keep_scores else torch.zeros(0)
-    keep = box_ops.non_max_suppression(boxes.numpy(), scores.numpy(), None, GRID_BOX_NMS_THRESHOLD, max_detections=len(boxes) or 1)
+    keep = box_ops.non_max_suppression(
+        boxes.numpy(), scores.numpy(), None, GRID_BOX_NMS_THRESHOLD, max_detections=len(boxes) or 1
+    )
     return GridResult(
         boxes=boxes.numpy()[keep],
         scores=scores.numpy()[keep],

@@ -50,8 +50,12 @@ OFFICIAL_FILES: dict[str, WeightFile] = {
             "Prompt_guided_Mask_Decoder.pt",
         ),
         WeightFile("l2.pt", "https://huggingface.co/han-cai/efficientvit-sam/resolve/main/l2.pt"),
-        WeightFile("mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"),
-        WeightFile("sam_vit_h_4b8939.pth", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"),
+        WeightFile(
+            "mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
+        ),
+        WeightFile(
+            "sam_vit_h_4b8939.pth", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+        ),
     )
 }
 ENCODER_FILES = {"efficientvit_l2": "l2.pt", "tiny_vit": "mobile_sam.pt", "sam_vit_h": "sam_vit_h_4b8939.pth"}
@@ -110,11 +114,15 @@ def verify(path: Path, expected: str | None, sums: dict[str, str]) -> str:
     actual = sha256_of(path)
     want = expected or sums.get(path.name)
     if want and actual != want.lower():
-        raise DownloadError(f"{path}: SHA-256 {actual} does not match the expected {want}; delete it and retry")
+        raise DownloadError(
+            f"{path}: SHA-256 {actual} does not match the expected {want}; delete it and retry"
+        )
     return actual
 
 
-def ensure_weights(folder: Path, names: list[str], timeout: float = 30.0, sha256: dict[str, str] | None = None) -> None:
+def ensure_weights(
+    folder: Path, names: list[str], timeout: float = 30.0, sha256: dict[str, str] | None = None
+) -> None:
     """Make sure ``folder`` holds ``names``: verify present files, download missing ones, record sums."""
     folder.mkdir(parents=True, exist_ok=True)
     sums = read_sums(folder)
@@ -134,7 +142,9 @@ def ensure_weights(folder: Path, names: list[str], timeout: float = 30.0, sha256
                             with archive.open(member) as src, (Path(tmp) / name).open("wb") as dst:
                                 shutil.copyfileobj(src, dst)
                     except (zipfile.BadZipFile, StopIteration) as exc:
-                        raise DownloadError(f"{spec.url}: no {spec.member} in the downloaded archive ({exc})") from exc
+                        raise DownloadError(
+                            f"{spec.url}: no {spec.member} in the downloaded archive ({exc})"
+                        ) from exc
                     part = Path(tmp) / name
                 verify(part, sha256.get(name) or spec.sha256, sums)
                 part.replace(target)
@@ -147,14 +157,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=Path("weights/official"))
     parser.add_argument("--encoder", default="efficientvit_l2", choices=sorted(ENCODER_FILES))
     parser.add_argument("--all", action="store_true", help="all three encoders")
-    parser.add_argument("--sha256", action="append", default=[], metavar="NAME=HEX", help="expected sum of a file")
+    parser.add_argument(
+        "--sha256", action="append", default=[], metavar="NAME=HEX", help="expected sum of a file"
+    )
     parser.add_argument("--timeout", type=float, default=30.0)
     args = parser.parse_args(argv)
     names = sorted({n for e in (ENCODER_FILES if args.all else [args.encoder]) for n in required_files(e)})
     try:
         ensure_weights(args.out, names, args.timeout, dict(s.split("=", 1) for s in args.sha256))
     except DownloadError as exc:
-        print(f"error: {exc}\nOffline? Copy the files listed in the README into {args.out}/ by hand.", file=sys.stderr)
+        print(
+            f"error: {exc}\nOffline? Copy the files listed in the README into {args.out}/ by hand.",
+            file=sys.stderr,
+        )
         return 1
     for name in names:
         print(f"ok  {args.out / name}")

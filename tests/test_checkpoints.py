@@ -24,7 +24,9 @@ def test_files_have_the_official_containers(fake_weights):
     decoder = torch.load(fake_weights / FILENAMES["decoder"], weights_only=True)
     assert set(decoder) == {"PromtEncoder", "MaskDecoder"}  # sic, as released
     assert len(decoder["PromtEncoder"]) == 17 and len(decoder["MaskDecoder"]) == 120
-    assert not any("." in k and k.startswith(("prompt_encoder", "mask_decoder")) for k in decoder["MaskDecoder"])
+    assert not any(
+        "." in k and k.startswith(("prompt_encoder", "mask_decoder")) for k in decoder["MaskDecoder"]
+    )
     mobile_sam = torch.load(fake_weights / FILENAMES["tiny_vit"], weights_only=True)
     assert all(k.split(".")[0] in {"image_encoder", "prompt_encoder", "mask_decoder"} for k in mobile_sam)
     assert all(v.dtype == torch.float32 for v in mobile_sam.values() if v.is_floating_point())
@@ -63,12 +65,16 @@ def test_encoders_load_strictly(fake_weights, encoder):
 def test_decoder_loads_strictly(fake_weights):
     decoder = load_prompt_decoder(fake_weights / FILENAMES["decoder"])
     saved = torch.load(fake_weights / FILENAMES["decoder"], weights_only=True)
-    torch.testing.assert_close(decoder.mask_decoder.state_dict()["iou_token.weight"], saved["MaskDecoder"]["iou_token.weight"])
+    torch.testing.assert_close(
+        decoder.mask_decoder.state_dict()["iou_token.weight"], saved["MaskDecoder"]["iou_token.weight"]
+    )
 
 
 def test_wrong_prefix_fails_loudly(fake_weights, tmp_path):
     flat = torch.load(fake_weights / FILENAMES["tiny_vit"], weights_only=True)
-    unprefixed = {"model": {k.removeprefix("image_encoder."): v for k, v in flat.items()}}  # MobileSAMv2's own form
+    unprefixed = {
+        "model": {k.removeprefix("image_encoder."): v for k, v in flat.items()}
+    }  # MobileSAMv2's own form
     torch.save(unprefixed, tmp_path / "mobile_sam.pt")
     with pytest.raises(CheckpointError, match=r"mobile_sam\.pt.*no 'image_encoder\.\*' keys"):
         load_image_encoder("tiny_vit", tmp_path / "mobile_sam.pt")
@@ -83,12 +89,18 @@ def test_missing_and_unexpected_keys_are_named(fake_weights, tmp_path):
     with pytest.raises(CheckpointError) as info:
         load_image_encoder("efficientvit_l2", tmp_path / "l2.pt")
     message = str(info.value)
-    assert "l2.pt" in message and "missing keys: norm.weight" in message and "unexpected keys: extra.weight" in message
+    assert (
+        "l2.pt" in message
+        and "missing keys: norm.weight" in message
+        and "unexpected keys: extra.weight" in message
+    )
 
 
 def test_wrong_container_fails_loudly(fake_weights, tmp_path):
     decoder = torch.load(fake_weights / FILENAMES["decoder"], weights_only=True)
-    torch.save({"PromptEncoder": decoder["PromtEncoder"], "MaskDecoder": decoder["MaskDecoder"]}, tmp_path / "d.pt")
+    torch.save(
+        {"PromptEncoder": decoder["PromtEncoder"], "MaskDecoder": decoder["MaskDecoder"]}, tmp_path / "d.pt"
+    )
     with pytest.raises(CheckpointError, match="'PromtEncoder' and 'MaskDecoder'"):
         load_prompt_decoder(tmp_path / "d.pt")
 
@@ -119,7 +131,10 @@ def test_full_vit_h_key_set_and_shapes_on_the_meta_device():
     with torch.device("meta"):
         full = build_vit()
     state = full.state_dict()
-    assert sum(k.startswith("blocks.") for k in state) // len([k for k in state if k.startswith("blocks.0.")]) == 32
+    assert (
+        sum(k.startswith("blocks.") for k in state) // len([k for k in state if k.startswith("blocks.0.")])
+        == 32
+    )
     assert state["pos_embed"].shape == (1, 64, 64, 1280)
     assert state["patch_embed.proj.weight"].shape == (1280, 3, 16, 16)
     for i in range(32):
@@ -134,7 +149,9 @@ def test_full_vit_h_key_set_and_shapes_on_the_meta_device():
 
 def test_reduced_depth_vit_h_keeps_the_official_block_layout(fake_weights):
     saved = torch.load(fake_weights / FILENAMES["sam_vit_h"], weights_only=True)
-    encoder = {k.removeprefix("image_encoder."): v for k, v in saved.items() if k.startswith("image_encoder.")}
+    encoder = {
+        k.removeprefix("image_encoder."): v for k, v in saved.items() if k.startswith("image_encoder.")
+    }
     with torch.device("meta"):
         full = build_vit().state_dict()
     assert set(encoder) <= set(full)

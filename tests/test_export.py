@@ -24,7 +24,12 @@ def _run(path, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
 def test_build_report_records_parity_of_every_graph(built_repository):
     info = json.loads((built_repository / BUILD_INFO).read_text())
     assert info["weights"] == "fake" and info["encoder"] == "efficientvit_l2"
-    assert {e["name"] for e in info["exports"]} == {"image_encoder", "prompt_decoder", "prompt_decoder (plain)", "detector"}
+    assert {e["name"] for e in info["exports"]} == {
+        "image_encoder",
+        "prompt_decoder",
+        "prompt_decoder (plain)",
+        "detector",
+    }
     for export in info["exports"]:
         assert export["max_abs_diff"] <= export["tolerance"]
     decoder = next(e for e in info["exports"] if e["name"] == "prompt_decoder")
@@ -47,7 +52,9 @@ def test_graph_signatures_are_dynamic_where_serving_varies(built_repository):
 
 
 def test_efficientvit_encoder_onnx_matches_pytorch_at_batch_1_and_2(built_repository, fake_weights, bus_rgb):
-    graph = ImageEncoderGraph(load_image_encoder("efficientvit_l2", fake_weights / "l2.pt"), input_pool=2).eval()
+    graph = ImageEncoderGraph(
+        load_image_encoder("efficientvit_l2", fake_weights / "l2.pt"), input_pool=2
+    ).eval()
     canvases = [encoder_canvas(bus_rgb), encoder_canvas(np.ascontiguousarray(bus_rgb[:500, :900]))]
     image = np.stack([c for c, _ in canvases])
     size = np.stack([s for _, s in canvases])
@@ -55,7 +62,9 @@ def test_efficientvit_encoder_onnx_matches_pytorch_at_batch_1_and_2(built_reposi
     with torch.no_grad():
         expected = graph(torch.from_numpy(image), torch.from_numpy(size)).numpy()
     assert np.abs(got - expected).max() < 1e-3
-    (single,) = _run(built_repository / ONNX_FILES["image_encoder"], {"image": image[1:], "image_size": size[1:]})
+    (single,) = _run(
+        built_repository / ONNX_FILES["image_encoder"], {"image": image[1:], "image_size": size[1:]}
+    )
     assert np.abs(single[0] - expected[1]).max() < 1e-3
 
 
@@ -66,7 +75,11 @@ def test_decoder_onnx_matches_pytorch(built_repository, fake_weights, n):
     coords, labels = onnx_export.box_prompts(n, seed=100 + n)
     masks, ious = _run(
         built_repository / ONNX_FILES["prompt_decoder"],
-        {"image_embeddings": embedding.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()},
+        {
+            "image_embeddings": embedding.numpy(),
+            "point_coords": coords.numpy(),
+            "point_labels": labels.numpy(),
+        },
     )
     with torch.no_grad():
         expected_masks, expected_ious = decoder(embedding, coords, labels)
@@ -82,7 +95,9 @@ def test_decoder_onnx_matches_pytorch(built_repository, fake_weights, n):
 def test_other_encoders_export_with_parity(fake_weights, bus_rgb, tmp_path, encoder):
     """TinyViT and ViT-H (2 blocks in CI: same width, heads, window and global attention) export and match."""
     spec = encoder_spec(encoder)
-    graph = ImageEncoderGraph(load_image_encoder(encoder, fake_weights / spec.filename), spec.input_pool).eval()
+    graph = ImageEncoderGraph(
+        load_image_encoder(encoder, fake_weights / spec.filename), spec.input_pool
+    ).eval()
     report = onnx_export.export_image_encoder(
         graph, tmp_path / "model.onnx", [encoder_canvas(bus_rgb), encoder_canvas(bus_rgb[::-1].copy())]
     )
@@ -93,7 +108,11 @@ def test_reference_pipeline_on_bus(reference_pipeline, bus_rgb):
     result = reference_pipeline(bus_rgb, max_detections=32)
     h, w = bus_rgb.shape[:2]
     assert 0 < len(result) <= 32
-    assert np.all(result.boxes[:, :2] >= 0) and np.all(result.boxes[:, 2] <= w) and np.all(result.boxes[:, 3] <= h)
+    assert (
+        np.all(result.boxes[:, :2] >= 0)
+        and np.all(result.boxes[:, 2] <= w)
+        and np.all(result.boxes[:, 3] <= h)
+    )
     assert np.all(result.boxes[:, 2:] > result.boxes[:, :2])
     assert np.all(np.diff(result.scores) <= 0)
     masks = result.masks()

@@ -36,7 +36,12 @@ def test_factorized_equals_reference_decoder(decoders, embedding, built_reposito
             candidates["torch"] = fast(embedding, coords, labels)
     if n >= 7:  # the served ONNX graph, one call
         masks, ious = ort_session(built_repository / ONNX_FILES["prompt_decoder"]).run(
-            None, {"image_embeddings": embedding.numpy(), "point_coords": coords.numpy(), "point_labels": labels.numpy()}
+            None,
+            {
+                "image_embeddings": embedding.numpy(),
+                "point_coords": coords.numpy(),
+                "point_labels": labels.numpy(),
+            },
         )
         candidates["onnx"] = torch.from_numpy(masks), torch.from_numpy(ious)
     uncertain = expected.abs() < 1e-4
@@ -48,7 +53,9 @@ def test_factorized_equals_reference_decoder(decoders, embedding, built_reposito
 
 def test_point_prompts_with_padding(decoders, embedding):
     plain, fast = decoders
-    coords = torch.tensor([[[500.0, 400.0], [100.0, 100.0], [0.0, 0.0]], [[10.0, 900.0], [0.0, 0.0], [0.0, 0.0]]])
+    coords = torch.tensor(
+        [[[500.0, 400.0], [100.0, 100.0], [0.0, 0.0]], [[10.0, 900.0], [0.0, 0.0], [0.0, 0.0]]]
+    )
     labels = torch.tensor([[1.0, 0.0, -1.0], [1.0, -1.0, -1.0]])
     with torch.no_grad():
         assert (fast(embedding, coords, labels)[0] - plain(embedding, coords, labels)[0]).abs().max() < 1e-4

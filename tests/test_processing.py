@@ -109,7 +109,9 @@ def test_nms_matches_torchvision_class_aware(iou, classes):
     scores, cls = np.concatenate([scores, scores * 0.99]), np.concatenate([cls, cls])
     ours = box_ops.non_max_suppression(boxes, scores, cls, iou, max_detections=300)
     offset = torch.from_numpy(cls[:, None].astype(np.float32)) * 7680
-    theirs = torchvision.ops.nms(torch.from_numpy(boxes) + offset, torch.from_numpy(scores), iou)[:300].numpy()
+    theirs = torchvision.ops.nms(torch.from_numpy(boxes) + offset, torch.from_numpy(scores), iou)[
+        :300
+    ].numpy()
     np.testing.assert_array_equal(ours, theirs)
     assert len(ours) == 300
 
@@ -156,7 +158,7 @@ def test_resize_longest_side_matches_sams_pil_resize(bus_rgb):
     np.testing.assert_array_equal(resize_longest_side(bus_rgb), theirs)
     canvas, size = encoder_canvas(bus_rgb)
     assert canvas.shape == (1024, 1024, 3) and list(size) == list(target)
-    assert not canvas[:, size[1]:].any() and not canvas[size[0]:, :].any()
+    assert not canvas[:, size[1] :].any() and not canvas[size[0] :, :].any()
 
 
 def _sam_postprocess(low_res: np.ndarray, input_size, original_size) -> np.ndarray:

@@ -322,7 +322,7 @@ class SegmentEverythingClient:
                         return
                     try:
                         done.put((i, self._segment(items[i], parsed, channel_order=channel_order), True))
-                    except BaseException as exc:  # noqa: BLE001 - re-raised by the consumer
+                    except BaseException as exc:
                         done.put((i, exc, False))
             finally:
                 self._release_thread_client()

@@ -60,7 +60,9 @@ def read_build_info(repo: Path) -> dict | None:
     return json.loads(path.read_text()) if path.is_file() else None
 
 
-def resolve_weights(weights: Path, encoder: str, fake: bool, download: bool, fake_dir: Path) -> tuple[Path, str]:
+def resolve_weights(
+    weights: Path, encoder: str, fake: bool, download: bool, fake_dir: Path
+) -> tuple[Path, str]:
     """Where the checkpoints come from: ``weights`` if complete, else downloaded, else (``fake``) generated."""
     from ..fake_checkpoints import FILENAMES, write_all
     from ..weights import DownloadError, ensure_weights, required_files
@@ -74,9 +76,13 @@ def resolve_weights(weights: Path, encoder: str, fake: bool, download: bool, fak
                 ensure_weights(weights, names)
                 return weights, "official"
             except DownloadError as exc:
-                raise SystemExit(f"error: {exc}\nPut the official files into {weights}/ or build with --fake-weights")
+                raise SystemExit(
+                    f"error: {exc}\nPut the official files into {weights}/ or build with --fake-weights"
+                )
         missing = [n for n in names if not (weights / n).is_file()]
-        raise SystemExit(f"error: missing {', '.join(missing)} in {weights}/ (use --download or --fake-weights)")
+        raise SystemExit(
+            f"error: missing {', '.join(missing)} in {weights}/ (use --download or --fake-weights)"
+        )
     wanted = [FILENAMES["detector"], FILENAMES["decoder"], FILENAMES[encoder]]
     if not all((fake_dir / n).is_file() for n in wanted):
         log(f"writing seeded random-weight checkpoints (official formats) to {fake_dir}")
@@ -96,7 +102,12 @@ def copy_template(out: Path, template: Path = TEMPLATE) -> None:
 
 
 def build_repository(
-    weights_dir: Path, weights_kind: str, encoder: str, out: Path, force: bool = False, decoder_counts=(1, 7, 64)
+    weights_dir: Path,
+    weights_kind: str,
+    encoder: str,
+    out: Path,
+    force: bool = False,
+    decoder_counts=(1, 7, 64),
 ) -> dict:
     """Export the three graphs from ``weights_dir`` into ``out`` and return the build info."""
     import torch
@@ -108,11 +119,20 @@ def build_repository(
     from . import onnx_export
 
     spec = encoder_spec(encoder)
-    files = [weights_dir / "ObjectAwareModel.pt", weights_dir / "Prompt_guided_Mask_Decoder.pt", weights_dir / spec.filename]
+    files = [
+        weights_dir / "ObjectAwareModel.pt",
+        weights_dir / "Prompt_guided_Mask_Decoder.pt",
+        weights_dir / spec.filename,
+    ]
     fingerprint = _fingerprint(files, encoder)
     info = read_build_info(out)
     copy_template(out)  # configs and Python models always follow the committed ones (cheap)
-    if not force and info and info.get("fingerprint") == fingerprint and all((out / f).is_file() for f in ONNX_FILES.values()):
+    if (
+        not force
+        and info
+        and info.get("fingerprint") == fingerprint
+        and all((out / f).is_file() for f in ONNX_FILES.values())
+    ):
         log(f"{out} is up to date ({info['weights']} weights, encoder {info['encoder']})")
         return info
     torch.manual_seed(0)
@@ -122,8 +142,14 @@ def build_repository(
 
     log(f"[1/3] image encoder {encoder} from {files[2].name}")
     graph = ImageEncoderGraph(load_image_encoder(encoder, files[2]), spec.input_pool).eval()
-    reports.append(onnx_export.export_image_encoder(graph, out / ONNX_FILES["image_encoder"], [encoder_canvas(i) for i in images]))
-    log(f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}")
+    reports.append(
+        onnx_export.export_image_encoder(
+            graph, out / ONNX_FILES["image_encoder"], [encoder_canvas(i) for i in images]
+        )
+    )
+    log(
+        f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}"
+    )
     with torch.no_grad():
         canvas, size = encoder_canvas(images[0])
         embedding = graph(torch.from_numpy(canvas)[None], torch.from_numpy(size)[None])
@@ -133,14 +159,20 @@ def build_repository(
     decoder = load_prompt_decoder(files[1])
     for key, factorized in (("prompt_decoder", True), ("prompt_decoder_plain", False)):
         path = out / ONNX_FILES[key]
-        reports.append(onnx_export.export_prompt_decoder(decoder, path, embedding, decoder_counts, factorized=factorized))
-        log(f"      {path.name} exported in {reports[-1].export_seconds:.1f} s, max diff {reports[-1].max_abs_diff:.2e}")
+        reports.append(
+            onnx_export.export_prompt_decoder(decoder, path, embedding, decoder_counts, factorized=factorized)
+        )
+        log(
+            f"      {path.name} exported in {reports[-1].export_seconds:.1f} s, max diff {reports[-1].max_abs_diff:.2e}"
+        )
 
     log(f"[3/3] object-aware model from {files[0].name}")
     network = load_object_aware_model(files[0])
     letterboxes = [detector_input(i)[0] for i in images]
     reports.append(onnx_export.export_detector(network, out / ONNX_FILES["detector"], letterboxes))
-    log(f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}")
+    log(
+        f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}"
+    )
 
     info = {
         "version": __version__,
@@ -161,14 +193,20 @@ def main(argv: list[str] | None = None) -> int:
     from ..modeling.checkpoints import DEFAULT_ENCODER, ENCODERS
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--weights", type=Path, default=REPO_ROOT / "weights/official", help="official checkpoints")
+    parser.add_argument(
+        "--weights", type=Path, default=REPO_ROOT / "weights/official", help="official checkpoints"
+    )
     parser.add_argument("--encoder", default=DEFAULT_ENCODER, choices=sorted(ENCODERS))
     parser.add_argument("--out", type=Path, default=TEMPLATE, help="model repository to write")
     parser.add_argument("--download", action="store_true", help="download missing official files")
-    parser.add_argument("--fake-weights", action="store_true", help="seeded random weights in the official formats")
+    parser.add_argument(
+        "--fake-weights", action="store_true", help="seeded random weights in the official formats"
+    )
     parser.add_argument("--fake-dir", type=Path, default=REPO_ROOT / "weights/fake")
     parser.add_argument("--target", choices=("cpu", "gpu"), default="cpu")
-    parser.add_argument("--cpu-repo", type=Path, default=None, help="with --target gpu: the CPU repository to convert")
+    parser.add_argument(
+        "--cpu-repo", type=Path, default=None, help="with --target gpu: the CPU repository to convert"
+    )
     parser.add_argument("--force", action="store_true", help="rebuild even if up to date")
     args = parser.parse_args(argv)
 
@@ -177,12 +215,16 @@ def main(argv: list[str] | None = None) -> int:
 
         cpu_repo = args.cpu_repo or TEMPLATE
         if read_build_info(cpu_repo) is None:
-            weights, kind = resolve_weights(args.weights, args.encoder, args.fake_weights, args.download, args.fake_dir)
+            weights, kind = resolve_weights(
+                args.weights, args.encoder, args.fake_weights, args.download, args.fake_dir
+            )
             build_repository(weights, kind, args.encoder, cpu_repo, args.force)
         write_gpu_repository(cpu_repo, args.out)
         log(f"GPU repository written to {args.out}")
         return 0
-    weights, kind = resolve_weights(args.weights, args.encoder, args.fake_weights, args.download, args.fake_dir)
+    weights, kind = resolve_weights(
+        args.weights, args.encoder, args.fake_weights, args.download, args.fake_dir
+    )
     if kind == "fake":
         log("!" * 78)
         log("!! BUILDING FROM RANDOM WEIGHTS: the masks this repository produces are MEANINGLESS.")

@@ -24,7 +24,9 @@ from ..modeling.image_encoder import ImageEncoderGraph
 from ..modeling.sam import PromptDecoder
 
 OPSET = 18
-DECODER_OPSET = 20  # GELU is one ONNX op from opset 20 (a fused kernel in ONNX Runtime), not Erf + 4 elementwise ops
+DECODER_OPSET = (
+    20  # GELU is one ONNX op from opset 20 (a fused kernel in ONNX Runtime), not Erf + 4 elementwise ops
+)
 
 ENCODER_INPUTS = ("image", "image_size")
 ENCODER_OUTPUTS = ("image_embeddings",)
@@ -124,14 +126,21 @@ def check_parity(
                 raise ParityError(f"{name}: output shape {g.shape} != PyTorch {e.shape}")
             diff = float(np.abs(e - g).max() / max(1.0, float(np.abs(e).max()))) if e.size else 0.0
             worst = max(worst, diff)
-    report = ExportReport(name, path, export_seconds, worst, tolerance, [c for c, _ in cases], onnx_ms, torch_ms)
+    report = ExportReport(
+        name, path, export_seconds, worst, tolerance, [c for c, _ in cases], onnx_ms, torch_ms
+    )
     if worst > tolerance:
-        raise ParityError(f"{name}: ONNX differs from PyTorch by {worst:.3g} > tolerance {tolerance:g} ({path})")
+        raise ParityError(
+            f"{name}: ONNX differs from PyTorch by {worst:.3g} > tolerance {tolerance:g} ({path})"
+        )
     return report
 
 
 def export_image_encoder(
-    graph: ImageEncoderGraph, path: Path, sample_canvases: Sequence[tuple[np.ndarray, np.ndarray]], tolerance: float = 1e-3
+    graph: ImageEncoderGraph,
+    path: Path,
+    sample_canvases: Sequence[tuple[np.ndarray, np.ndarray]],
+    tolerance: float = 1e-3,
 ) -> ExportReport:
     """``image (B,1024,1024,3) uint8, image_size (B,2) int32 -> image_embeddings (B,256,64,64)``; checked at batch
     1 and 2 on the given canvases."""
@@ -224,7 +233,12 @@ def export_detector(
     samples = [torch.from_numpy(np.ascontiguousarray(x))[None] for x in letterboxes]
     # torch.export specialises dimensions of size 1: trace with a batch of 2
     seconds = _export(
-        graph, (samples[0].repeat(2, 1, 1, 1),), path, DETECTOR_INPUTS, DETECTOR_OUTPUTS, {"images": {0: batch, 1: 32 * h32, 2: 32 * w32}}
+        graph,
+        (samples[0].repeat(2, 1, 1, 1),),
+        path,
+        DETECTOR_INPUTS,
+        DETECTOR_OUTPUTS,
+        {"images": {0: batch, 1: 32 * h32, 2: 32 * w32}},
     )
     cases = [(f"{tuple(x.shape[1:3])}", (x,)) for x in samples]
     return check_parity("detector", graph, path, DETECTOR_INPUTS, cases, tolerance, seconds)

@@ -27,8 +27,8 @@ from .detector import CheckpointError, load_object_aware_model
 from .sam import PromptDecoder, build_mask_decoder, build_prompt_encoder, build_tiny_vit, build_vit
 
 __all__ = [
-    "CheckpointError",
     "ENCODERS",
+    "CheckpointError",
     "EncoderSpec",
     "load_image_encoder",
     "load_object_aware_model",
@@ -45,7 +45,9 @@ def load_state_dict_file(path: str | Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}") from exc
+        raise CheckpointError(
+            f"{path}: not a readable PyTorch checkpoint (truncated or corrupt?): {exc}"
+        ) from exc
 
 
 def _short(keys: list[str], limit: int = 8) -> str:
@@ -67,7 +69,9 @@ def load_strict(module: nn.Module, state_dict: dict, path: Path, what: str) -> n
         raise CheckpointError("; ".join(parts))
     wrong = [k for k, v in state_dict.items() if tuple(v.shape) != tuple(expected[k].shape)]
     if wrong:
-        detail = ", ".join(f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5])
+        detail = ", ".join(
+            f"{k} {tuple(state_dict[k].shape)} != {tuple(expected[k].shape)}" for k in wrong[:5]
+        )
         raise CheckpointError(f"{path}: {what} has wrong shapes: {detail}")
     module.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state_dict.items()})
     return module.eval()
@@ -106,7 +110,9 @@ def _encoder_state_dict(path: Path, container_key: str | None) -> dict:
         raise CheckpointError(f"{path}: expected a dict, got {type(ckpt).__name__}")
     if container_key is not None:
         if container_key not in ckpt or not isinstance(ckpt[container_key], dict):
-            raise CheckpointError(f"{path}: expected a dict with key '{container_key}', got keys {_short(sorted(ckpt))}")
+            raise CheckpointError(
+                f"{path}: expected a dict with key '{container_key}', got keys {_short(sorted(ckpt))}"
+            )
         ckpt = ckpt[container_key]
     return strip_prefix(ckpt, "image_encoder.", path)
 
@@ -114,7 +120,9 @@ def _encoder_state_dict(path: Path, container_key: str | None) -> dict:
 def _build_efficientvit_l2(state_dict: dict, path: Path) -> nn.Module:
     from .efficientvit import build_efficientvit_l2_image_encoder
 
-    return load_strict(build_efficientvit_l2_image_encoder(), state_dict, path, "EfficientViT-SAM-L2 image encoder")
+    return load_strict(
+        build_efficientvit_l2_image_encoder(), state_dict, path, "EfficientViT-SAM-L2 image encoder"
+    )
 
 
 def _build_tiny_vit(state_dict: dict, path: Path) -> nn.Module:
@@ -134,7 +142,12 @@ def vit_config_from_state_dict(state_dict: dict, path: Path) -> dict:
         )
     except (KeyError, ValueError) as exc:
         raise CheckpointError(f"{path}: not a SAM ViT image encoder (cannot read {exc})") from exc
-    return {"embed_dim": embed_dim, "depth": depth, "num_heads": embed_dim // head_dim, "global_attn_indexes": global_idx}
+    return {
+        "embed_dim": embed_dim,
+        "depth": depth,
+        "num_heads": embed_dim // head_dim,
+        "global_attn_indexes": global_idx,
+    }
 
 
 def _build_vit(state_dict: dict, path: Path) -> nn.Module:
@@ -145,7 +158,9 @@ def _build_vit(state_dict: dict, path: Path) -> nn.Module:
 ENCODERS: dict[str, EncoderSpec] = {
     spec.name: spec
     for spec in (
-        EncoderSpec("efficientvit_l2", "l2.pt", _build_efficientvit_l2, container_key="state_dict", input_pool=2),
+        EncoderSpec(
+            "efficientvit_l2", "l2.pt", _build_efficientvit_l2, container_key="state_dict", input_pool=2
+        ),
         EncoderSpec("tiny_vit", "mobile_sam.pt", _build_tiny_vit),
         EncoderSpec("sam_vit_h", "sam_vit_h_4b8939.pth", _build_vit),
     )
@@ -175,7 +190,9 @@ def load_prompt_decoder(path: str | Path) -> PromptDecoder:
     ckpt = load_state_dict_file(path)
     if not isinstance(ckpt, dict) or not {"PromtEncoder", "MaskDecoder"} <= set(ckpt):
         keys = _short(sorted(ckpt)) if isinstance(ckpt, dict) else type(ckpt).__name__
-        raise CheckpointError(f"{path}: expected a dict with keys 'PromtEncoder' and 'MaskDecoder', got {keys}")
+        raise CheckpointError(
+            f"{path}: expected a dict with keys 'PromtEncoder' and 'MaskDecoder', got {keys}"
+        )
     prompt_encoder = load_strict(build_prompt_encoder(), ckpt["PromtEncoder"], path, "'PromtEncoder'")
     mask_decoder = load_strict(build_mask_decoder(), ckpt["MaskDecoder"], path, "'MaskDecoder'")
     return PromptDecoder(prompt_encoder, mask_decoder).eval()

@@ -98,7 +98,9 @@ def load_object_aware_model(path: str | Path, fuse: bool = True) -> ObjectAwareN
     model = (ckpt.get("ema") or ckpt["model"]).float()
     head = model.model[-1]
     if not isinstance(head, Detect):
-        raise CheckpointError(f"{path}: last layer is {type(head).__name__}, expected a YOLOv8 Detect/Segment head")
+        raise CheckpointError(
+            f"{path}: last layer is {type(head).__name__}, expected a YOLOv8 Detect/Segment head"
+        )
     if isinstance(head, Segment):
         # Official file: no `proto` at all. A head that has one gets the same forward: prototypes are never used.
         head.__class__ = _proto_free_segment_class()

@@ -28,23 +28,23 @@ import torch.nn.functional as F
 from torch import nn
 
 __all__ = [
-    "OFFICIAL_L2_IMAGE_ENCODER_KEY_COUNT",
     "L2_NORM_EPS",
-    "LayerNorm2d",
+    "OFFICIAL_L2_IMAGE_ENCODER_KEY_COUNT",
     "ConvLayer",
-    "UpSampleLayer",
-    "IdentityLayer",
-    "MBConv",
-    "FusedMBConv",
-    "ResBlock",
-    "LiteMLA",
-    "EfficientViTBlock",
-    "ResidualBlock",
     "DAGBlock",
-    "OpSequential",
+    "EfficientViTBlock",
     "EfficientViTLargeBackbone",
-    "SamNeck",
     "EfficientViTSamImageEncoder",
+    "FusedMBConv",
+    "IdentityLayer",
+    "LayerNorm2d",
+    "LiteMLA",
+    "MBConv",
+    "OpSequential",
+    "ResBlock",
+    "ResidualBlock",
+    "SamNeck",
+    "UpSampleLayer",
     "build_efficientvit_l2_image_encoder",
     "image_encoder_state_dict",
 ]
@@ -211,8 +211,8 @@ class MBConv(nn.Module):
         stride: int = 1,
         expand_ratio: float = 6,
         use_bias: bool | Sequence[bool] = False,
-        norm: str | None | Sequence[str | None] = "bn2d",
-        act_func: str | None | Sequence[str | None] = ("relu6", "relu6", None),
+        norm: str | Sequence[str | None] | None = "bn2d",
+        act_func: str | Sequence[str | None] | None = ("relu6", "relu6", None),
     ) -> None:
         super().__init__()
         use_bias = _broadcast(use_bias, 3)
@@ -252,8 +252,8 @@ class FusedMBConv(nn.Module):
         stride: int = 1,
         expand_ratio: float = 6,
         use_bias: bool | Sequence[bool] = False,
-        norm: str | None | Sequence[str | None] = "bn2d",
-        act_func: str | None | Sequence[str | None] = ("relu6", None),
+        norm: str | Sequence[str | None] | None = "bn2d",
+        act_func: str | Sequence[str | None] | None = ("relu6", None),
     ) -> None:
         super().__init__()
         use_bias = _broadcast(use_bias, 2)
@@ -289,8 +289,8 @@ class ResBlock(nn.Module):
         stride: int = 1,
         expand_ratio: float = 1,
         use_bias: bool | Sequence[bool] = False,
-        norm: str | None | Sequence[str | None] = "bn2d",
-        act_func: str | None | Sequence[str | None] = ("relu6", None),
+        norm: str | Sequence[str | None] | None = "bn2d",
+        act_func: str | Sequence[str | None] | None = ("relu6", None),
     ) -> None:
         super().__init__()
         use_bias = _broadcast(use_bias, 2)
@@ -336,8 +336,8 @@ class LiteMLA(nn.Module):
         heads_ratio: float = 1.0,
         dim: int = 8,
         use_bias: bool | Sequence[bool] = False,
-        norm: str | None | Sequence[str | None] = (None, "bn2d"),
-        act_func: str | None | Sequence[str | None] = (None, None),
+        norm: str | Sequence[str | None] | None = (None, "bn2d"),
+        act_func: str | Sequence[str | None] | None = (None, None),
         scales: Sequence[int] = (5,),
         eps: float = 1.0e-15,
     ) -> None:

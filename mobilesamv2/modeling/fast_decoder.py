@@ -54,7 +54,9 @@ class FactorizedPromptDecoder(nn.Module):
 
     # --- attentions in their factorised forms ------------------------------------------------------------------
 
-    def _token_to_image(self, attn, q_tokens: torch.Tensor, keys_pe: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    def _token_to_image(
+        self, attn, q_tokens: torch.Tensor, keys_pe: torch.Tensor, values: torch.Tensor
+    ) -> torch.Tensor:
         """7 token queries attend to the image tokens ``keys_pe`` / ``values`` (N, 4096, 256) without projecting
         them: scores = (q W_q + b_q) W_k^T X^T (+ a per-row constant that softmax removes), out = (P X) W_v + b_v."""
         h = self.heads
@@ -72,7 +74,9 @@ class FactorizedPromptDecoder(nn.Module):
         out = out.transpose(1, 2).reshape(n, t, h * d)
         return attn.out_proj(out)
 
-    def _token_to_image_shared(self, attn, q_tokens: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor) -> torch.Tensor:
+    def _token_to_image_shared(
+        self, attn, q_tokens: torch.Tensor, k_img: torch.Tensor, v_img: torch.Tensor
+    ) -> torch.Tensor:
         """Layer 0: image keys/values projected once per call, (H, 4096, D)."""
         h = self.heads
         q = _heads(attn.q_proj(q_tokens), h)  # (N, H, T, D)
@@ -107,7 +111,9 @@ class FactorizedPromptDecoder(nn.Module):
         tokens = torch.cat([output_tokens.unsqueeze(0).expand(n, -1, -1), sparse], dim=1)  # (N, T, 256)
 
         # image side, once per call
-        src = (image_embeddings[0] + pe_module.no_mask_embed.weight.reshape(-1, 1, 1)).flatten(1).T  # (4096, 256)
+        src = (
+            (image_embeddings[0] + pe_module.no_mask_embed.weight.reshape(-1, 1, 1)).flatten(1).T
+        )  # (4096, 256)
         pos = pe_module.get_dense_pe()[0].flatten(1).T  # (4096, 256)
         src_pos = src + pos
         k0 = _heads(layer0.cross_attn_token_to_image.k_proj(src_pos), h)  # (H, 4096, D)
@@ -117,7 +123,9 @@ class FactorizedPromptDecoder(nn.Module):
 
         # layer 0 (skip_first_layer_pe: no residual, no PE in the self-attention)
         queries = layer0.norm1(layer0.self_attn(q=tokens, k=tokens, v=tokens))
-        queries = layer0.norm2(queries + self._token_to_image_shared(layer0.cross_attn_token_to_image, queries + tokens, k0, v0))
+        queries = layer0.norm2(
+            queries + self._token_to_image_shared(layer0.cross_attn_token_to_image, queries + tokens, k0, v0)
+        )
         queries = layer0.norm3(queries + layer0.mlp(queries))
         k_tok = _heads(i2t0.k_proj(queries + tokens), h)  # (N, H, T, D)
         scores = torch.matmul(q0.unsqueeze(0), k_tok.transpose(-1, -2))  # (N, H, 4096, T)
@@ -127,21 +135,29 @@ class FactorizedPromptDecoder(nn.Module):
         q = queries + tokens
         queries = layer1.norm1(queries + layer1.self_attn(q=q, k=q, v=queries))
         keys_pe = keys + pos
-        queries = layer1.norm2(queries + self._token_to_image(layer1.cross_attn_token_to_image, queries + tokens, keys_pe, keys))
+        queries = layer1.norm2(
+            queries + self._token_to_image(layer1.cross_attn_token_to_image, queries + tokens, keys_pe, keys)
+        )
         queries = layer1.norm3(queries + layer1.mlp(queries))
         i2t1 = layer1.cross_attn_image_to_token
         wq, bq = _head_weights(i2t1.q_proj, h)  # (H, D, 256), (H, D)
         k_tok = _heads(i2t1.k_proj(queries + tokens), h)  # (N, H, T, D)
         d = wq.shape[1]
-        b = torch.matmul(k_tok, wq.unsqueeze(0)) / math.sqrt(d)  # (N, H, T, 256): image query projection folded in
+        b = torch.matmul(k_tok, wq.unsqueeze(0)) / math.sqrt(
+            d
+        )  # (N, H, T, 256): image query projection folded in
         bias = torch.matmul(k_tok, bq[None, :, :, None]) / math.sqrt(d)  # (N, H, T, 1)
         t = b.shape[2]
         scores = torch.matmul(keys_pe, b.reshape(n, h * t, -1).transpose(1, 2))  # (N, 4096, H*T)
-        scores = (scores + bias.reshape(n, 1, h * t)).reshape(n, -1, h, t).permute(0, 2, 1, 3)  # (N, H, 4096, T)
+        scores = (
+            (scores + bias.reshape(n, 1, h * t)).reshape(n, -1, h, t).permute(0, 2, 1, 3)
+        )  # (N, H, 4096, T)
         keys = layer1.norm4(keys + self._image_to_token(i2t1, scores, queries))
 
         # final token -> image attention
-        attn_out = self._token_to_image(transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys)
+        attn_out = self._token_to_image(
+            transformer.final_attn_token_to_image, queries + tokens, keys + pos, keys
+        )
         queries = transformer.norm_final_attn(queries + attn_out)
 
         # masks from mask token 0 only; IoU from the IoU token

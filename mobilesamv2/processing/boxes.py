@@ -95,7 +95,9 @@ def non_max_suppression(
     return order[np.asarray(keep, np.int64)]
 
 
-def snap_to_border(boxes: np.ndarray, input_shape: tuple[int, int], margin: float = BORDER_SNAP_PIXELS) -> np.ndarray:
+def snap_to_border(
+    boxes: np.ndarray, input_shape: tuple[int, int], margin: float = BORDER_SNAP_PIXELS
+) -> np.ndarray:
     """MobileSAMv2's border snap in the letterbox frame (padding included): edges within ``margin`` pixels of
     the letterbox border are moved onto it."""
     h_in, w_in = input_shape
@@ -174,6 +176,8 @@ def points_to_prompts(points_encoder_frame: np.ndarray, labels: np.ndarray) -> t
     """Point prompts ``(N, P, 2)`` / labels ``(N, P)`` (1 fg, 0 bg) plus SAM's padding point (label -1), which SAM
     appends whenever no box is given."""
     n = points_encoder_frame.shape[0]
-    coords = np.concatenate([points_encoder_frame, np.zeros((n, 1, 2), np.float32)], axis=1).astype(np.float32)
+    coords = np.concatenate([points_encoder_frame, np.zeros((n, 1, 2), np.float32)], axis=1).astype(
+        np.float32
+    )
     labels = np.concatenate([labels.astype(np.float32), -np.ones((n, 1), np.float32)], axis=1)
     return coords, labels

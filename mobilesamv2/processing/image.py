@@ -64,7 +64,10 @@ def decode_image(
     """
     if not data:
         raise InvalidImageError("image is empty (0 bytes)")
-    pil_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None  # our limit applies, with a better message
+    pil_limit, Image.MAX_IMAGE_PIXELS = (
+        Image.MAX_IMAGE_PIXELS,
+        None,
+    )  # our limit applies, with a better message
     try:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
@@ -75,7 +78,9 @@ def decode_image(
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
     if fmt not in SUPPORTED_FORMATS:
-        raise InvalidImageError(f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}")
+        raise InvalidImageError(
+            f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}"
+        )
     check_image_size(height, width, max_pixels=max_pixels, min_side=min_side)
     if fmt == "JPEG" and not _jpeg_is_complete(data):
         # libjpeg decodes a truncated JPEG with only a warning, filling the rest with grey: refuse it instead.
@@ -144,7 +149,9 @@ really sees BGR. Parity with the official pipeline needs the same order ("rgb" i
 on, and the setting to use once the reference is fixed)."""
 
 
-def detector_input(image_rgb: np.ndarray, channel_order: str = DETECTOR_CHANNEL_ORDER) -> tuple[np.ndarray, LetterboxInfo]:
+def detector_input(
+    image_rgb: np.ndarray, channel_order: str = DETECTOR_CHANNEL_ORDER
+) -> tuple[np.ndarray, LetterboxInfo]:
     """The detector's letterboxed uint8 ``HxWx3`` input in the network's channel order, and its geometry."""
     if channel_order not in ("bgr", "rgb"):
         raise ValueError(f"detector channel order must be 'bgr' or 'rgb', got {channel_order!r}")

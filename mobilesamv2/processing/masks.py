@@ -46,7 +46,9 @@ def iter_upsampled_transposed(
     chunk = int(max(1, min(_CV_MAX_CHANNELS, chunk_bytes // per_mask)))
     for start in range(0, n, chunk):
         # (k, 256, 256) -> transposed, channels last: (256[x], 256[y], k)
-        block = np.ascontiguousarray(low_res_logits[start : start + chunk].transpose(2, 1, 0), dtype=np.float32)
+        block = np.ascontiguousarray(
+            low_res_logits[start : start + chunk].transpose(2, 1, 0), dtype=np.float32
+        )
         up = _resize_channels_last(block, ENCODER_IMAGE_SIZE, ENCODER_IMAGE_SIZE)
         up = np.ascontiguousarray(up[:new_w, :new_h])
         # transposed frame: rows are x (w of them), columns are y (h of them)

@@ -90,7 +90,9 @@ def read_image(image: np.ndarray | None, image_raw: np.ndarray | None, limits: L
         raise BadRequest("give exactly one of 'image' (encoded bytes) or 'image_raw' (uint8 HxWx3 RGB)")
     try:
         if image_raw is not None:
-            return validate_rgb_array(image_raw, max_pixels=limits.max_image_pixels, min_side=limits.min_image_side)
+            return validate_rgb_array(
+                image_raw, max_pixels=limits.max_image_pixels, min_side=limits.min_image_side
+            )
         if image.size != 1:
             raise BadRequest(f"'image' must hold one encoded image, got {image.size} elements")
         data = image.reshape(-1)[0]

@@ -170,7 +170,7 @@ def test_socket_timeout_is_timeout() -> None:
 
 
 def test_asyncio_timeout_is_timeout() -> None:
-    assert type(map_exception(asyncio.TimeoutError())) is RequestTimeoutError  # noqa: UP041 - distinct on 3.10
+    assert type(map_exception(asyncio.TimeoutError())) is RequestTimeoutError
 
 
 def test_gevent_timeout_is_timeout() -> None:

@@ -52,7 +52,13 @@ def test_image_encoder_becomes_a_batched_tensorrt_engine_and_nothing_else_change
     text = gpu.gpu_model_config(cpu_config("image_encoder"), instances_per_gpu=2)
     assert (
         changed_fields(cpu_config("image_encoder"), text)
-        == {"backend", "platform", "instanceGroup", "dynamicBatching.preferredBatchSize", "parameters.allow_spinning"}
+        == {
+            "backend",
+            "platform",
+            "instanceGroup",
+            "dynamicBatching.preferredBatchSize",
+            "parameters.allow_spinning",
+        }
         | BUILD_KEYS
     )
     config = _parse(text)
@@ -70,7 +76,11 @@ def test_prompt_decoder_profile_covers_one_to_max_prompts_and_cpu_slicing_is_dro
     assert (
         changed_fields(cpu_config("prompt_decoder"), text)
         == {"backend", "platform", "instanceGroup", "parameters.max_rows_per_run", "parameters.sliced_inputs"}
-        | {"parameters.graph_optimization_level", "parameters.disabled_optimizers", "parameters.allow_spinning"}
+        | {
+            "parameters.graph_optimization_level",
+            "parameters.disabled_optimizers",
+            "parameters.allow_spinning",
+        }
         | BUILD_KEYS
     )
     params = config_string_parameters(text)

@@ -35,7 +35,10 @@ def _send(url: str, inputs: dict[str, tuple[np.ndarray, str]], protocol: str = "
 
 
 def _image(data: bytes) -> dict:
-    return {"image": (np.array([data], np.object_), "BYTES"), "max_prompts": (np.array([2], np.int32), "INT32")}
+    return {
+        "image": (np.array([data], np.object_), "BYTES"),
+        "max_prompts": (np.array([2], np.int32), "INT32"),
+    }
 
 
 def _encoded(image: np.ndarray, ext: str) -> bytes:
@@ -61,26 +64,44 @@ def _huge_png_header() -> bytes:
 BAD_REQUESTS = {
     "empty bytes": (lambda b: _image(b""), "empty"),
     "truncated jpeg": (lambda b: _image(b[: len(b) // 2]), "truncated"),
-    "corrupt jpeg": (lambda b: _image(b[:200] + bytes(range(256)) * 40), "truncated|corrupt|not a recognised"),
+    "corrupt jpeg": (
+        lambda b: _image(b[:200] + bytes(range(256)) * 40),
+        "truncated|corrupt|not a recognised",
+    ),
     "text file": (lambda b: _image(b"id,name\n1,bus\n"), "not a recognised image"),
     "1x1 image": (lambda b: _image(_encoded(np.zeros((1, 1, 3), np.uint8), ".png")), "at least 8"),
     "30000x30000 header": (lambda b: _image(_huge_png_header()), "30000x30000"),
     "raw float32 pixels": (lambda b: {"image_raw": (np.zeros((16, 16, 3), np.float32), "FP32")}, "data-type"),
-    "raw 4-channel pixels": (lambda b: {"image_raw": (np.zeros((16, 16, 4), np.uint8), "UINT8")}, "shape|dims"),
+    "raw 4-channel pixels": (
+        lambda b: {"image_raw": (np.zeros((16, 16, 4), np.uint8), "UINT8")},
+        "shape|dims",
+    ),
     "raw 2-d pixels": (lambda b: {"image_raw": (np.zeros((16, 16), np.uint8), "UINT8")}, "shape|dims"),
     "no image": (lambda b: {"max_prompts": (np.array([2], np.int32), "INT32")}, "exactly one of"),
     "both images": (
         lambda b: {**_image(b), "image_raw": (np.zeros((16, 16, 3), np.uint8), "UINT8")},
         "exactly one of",
     ),
-    "conf 1.5": (lambda b: {**_image(b), "conf_threshold": (np.array([1.5], np.float32), "FP32")}, "conf_threshold"),
-    "iou 0": (lambda b: {**_image(b), "iou_threshold": (np.array([0.0], np.float32), "FP32")}, "iou_threshold"),
-    "max_prompts 0": (lambda b: {**_image(b), "max_prompts": (np.array([0], np.int32), "INT32")}, "max_prompts"),
+    "conf 1.5": (
+        lambda b: {**_image(b), "conf_threshold": (np.array([1.5], np.float32), "FP32")},
+        "conf_threshold",
+    ),
+    "iou 0": (
+        lambda b: {**_image(b), "iou_threshold": (np.array([0.0], np.float32), "FP32")},
+        "iou_threshold",
+    ),
+    "max_prompts 0": (
+        lambda b: {**_image(b), "max_prompts": (np.array([0], np.int32), "INT32")},
+        "max_prompts",
+    ),
     "output format": (
         lambda b: {**_image(b), "output_format": (np.array([b"jpeg"], np.object_), "BYTES")},
         "output_format",
     ),
-    "boxes wrong shape": (lambda b: {**_image(b), "boxes": (np.zeros((2, 3), np.float32), "FP32")}, "boxes|dims"),
+    "boxes wrong shape": (
+        lambda b: {**_image(b), "boxes": (np.zeros((2, 3), np.float32), "FP32")},
+        "boxes|dims",
+    ),
     "boxes inverted": (
         lambda b: {**_image(b), "boxes": (np.array([[50, 50, 10, 10]], np.float32), "FP32")},
         "x1 <= x2",
@@ -127,13 +148,15 @@ def test_png_variants_are_converted_not_refused(triton_server, sample_images, co
     plain = _send(triton_server.http_url, _image(_encoded(bgr, ".png")))
     variant = _send(triton_server.http_url, _image(_encoded(convert(bgr), ".png")))
     assert list(variant.as_numpy("image_size")) == list(bgr.shape[:2])
-    if convert(bgr).dtype == np.uint16 or convert(bgr).ndim == 3 and convert(bgr).shape[2] == 4:
+    if convert(bgr).dtype == np.uint16 or (convert(bgr).ndim == 3 and convert(bgr).shape[2] == 4):
         np.testing.assert_array_equal(variant.as_numpy("boxes"), plain.as_numpy("boxes"))
 
 
 def test_zero_detections_is_an_empty_result(triton_server, bus_bytes):
     result = _send(
-        triton_server.grpc_url, {**_image(bus_bytes), "conf_threshold": (np.array([0.9999], np.float32), "FP32")}, "grpc"
+        triton_server.grpc_url,
+        {**_image(bus_bytes), "conf_threshold": (np.array([0.9999], np.float32), "FP32")},
+        "grpc",
     )
     assert result.as_numpy("boxes").shape == (0, 4)
     assert result.as_numpy("scores").shape == (0,)

@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 
 from mobilesamv2.processing import boxes as box_ops
@@ -58,8 +57,15 @@ def images(sample_images):
 def test_image_encoder_equals_pytorch(triton_server, reference_pipeline, images):
     image = images["bus.jpg"]
     canvas, size = encoder_canvas(image)
-    served = _infer(triton_server, "image_encoder", {"image": canvas[None], "image_size": size[None]}, ["image_embeddings"])
-    expected = reference_pipeline.encode(image).numpy()  # SAM's own preprocess: normalise, F.pad, bilinear halving
+    served = _infer(
+        triton_server,
+        "image_encoder",
+        {"image": canvas[None], "image_size": size[None]},
+        ["image_embeddings"],
+    )
+    expected = reference_pipeline.encode(
+        image
+    ).numpy()  # SAM's own preprocess: normalise, F.pad, bilinear halving
     assert served["image_embeddings"].shape == (1, 256, 64, 64)
     np.testing.assert_allclose(served["image_embeddings"], expected, atol=1e-3, rtol=0)
 
@@ -87,7 +93,9 @@ def test_object_discovery_equals_reference_candidates(triton_server, reference_p
     boxed, _ = detector_input(images[name])
     served = _infer(triton_server, "object_discovery", {"images": boxed}, ["boxes", "scores", "classes"])
     with torch.no_grad():
-        prediction = reference_pipeline.detector(torch.from_numpy(boxed).permute(2, 0, 1)[None].float() / 255)[0]
+        prediction = reference_pipeline.detector(
+            torch.from_numpy(boxed).permute(2, 0, 1)[None].float() / 255
+        )[0]
     boxes, scores, classes = box_ops.select_candidates(prediction.numpy(), box_ops.CONF_THRESHOLD)
     assert len(served["boxes"]) == len(boxes) > 0
     np.testing.assert_allclose(served["boxes"], boxes, atol=0.05, rtol=0)
@@ -96,7 +104,9 @@ def test_object_discovery_equals_reference_candidates(triton_server, reference_p
 
 
 @pytest.mark.parametrize("name, max_prompts", [("bus.jpg", 24), ("zidane.jpg", 300)])
-def test_pipeline_equals_reference(triton_server, reference_pipeline, images, sample_images, name, max_prompts):
+def test_pipeline_equals_reference(
+    triton_server, reference_pipeline, images, sample_images, name, max_prompts
+):
     """Same boxes in the same order, mean mask IoU >= 0.99, on two real images (bus is capped to keep the
     PyTorch reference affordable on CPU; the cap is the reference's max_det)."""
     path = next(p for p in sample_images if p.name == name)
@@ -109,7 +119,10 @@ def test_pipeline_equals_reference(triton_server, reference_pipeline, images, sa
     np.testing.assert_allclose(served.scores, expected.scores, atol=2e-4, rtol=0)
     ious = [mask_iou(a, b) for a, b in zip(served.masks, expected.masks())]
     assert np.mean(ious) >= 0.99, f"mean mask IoU {np.mean(ious):.4f}"
-    assert all(np.all(b[:2] >= 0) and b[2] <= images[name].shape[1] and b[3] <= images[name].shape[0] for b in served.boxes)
+    assert all(
+        np.all(b[:2] >= 0) and b[2] <= images[name].shape[1] and b[3] <= images[name].shape[0]
+        for b in served.boxes
+    )
 
 
 def test_pipeline_hits_the_300_box_cap_in_one_decoder_call(triton_server, sample_images):

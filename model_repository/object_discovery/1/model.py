@@ -31,7 +31,11 @@ class TritonPythonModel:
 
         config = json.loads(args["model_config"])
         params = _parameters(config)
-        path = Path(args["model_repository"]) / args["model_version"] / params.get("detector_file", "detector.onnx")
+        path = (
+            Path(args["model_repository"])
+            / args["model_version"]
+            / params.get("detector_file", "detector.onnx")
+        )
         if not path.is_file():
             raise pb_utils.TritonModelException(f"{path} not found: build the repository (mobilesamv2-build)")
         options = ort.SessionOptions()
@@ -51,7 +55,9 @@ class TritonPythonModel:
         if images.dtype != np.uint8 or images.ndim != 3 or images.shape[2] != 3:
             raise BadRequest(f"images must be uint8 HxWx3, got {images.dtype} {list(images.shape)}")
         if images.shape[0] % DETECTOR_STRIDE or images.shape[1] % DETECTOR_STRIDE:
-            raise BadRequest(f"letterboxed images must have sides that are multiples of 32, got {list(images.shape[:2])}")
+            raise BadRequest(
+                f"letterboxed images must have sides that are multiples of 32, got {list(images.shape[:2])}"
+            )
         conf_tensor = pb_utils.get_input_tensor_by_name(request, "conf_threshold")
         conf = self.default_conf if conf_tensor is None else float(conf_tensor.as_numpy().reshape(-1)[0])
         if not 0.0 <= conf < 1.0:
@@ -72,6 +78,8 @@ class TritonPythonModel:
             except BadRequest as exc:
                 error = pb_utils.TritonError(f"object_discovery: {exc}", pb_utils.TritonError.INVALID_ARG)
                 responses.append(pb_utils.InferenceResponse(error=error))
-            except Exception as exc:  # noqa: BLE001 - one failed request must not take the model down
-                responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"object_discovery: {exc}")))
+            except Exception as exc:
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"object_discovery: {exc}"))
+                )
         return responses

@@ -26,7 +26,13 @@ from mobilesamv2.processing.image import (
     encoder_canvas,
     encoder_input_size,
 )
-from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES, mask_boxes, masks_to_rles, rle_boxes, upsample_masks
+from mobilesamv2.processing.masks import (
+    DEFAULT_CHUNK_BYTES,
+    mask_boxes,
+    masks_to_rles,
+    rle_boxes,
+    upsample_masks,
+)
 from mobilesamv2.server.requests import (
     BadRequest,
     Limits,
@@ -118,7 +124,12 @@ class TritonPythonModel:
         )
         start = time.perf_counter()
         boxes, scores = box_ops.finalize_detections(
-            boxes.as_numpy(), scores.as_numpy(), classes.as_numpy(), info, settings.iou_threshold, settings.max_prompts
+            boxes.as_numpy(),
+            scores.as_numpy(),
+            classes.as_numpy(),
+            info,
+            settings.iou_threshold,
+            settings.max_prompts,
         )
         timings["nms"] = (time.perf_counter() - start) * 1e3
         return boxes, scores
@@ -171,7 +182,9 @@ class TritonPythonModel:
             boxes = np.zeros((len(points), 4), np.float32)
             scores = np.ones(len(points), np.float32)
             embedding = await self._encode(image, timings)
-            coords, labels = box_ops.points_to_prompts(box_ops.points_to_encoder_frame(points, shape), point_labels)
+            coords, labels = box_ops.points_to_prompts(
+                box_ops.points_to_encoder_frame(points, shape), point_labels
+            )
 
         if settings.output_format == "dense":
             check_dense_size(len(boxes), shape, self.limits)
@@ -194,7 +207,9 @@ class TritonPythonModel:
             rles = None
         else:
             rles = masks_to_rles(logits, input_size, shape, chunk_bytes=self.chunk_bytes)
-            outputs.append(pb_utils.Tensor("masks_rle", np.array([rle_codec.dumps(r) for r in rles], dtype=np.object_)))
+            outputs.append(
+                pb_utils.Tensor("masks_rle", np.array([rle_codec.dumps(r) for r in rles], dtype=np.object_))
+            )
         if points is not None:  # point prompts have no box: report each mask's tight box instead
             boxes = mask_boxes(masks) if rles is None else rle_boxes(rles)
             outputs[0] = pb_utils.Tensor("boxes", boxes)
@@ -203,7 +218,9 @@ class TritonPythonModel:
         timings["postprocess"] = (time.perf_counter() - start) * 1e3
         timings["total"] = (time.perf_counter() - started) * 1e3
         if settings.return_timings:
-            outputs.append(pb_utils.Tensor("timings", np.array([json.dumps(timings).encode()], dtype=np.object_)))
+            outputs.append(
+                pb_utils.Tensor("timings", np.array([json.dumps(timings).encode()], dtype=np.object_))
+            )
         self.logger.log_info(
             f"segment_everything: {len(boxes)} masks, {shape[1]}x{shape[0]}, "
             + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items())
@@ -214,12 +231,16 @@ class TritonPythonModel:
         try:
             return await self._segment(request)
         except BadRequest as exc:
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG))
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(str(exc), pb_utils.TritonError.INVALID_ARG)
+            )
         except StageError as exc:
             return pb_utils.InferenceResponse(error=pb_utils.TritonError(str(exc), exc.code))
-        except Exception as exc:  # noqa: BLE001 - answer the request, keep serving
+        except Exception as exc:
             self.logger.log_error(f"segment_everything: {type(exc).__name__}: {exc}")
-            return pb_utils.InferenceResponse(error=pb_utils.TritonError(f"internal error: {type(exc).__name__}: {exc}"))
+            return pb_utils.InferenceResponse(
+                error=pb_utils.TritonError(f"internal error: {type(exc).__name__}: {exc}")
+            )
 
     async def execute(self, requests: list) -> list:
         return list(await asyncio.gather(*(self._respond(r) for r in requests)))

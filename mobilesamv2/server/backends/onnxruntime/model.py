@@ -79,7 +79,9 @@ def _session_options(config: dict[str, Any]) -> tuple[ort.SessionOptions, dict[s
         "enable_mem_pattern": _flag(_param(config, "enable_mem_pattern", "true")),
         "enable_cpu_mem_arena": _flag(_param(config, "enable_cpu_mem_arena", "true")),
         "allow_spinning": _flag(_param(config, "allow_spinning", "true")),
-        "disabled_optimizers": [o.strip() for o in (_param(config, "disabled_optimizers", "") or "").split(",") if o.strip()],
+        "disabled_optimizers": [
+            o.strip() for o in (_param(config, "disabled_optimizers", "") or "").split(",") if o.strip()
+        ],
     }
     if settings["graph_optimization_level"] not in _GRAPH_LEVELS:
         raise ValueError(f"graph_optimization_level must be one of {sorted(_GRAPH_LEVELS)}")
@@ -96,7 +98,9 @@ def _session_options(config: dict[str, Any]) -> tuple[ort.SessionOptions, dict[s
     options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
     # Spinning intra-op threads busy-wait between ops; when several models share few cores (encoder and
     # discovery run concurrently) they steal the cores the other model needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0")
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0"
+    )
     return options, settings
 
 
