@@ -1,1 +1,2 @@
-"""Benchmarks of the SegEvery service: ``python -m benchmarks.run`` writes BENCHMARKS.md and docs/benchmarks.png."""
+"""Benchmarks of the SegEvery service: ``python -m benchmarks.run`` writes BENCHMARKS.md and
+docs/benchmarks.png."""

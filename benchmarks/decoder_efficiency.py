@@ -1,15 +1,17 @@
-"""Decoder efficiency: ms per prompt, share of the matmul peak and peak memory, reference vs ours, side by side.
+"""Decoder efficiency: ms per prompt, share of the matmul peak and peak memory, reference vs ours, side by
+side.
 
-    python benchmarks/decoder_efficiency.py [--weights work/test-cache/weights] [--repeats 3] [--out BENCHMARKS.md]
+    python benchmarks/decoder_efficiency.py [--weights work/test-cache/weights] [--repeats 3]
+        [--out BENCHMARKS.md]
 
 Rows, each measured in a fresh subprocess (so peak RSS belongs to that configuration alone), alternating
 reference / ours for every N so machine noise hits both:
 - ``reference (PyTorch)``: SAM's decoder as the reference pipeline runs it (one call, all N prompts);
 - ``plain ONNX (ORT)``: SAM's formulation exported, one ORT call (the TensorRT source graph);
-- ``ours: factorized ONNX, slices of S``: the served graph as the Python-based ONNX Runtime backend runs it (the
-  prompt axis in slices of S rows inside one Triton call).
-The compute limit is this machine's FP32 matmul rate (torch, 2048x2048, same threads) measured in the same run,
-and the FLOPs per prompt are counted with torch's FlopCounterMode on the plain formulation.
+- ``ours: factorized ONNX, slices of S``: the served graph as the Python-based ONNX Runtime backend runs it
+  (the prompt axis in slices of S rows inside one Triton call).
+The compute limit is this machine's FP32 matmul rate (torch, 2048x2048, same threads) measured in the same
+run, and the FLOPs per prompt are counted with torch's FlopCounterMode on the plain formulation.
 The table is printed and written into BENCHMARKS.md between the markers of its section (the rest is kept).
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -67,7 +70,7 @@ def flops_per_prompt(weights: Path) -> tuple[float, float]:
     return out[0], out[1]
 
 
-# --- one configuration, in its own process ---------------------------------------------------------------------
+# --- one configuration, in its own process ------------------------------------------------------------------
 
 
 def run_one(
@@ -211,7 +214,7 @@ def main(argv: list[str] | None = None) -> int:
                     "n": n,
                     "ms_per_prompt": ms,
                     "peak_rss_gib": result["peak_rss_gib"],
-                    "share_of_peak": (flops / (ms / 1e3)) / peak if ms == ms else float("nan"),
+                    "share_of_peak": (flops / (ms / 1e3)) / peak if not math.isnan(ms) else float("nan"),
                     "error": result.get("error"),
                 }
             )
@@ -229,10 +232,11 @@ def main(argv: list[str] | None = None) -> int:
     lines = [
         "## Decoder efficiency (prompt encoder + mask decoder, CPU, FP32)",
         "",
-        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads; matmul peak measured in this "
-        f"run: **{peak:.0f} GFLOP/s** (torch, 2048x2048). FLOPs per prompt (torch FlopCounterMode): reference "
-        f"{ref_flops:.2f} GFLOP, ours {our_flops:.2f} GFLOP. Compute limit of the reference formulation: "
-        f"**{limit_ms:.1f} ms/prompt**; target <= {1.5 * limit_ms:.1f} ms/prompt at N = 300 and <= 2 GB.",
+        f"Machine: {platform.processor() or platform.machine()}, {args.threads} threads; matmul peak "
+        f"measured in this run: **{peak:.0f} GFLOP/s** (torch, 2048x2048). FLOPs per prompt (torch "
+        f"FlopCounterMode): reference {ref_flops:.2f} GFLOP, ours {our_flops:.2f} GFLOP. Compute limit of "
+        f"the reference formulation: **{limit_ms:.1f} ms/prompt**; target <= {1.5 * limit_ms:.1f} ms/prompt "
+        "at N = 300 and <= 2 GB.",
         "",
         "| decoder | N | ms / prompt | share of matmul peak (own FLOPs) | peak RSS (GiB) |",
         "|---|---|---|---|---|",
@@ -240,7 +244,8 @@ def main(argv: list[str] | None = None) -> int:
     for r in rows:
         value = f"{r['ms_per_prompt']:.1f}" if not r["error"] else f"failed ({r['error']})"
         lines.append(
-            f"| {names[r['kind']]} | {r['n']} | {value} | {r['share_of_peak']:.0%} | {r['peak_rss_gib']:.2f} |"
+            f"| {names[r['kind']]} | {r['n']} | {value} | {r['share_of_peak']:.0%} | {r['peak_rss_gib']:.2f} "
+            "|"
         )
     ours300 = next(
         (r for r in rows if r["kind"] == "ours" and r["n"] == max(int(c) for c in args.counts.split(","))),

@@ -1,5 +1,5 @@
-"""The measurements. Each section returns a JSON-able dict of raw numbers (every repetition, not just medians);
-``benchmarks.run`` orchestrates them and ``benchmarks.report`` turns them into tables and a plot.
+"""The measurements. Each section returns a JSON-able dict of raw numbers (every repetition, not just
+medians); ``benchmarks.run`` orchestrates them and ``benchmarks.report`` turns them into tables and a plot.
 
 Comparisons alternate inside one process run (A B, B A, A B, ...) so that drift in the machine's speed (other
 load, thermal state, caches) hits both sides alike.
@@ -91,7 +91,7 @@ def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-# --- 1. decoder cost: object-aware box prompts vs SAM's 32x32 point grid ------------------------------------------
+# --- 1. decoder cost: object-aware box prompts vs SAM's 32x32 point grid ------------------------------------
 
 
 def decoder_section(pipe, images: dict[str, np.ndarray], plan: Plan, log: Log = print) -> dict:
@@ -131,13 +131,14 @@ def decoder_section(pipe, images: dict[str, np.ndarray], plan: Plan, log: Log = 
                 row["grid_total_ms"].append(grid.total_ms)
                 row.update(grid_points=32 * 32, grid_masks=grid.decoded_masks, grid_kept=len(grid.boxes))
                 log(
-                    f"  decoder {name}: 32x32 grid {grid.decoder_ms:.0f} ms decoder, {grid.decoded_masks} masks"
+                    f"  decoder {name}: 32x32 grid {grid.decoder_ms:.0f} ms decoder, {grid.decoded_masks} "
+                    "masks"
                 )
         rows.append(row)
     return {"rows": rows}
 
 
-# --- 2. end to end: one request through Triton vs the in-process reference -------------------------------------
+# --- 2. end to end: one request through Triton vs the in-process reference ----------------------------------
 
 
 def reference_request(
@@ -171,7 +172,8 @@ def server_request(
 
 
 def e2e_section(pipe, client, images: dict[str, bytes], plan: Plan, log: Log = print) -> dict:
-    """Alternating Triton / reference requests on the same encoded image (default settings: conf 0.4, 300 max)."""
+    """Alternating Triton / reference requests on the same encoded image (default settings: conf 0.4, 300
+    max)."""
     rows = []
     for name, data in images.items():
         server_request(client, data, max_prompts=8)  # warm-up (untimed, few prompts: the cost is per image)
@@ -199,7 +201,7 @@ def e2e_section(pipe, client, images: dict[str, bytes], plan: Plan, log: Log = p
     return {"rows": rows}
 
 
-# --- 3. throughput and latency vs concurrency (locust) ----------------------------------------------------------
+# --- 3. throughput and latency vs concurrency (locust) ------------------------------------------------------
 
 
 def _locust_settings(host: str, users: int, run_time: str, max_prompts: int) -> LoadTestSettings:
@@ -281,12 +283,12 @@ def soak_section(host: str, plan: Plan, out_dir: Path, log: Log = print) -> dict
     }
 
 
-# --- 4. peak memory vs prompts and image size ----------------------------------------------------------------
+# --- 4. peak memory vs prompts and image size ---------------------------------------------------------------
 
 
 def _label(proc: psutil.Process) -> str:
-    """``tritonserver``, or the model a backend stub serves (its instance name, e.g. ``prompt_decoder_0_0``, is on
-    its command line)."""
+    """``tritonserver``, or the model a backend stub serves (its instance name, e.g. ``prompt_decoder_0_0``,
+    is on its command line)."""
     try:
         cmdline = proc.cmdline()
     except psutil.Error:
@@ -298,8 +300,8 @@ def _label(proc: psutil.Process) -> str:
 
 
 class PeakRss:
-    """Samples the summed RSS of a process tree every ``interval`` s while active: ``peak`` (bytes, of the sum)
-    and the peak of each label's sum (a model's instances together)."""
+    """Samples the summed RSS of a process tree every ``interval`` s while active: ``peak`` (bytes, of the
+    sum) and the peak of each label's sum (a model's instances together)."""
 
     def __init__(self, root_pid: int, interval: float = 0.01) -> None:
         root = psutil.Process(root_pid)
@@ -353,8 +355,8 @@ def rescaled_jpeg(bgr: np.ndarray, longest_side: int) -> tuple[bytes, tuple[int,
 def memory_section(server_pid: int, client, bgr: np.ndarray, plan: Plan, log: Log = print) -> dict:
     """Peak RSS of tritonserver + its stub processes during one request per (prompts, image size) cell.
 
-    Run on a fresh server, prompts ascending in the outer loop: ONNX Runtime's arenas keep what they grew to, so
-    a cell also carries what smaller cells before it grew. ``dense_equivalent_mb`` is what the masks alone
+    Run on a fresh server, prompts ascending in the outer loop: ONNX Runtime's arenas keep what they grew to,
+    so a cell also carries what smaller cells before it grew. ``dense_equivalent_mb`` is what the masks alone
     would take at full resolution (prompts x pixels, 1 byte each): the footprint the server must not have.
     """
     images = {side: rescaled_jpeg(bgr, side) for side in plan.memory_sides}

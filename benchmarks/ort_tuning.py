@@ -2,10 +2,10 @@
 
     python benchmarks/ort_tuning.py [--repository work/test-cache/model_repository] [--repeats 5]
 
-For the decoder (factorized graph, 16 box prompts = one slice of the runner) and the image encoder (batch 1) it
-times every combination below in one process, alternating configurations on each repeat so noise spreads evenly,
-and writes the medians into BENCHMARKS.md between its markers. The PyTorch modules are timed in the same loop as
-a baseline. The winning options are the ones set in the committed configs.
+For the decoder (factorized graph, 16 box prompts = one slice of the runner) and the image encoder (batch 1)
+it times every combination below in one process, alternating configurations on each repeat so noise spreads
+evenly, and writes the medians into BENCHMARKS.md between its markers. The PyTorch modules are timed in the
+same loop as a baseline. The winning options are the ones set in the committed configs.
 """
 
 from __future__ import annotations
@@ -95,13 +95,13 @@ def main(argv: list[str] | None = None) -> int:
     configs = list(itertools.product(*OPTIONS.values()))
     results: dict[tuple, list[float]] = {}
     sessions = {}
-    for model in feeds:
+    for model, feed in feeds.items():
         path = args.repository / model / "1/model.onnx"
         for config in configs:
             sessions[(model, config)] = session(path, *config)
-            sessions[(model, config)].run(None, feeds[model])  # warm-up
+            sessions[(model, config)].run(None, feed)  # warm-up
     for repeat in range(args.repeats):
-        for model in feeds:
+        for model, feed in feeds.items():
             module, inputs = torch_modules[model]
             start = time.perf_counter()
             with torch.no_grad():
@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             results.setdefault((model, "torch"), []).append(time.perf_counter() - start)
             for config in configs[repeat % len(configs) :] + configs[: repeat % len(configs)]:
                 start = time.perf_counter()
-                sessions[(model, config)].run(None, feeds[model])
+                sessions[(model, config)].run(None, feed)
                 results.setdefault((model, config), []).append(time.perf_counter() - start)
         print(f"repeat {repeat + 1}/{args.repeats} done", file=sys.stderr, flush=True)
 
@@ -117,9 +117,11 @@ def main(argv: list[str] | None = None) -> int:
         "## ONNX Runtime session options (CPU)",
         "",
         f"Medians of {args.repeats} alternating repeats, {threads} cores; decoder = factorized graph with "
-        f"{args.prompts} box prompts (one slice of the runner), encoder = EfficientViT-L2 at batch 1 on bus.jpg.",
+        f"{args.prompts} box prompts (one slice of the runner), encoder = EfficientViT-L2 at batch 1 on "
+        "bus.jpg.",
         "",
-        "| model | runtime | graph optimisation | memory arena | intra-op threads | Add+LayerNorm fusion | median ms |",
+        "| model | runtime | graph optimisation | memory arena | intra-op threads | Add+LayerNorm fusion | "
+        "median ms |",
         "|---|---|---|---|---|---|---|",
     ]
     for model in feeds:

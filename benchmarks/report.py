@@ -17,8 +17,9 @@ MAX_PIXEL_SHARE = 0.05
 START, END = "<!-- segevery-benchmarks:start -->", "<!-- segevery-benchmarks:end -->"
 GPU_HEADING = "## GPU (NVIDIA, TensorRT)"
 GPU_SECTION = (
-    f"{GPU_HEADING}\n\nNot yet measured. The GPU repository (TensorRT engines for the encoder and decoder, see "
-    "[docs/deploy.md](docs/deploy.md)) has not been benchmarked on a GPU; every number in this file is CPU-only.\n"
+    f"{GPU_HEADING}\n\nNot yet measured. The GPU repository (TensorRT engines for the encoder and decoder, "
+    "see [docs/deploy.md](docs/deploy.md)) has not been benchmarked on a GPU; every number in this file is "
+    "CPU-only.\n"
 )
 
 SERVER_STAGES = ("decode_image", "encoder", "discovery", "nms", "decoder", "postprocess", "total")
@@ -46,7 +47,7 @@ def table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
-# --- derived numbers -----------------------------------------------------------------------------------------
+# --- derived numbers ----------------------------------------------------------------------------------------
 
 
 def decoder_ratios(row: dict) -> dict[str, float]:
@@ -70,8 +71,8 @@ def e2e_ratio(row: dict) -> float:
 def memory_verdict(memory: dict) -> dict[str, float]:
     """How peak memory scales. ``mb_per_prompt``: average growth per extra prompt at the smallest image.
     ``image_growth_few``/``_many``: growth from the smallest to the largest image at the fewest/most prompts;
-    their difference, ``interaction_mb``, is the prompts x pixels term, compared with what dense masks would add
-    (``dense_growth_mb``) as ``pixel_share``."""
+    their difference, ``interaction_mb``, is the prompts x pixels term, compared with what dense masks would
+    add (``dense_growth_mb``) as ``pixel_share``."""
     cells = memory["cells"]
     if not cells:
         return {}
@@ -103,7 +104,7 @@ def memory_verdict(memory: dict) -> dict[str, float]:
     return out
 
 
-# --- the targets -----------------------------------------------------------------------------------------------
+# --- the targets --------------------------------------------------------------------------------------------
 
 
 def target_rows(results: dict) -> list[list[str]]:
@@ -145,8 +146,8 @@ def target_rows(results: dict) -> list[list[str]]:
             )
             measured = (
                 f"{v['small_mp']:.1f} -> {v['large_mp']:.1f} MP adds {v['image_growth_few_mb']:,.0f} MB at "
-                f"{v['few']:.0f} prompt(s), {v['image_growth_many_mb']:,.0f} MB at {v['prompts']:.0f}: prompts x "
-                f"pixels term {v['interaction_mb']:,.0f} MB = {v['pixel_share']:.1%} of the "
+                f"{v['few']:.0f} prompt(s), {v['image_growth_many_mb']:,.0f} MB at {v['prompts']:.0f}: "
+                f"prompts x pixels term {v['interaction_mb']:,.0f} MB = {v['pixel_share']:.1%} of the "
                 f"{v['dense_growth_mb']:,.0f} MB dense masks would add{response}; "
                 f"{v.get('mb_per_prompt', math.nan):.1f} MB per extra prompt"
             )
@@ -184,7 +185,7 @@ def status(ok: bool, fraction: float | None = None) -> str:
     return "**not met**"
 
 
-# --- sections ------------------------------------------------------------------------------------------------
+# --- sections -----------------------------------------------------------------------------------------------
 
 
 def decoder_markdown(decoder: dict) -> str:
@@ -361,18 +362,20 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
         f"```\n{meta['command']}\n```",
         "",
         (
-            f"({'quick' if meta['quick'] else 'full'} run, {meta['duration_s'] / 60:.0f} minutes; every heavy run on this "
-            "machine is wrapped in `flock /tmp/heavy.lock` so that nothing else competes for the 2 cores). "
-            "Comparisons alternate inside one process run (A B, B A, ...) and report medians."
+            f"({'quick' if meta['quick'] else 'full'} run, {meta['duration_s'] / 60:.0f} minutes; every "
+            "heavy run on this machine is wrapped in `flock /tmp/heavy.lock` so that nothing else competes "
+            "for the 2 cores). Comparisons alternate inside one process run (A B, B A, ...) and report "
+            "medians."
         ),
         "",
-        f"**Weights: {meta['weights']}.** The model repository `{meta['model_repository']}` and the reference pipeline "
-        f"load the same checkpoints (`{meta['weights_dir']}`, encoder {meta['encoder']}). "
+        f"**Weights: {meta['weights']}.** The model repository `{meta['model_repository']}` and the "
+        f"reference pipeline load the same checkpoints (`{meta['weights_dir']}`, encoder {meta['encoder']}). "
         + (
             "These are seeded random weights in the official formats: timings are those of the real networks "
-            "(same shapes, same operations), but the detector's output is noise, so it finds as many boxes as the cap "
-            "allows on busy images (300 on bus.jpg at the default conf 0.4). With the real weights a photo typically "
-            "yields tens of objects, which makes every per-prompt cost below smaller and the box-vs-grid ratio larger."
+            "(same shapes, same operations), but the detector's output is noise, so it finds as many boxes "
+            "as the cap allows on busy images (300 on bus.jpg at the default conf 0.4). With the real "
+            "weights a photo typically yields tens of objects, which makes every per-prompt cost below "
+            "smaller and the box-vs-grid ratio larger."
             if meta["weights"] == "fake"
             else ""
         ),
@@ -386,10 +389,11 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
             "### 1. Decoder cost: object-aware box prompts vs the 32x32 grid",
             "",
             (
-                "Same image embedding, same PyTorch decoder (the reference pipeline's), same weights; only the prompts "
-                "differ. SegEvery decodes one single-mask prompt per discovered box (batches of 320); SAM's automatic "
-                "mask generator decodes 1024 grid points with 3 masks each (batches of 64). Decoder time only (the "
-                "grid's full-resolution filtering is excluded, so the grid's cost is understated)."
+                "Same image embedding, same PyTorch decoder (the reference pipeline's), same weights; only "
+                "the prompts differ. SegEvery decodes one single-mask prompt per discovered box (batches of "
+                "320); SAM's automatic mask generator decodes 1024 grid points with 3 masks each (batches of "
+                "64). Decoder time only (the grid's full-resolution filtering is excluded, so the grid's "
+                "cost is understated)."
             ),
             "",
             decoder_markdown(results["decoder"]),
@@ -400,9 +404,9 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
             "### 2. End to end: one SegEvery request through Triton vs the in-process reference",
             "",
             (
-                "Triton: the client sends the encoded JPEG over gRPC and gets COCO RLE back (client wall time). Reference: "
-                "`ReferencePipeline` in this process on the same bytes: decode, discovery, encoder, decoder (PyTorch), "
-                "RLE. Default settings (conf 0.4, IoU 0.9, at most 300 prompts)."
+                "Triton: the client sends the encoded JPEG over gRPC and gets COCO RLE back (client wall "
+                "time). Reference: `ReferencePipeline` in this process on the same bytes: decode, discovery, "
+                "encoder, decoder (PyTorch), RLE. Default settings (conf 0.4, IoU 0.9, at most 300 prompts)."
             ),
             "",
             e2e_markdown(results["e2e"]),
@@ -413,9 +417,9 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
         out += [
             "### 3. Throughput and latency vs concurrency",
             "",
-            f"Locust (`loadtest/`), closed loop: each user sends its next request when the previous one returns; "
-            f"both sample images alternate; max_prompts {c['max_prompts']} (so a request takes seconds, not the "
-            f"~20 s of 300 prompts); {c['run_time']} per level"
+            "Locust (`loadtest/`), closed loop: each user sends its next request when the previous one "
+            f"returns; both sample images alternate; max_prompts {c['max_prompts']} (so a request takes "
+            f"seconds, not the ~20 s of 300 prompts); {c['run_time']} per level"
             + (
                 f", levels run up then down again and pooled ({c['passes']} passes)"
                 if c["passes"] > 1
@@ -445,17 +449,17 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
             "### 4. Peak memory vs prompts and image size",
             "",
             (
-                f"Summed RSS of tritonserver and its Python-backend stub processes ({', '.join(m['processes'])}), sampled "
-                f"every 10 ms during one request per cell; fresh server, prompts ascending (ONNX Runtime's arenas keep "
-                f"what they grew to). Idle after start {fmt(m['idle_fresh_mb'])} MB, after a warm-up request "
-                f"{fmt(m['idle_warm_mb'])} MB. bus.jpg rescaled; conf {m['conf']} so that each cell gets max_prompts "
-                "boxes. 'prompts x pixels' is what the masks alone would take at full resolution: the server "
-                "upsamples and RLE-encodes them in cache-sized chunks instead, so what still grows with prompts x "
-                "pixels is the RLE response itself (its strings in the segment_everything stub, the response in "
-                "tritonserver)."
+                "Summed RSS of tritonserver and its Python-backend stub processes "
+                f"({', '.join(m['processes'])}), sampled every 10 ms during one request per cell; fresh "
+                "server, prompts ascending (ONNX Runtime's arenas keep what they grew to). Idle after start "
+                f"{fmt(m['idle_fresh_mb'])} MB, after a warm-up request {fmt(m['idle_warm_mb'])} MB. bus.jpg "
+                f"rescaled; conf {m['conf']} so that each cell gets max_prompts boxes. 'prompts x pixels' is "
+                "what the masks alone would take at full resolution: the server upsamples and RLE-encodes "
+                "them in cache-sized chunks instead, so what still grows with prompts x pixels is the RLE "
+                "response itself (its strings in the segment_everything stub, the response in tritonserver)."
                 + (
-                    " With random weights the masks are noise, whose RLE is close to one run per few pixels; a real "
-                    "mask's RLE grows with its outline, not its area."
+                    " With random weights the masks are noise, whose RLE is close to one run per few pixels; "
+                    "a real mask's RLE grows with its outline, not its area."
                     if results["meta"]["weights"] == "fake"
                     else ""
                 )
@@ -494,7 +498,7 @@ def merge_into(existing: str, block: str) -> str:
     return text if text.endswith("\n") else text + "\n"
 
 
-# --- the plot --------------------------------------------------------------------------------------------------
+# --- the plot -----------------------------------------------------------------------------------------------
 
 
 def plot(results: dict, path: Path) -> Path:
@@ -524,7 +528,7 @@ def plot(results: dict, path: Path) -> Path:
             0.4,
             label="32x32 grid",
         )
-        for i, (row, r) in enumerate(zip(rows, ratios)):
+        for i, (row, r) in enumerate(zip(rows, ratios, strict=True)):
             ax_dec.annotate(
                 f"{row['box_masks']} masks",
                 (i - 0.2, r["box_ms"] / 1e3),
@@ -603,8 +607,8 @@ def plot(results: dict, path: Path) -> Path:
         seen = set()
         for i, seg in enumerate(segments):
             left = 0.0
-            for name, ms in seg.items():
-                ms = 0.0 if math.isnan(ms) else ms
+            for name, raw_ms in seg.items():
+                ms = 0.0 if math.isnan(raw_ms) else raw_ms
                 ax_e2e.barh(i, ms / 1e3, left=left, color=colors[name], label=None if name in seen else name)
                 seen.add(name)
                 left += ms / 1e3

@@ -3,13 +3,14 @@
     flock /tmp/heavy.lock .venv/bin/python -m benchmarks.run            # full, ~30 min on 2 cores
     flock /tmp/heavy.lock .venv/bin/python -m benchmarks.run --quick    # ~10 min
     .venv/bin/python -m benchmarks.run --sections e2e,memory --quick --out work/benchmarks/partial.md
-    .venv/bin/python -m benchmarks.run --render work/benchmarks/<time>/results.json   # re-render, no measuring
+    # re-render, no measuring:
+    .venv/bin/python -m benchmarks.run --render work/benchmarks/<time>/results.json
 
-Sections: ``decoder`` (box prompts vs the 32x32 grid, in-process), ``e2e`` (Triton vs the in-process reference),
-``concurrency`` (locust at 1, 2, 4, 8 users), ``soak`` (locust, 4 users, 5 min; 60 s with --quick) and ``memory``
-(server RSS vs prompts and image size, first, on a fresh server). The server is started with the launcher on the
-built model repository; the reference pipeline loads the weights that repository was built from.
-Raw numbers (every repetition, every request) go to ``work/benchmarks/<time>/results.json``.
+Sections: ``decoder`` (box prompts vs the 32x32 grid, in-process), ``e2e`` (Triton vs the in-process
+reference), ``concurrency`` (locust at 1, 2, 4, 8 users), ``soak`` (locust, 4 users, 5 min; 60 s with --quick)
+and ``memory`` (server RSS vs prompts and image size, first, on a fresh server). The server is started with
+the launcher on the built model repository; the reference pipeline loads the weights that repository was built
+from. Raw numbers (every repetition, every request) go to ``work/benchmarks/<time>/results.json``.
 """
 
 from __future__ import annotations
@@ -78,8 +79,8 @@ def _nan_from_none(value: object) -> object:
 
 
 def write_outputs(results: dict, out: Path, plot_path: Path | None) -> None:
-    """This report's section of BENCHMARKS.md (``out``; other sections are kept) and the PNG; the markdown links
-    the plot relative to itself."""
+    """This report's section of BENCHMARKS.md (``out``; other sections are kept) and the PNG; the markdown
+    links the plot relative to itself."""
     results = _nan_from_none(results)  # type: ignore[assignment]
     link = None
     if plot_path is not None:
@@ -202,7 +203,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         name: cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) for name, data in images.items()
     }
     log(
-        f"plan {'smoke' if args.smoke else 'quick' if args.quick else 'full'}: {', '.join(sections)}; raw results {results_json}"
+        f"plan {'smoke' if args.smoke else 'quick' if args.quick else 'full'}: {', '.join(sections)}; raw "
+        f"results {results_json}"
     )
 
     pipe = None

@@ -1,4 +1,5 @@
-"""Thin entry point; the logic lives in `mobilesamv2.export.cli` (importable, tested). Run: python build/build_repository.py --help"""
+"""Thin entry point; the logic lives in `mobilesamv2.export.cli` (importable, tested).
+Run: python build/build_repository.py --help"""
 
 import sys
 

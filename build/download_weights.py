@@ -1,4 +1,5 @@
-"""Thin entry point; the logic lives in `mobilesamv2.weights` (importable, tested). Run: python build/download_weights.py --help"""
+"""Thin entry point; the logic lives in `mobilesamv2.weights` (importable, tested).
+Run: python build/download_weights.py --help"""
 
 import sys
 

@@ -1,4 +1,5 @@
-"""Thin entry point; the logic lives in `mobilesamv2.fake_checkpoints` (importable, tested). Run: python build/make_test_checkpoints.py --help"""
+"""Thin entry point; the logic lives in `mobilesamv2.fake_checkpoints` (importable, tested).
+Run: python build/make_test_checkpoints.py --help"""
 
 import sys
 

@@ -1,5 +1,5 @@
-"""What the locustfile and its wrapper share: the test images and the target address. Pure; no gevent, no grpc,
-so importing it patches nothing (the locustfile itself switches grpcio to gevent on import)."""
+"""What the locustfile and its wrapper share: the test images and the target address. Pure; no gevent, no
+grpc, so importing it patches nothing (the locustfile itself switches grpcio to gevent on import)."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Locust load test of the ``segment_everything`` Triton model, driven with tritonclient (gRPC or HTTP).
 
-Each simulated user owns one tritonclient client and sends encoded image files (bytes, as a camera or an upload
-would) back to back from a folder, round-robin from a per-user offset. Every request is reported to locust's
-event system with its latency, response size and exception, so locust's statistics, CSV and HTML reports cover
-it. Needs only locust, tritonclient and numpy, so it runs on any load-generator machine.
+Each simulated user owns one tritonclient client and sends encoded image files (bytes, as a camera or an
+upload would) back to back from a folder, round-robin from a per-user offset. Every request is reported to
+locust's event system with its latency, response size and exception, so locust's statistics, CSV and HTML
+reports cover it. Needs only locust, tritonclient and numpy, so it runs on any load-generator machine.
 
     locust -f loadtest/locustfile.py --headless -u 4 -r 4 -t 5m --host 127.0.0.1:8001
     locust -f loadtest/locustfile.py --host http://triton.example:8000 --protocol http --max-prompts 32

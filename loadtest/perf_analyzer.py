@@ -35,8 +35,8 @@ def bytes_element(data: bytes) -> dict:
 
 
 def input_data(images: Sequence[tuple[str, bytes]], max_prompts: int = 0, conf: float = 0.0) -> dict:
-    """perf_analyzer ``--input-data`` for ``segment_everything``: one request per image, cycled. Optional inputs
-    left out of the JSON are not sent (the server's defaults apply)."""
+    """perf_analyzer ``--input-data`` for ``segment_everything``: one request per image, cycled. Optional
+    inputs left out of the JSON are not sent (the server's defaults apply)."""
     requests = []
     for _, data in images:
         request: dict = {"image": {"content": bytes_element(data), "shape": [1]}}
@@ -114,8 +114,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(shlex.join(command(args.out, args.host, args.protocol, args.max_concurrency)))
     if find_binary() is None:
         print(
-            "no working perf_analyzer on PATH (PyPI's perf-analyzer here is a placeholder without the binary); "
-            "run the command in NVIDIA's Triton SDK container",
+            "no working perf_analyzer on PATH (PyPI's perf-analyzer here is a placeholder without the "
+            "binary); run the command in NVIDIA's Triton SDK container",
             file=sys.stderr,
         )
     return 0

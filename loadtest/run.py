@@ -2,15 +2,16 @@
 
     python -m loadtest.run --host 127.0.0.1:8001 --users 4 --spawn-rate 4 --run-time 5m --max-p95-ms 30000
     python -m loadtest.run --protocol http --host 10.0.0.7:8000 --users 8 --run-time 2m --max-prompts 32
-    python -m loadtest.run --model-repository model_repository --users 2 --run-time 60s   # starts a local Triton
+    # starts a local Triton:
+    python -m loadtest.run --model-repository model_repository --users 2 --run-time 60s
 
 Reports go to ``--out`` (default ``work/loadtest/<time>/``): locust's CSV files (``locust_stats.csv``, ...),
 its HTML report (``report.html``), one JSON line per request (``samples.jsonl``) and ``summary.json``.
 Percentiles are computed from the exact per-request latencies (locust's own CSV rounds them to two significant
 digits); when no samples file exists (e.g. a distributed run) they come from locust's aggregated CSV row.
 
-Exit status: 0 within bounds, 1 a bound exceeded (failure ratio, p95, or no request completed), 2 the run itself
-could not be made (server unreachable, locust crashed).
+Exit status: 0 within bounds, 1 a bound exceeded (failure ratio, p95, or no request completed), 2 the run
+itself could not be made (server unreachable, locust crashed).
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ CSV_PREFIX = "locust"
 EXIT_OK, EXIT_BOUNDS, EXIT_ERROR = 0, 1, 2
 
 
-# --- pure functions: durations, percentiles, summaries, bounds -------------------------------------------------
+# --- pure functions: durations, percentiles, summaries, bounds ----------------------------------------------
 
 
 def parse_duration(text: str) -> float:
@@ -205,8 +206,9 @@ def check_bounds(summary: Summary, bounds: Bounds) -> list[str]:
 def format_summary(summary: Summary, bounds: Bounds | None = None) -> str:
     lines = [
         (
-            f"requests {summary.requests}, failures {summary.failures} ({100 * (summary.failure_ratio or 0):.2f}%), "
-            f"throughput {summary.throughput_rps:.3f} req/s over {summary.window_s:.1f} s"
+            f"requests {summary.requests}, failures {summary.failures} "
+            f"({100 * (summary.failure_ratio or 0):.2f}%), throughput {summary.throughput_rps:.3f} req/s "
+            f"over {summary.window_s:.1f} s"
         ),
         (
             f"latency ms ({summary.source}): p50 {summary.p50_ms:.1f}  p95 {summary.p95_ms:.1f}  "
@@ -215,7 +217,8 @@ def format_summary(summary: Summary, bounds: Bounds | None = None) -> str:
     ]
     if not math.isnan(summary.masks_mean):
         lines.append(
-            f"masks per response {summary.masks_mean:.1f}, response {summary.response_bytes_mean / 1e3:.1f} kB"
+            f"masks per response {summary.masks_mean:.1f}, response {summary.response_bytes_mean / 1e3:.1f} "
+            "kB"
         )
     for error, count in sorted(summary.errors.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  {count} x {error}")
@@ -230,7 +233,7 @@ def format_summary(summary: Summary, bounds: Bounds | None = None) -> str:
     return "\n".join(lines)
 
 
-# --- running locust ------------------------------------------------------------------------------------------
+# --- running locust -----------------------------------------------------------------------------------------
 
 
 @dataclass
@@ -430,14 +433,19 @@ def run_locust(
     return LoadTestResult(summary=summary, out_dir=out_dir, command=command, returncode=process.returncode)
 
 
-# --- CLI -----------------------------------------------------------------------------------------------------
+# --- CLI ----------------------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m loadtest.run",
-        description="Headless locust load test of Triton's segment_everything, with reports and pass/fail bounds.",
-        epilog="Arguments after '--' go to locust unchanged. Exit status: 0 pass, 1 a bound exceeded, 2 run error.",
+        description=(
+            "Headless locust load test of Triton's segment_everything, with reports and pass/fail bounds."
+        ),
+        epilog=(
+            "Arguments after '--' go to locust unchanged. "
+            "Exit status: 0 pass, 1 a bound exceeded, 2 run error."
+        ),
     )
     target = parser.add_argument_group("target")
     target.add_argument(

@@ -2,8 +2,8 @@
 
     python -m mobilesamv2.demo [--image PATH] [--out outputs] [--encoder efficientvit_l2]
 
-Weights: the official checkpoints in ``weights/official`` if present, else downloaded; only if that fails (e.g.
-offline) seeded random weights in the official formats, announced loudly: their masks are meaningless.
+Weights: the official checkpoints in ``weights/official`` if present, else downloaded; only if that fails
+(e.g. offline) seeded random weights in the official formats, announced loudly: their masks are meaningless.
 """
 
 from __future__ import annotations

@@ -1,11 +1,12 @@
 """Seeded random-weight checkpoints in exactly the official file formats, for tests and offline demos.
 
 The official weights cannot be downloaded everywhere (CI has no internet), but the loaders, the export and the
-server must be exercised on files shaped exactly like the real ones: same container dicts, key names, dtypes, and
-for the detector an ultralytics 8.0.x-style pickle whose YOLOv8-seg head has ``reg_max`` 26 and no ``proto``.
+server must be exercised on files shaped exactly like the real ones: same container dicts, key names, dtypes,
+and for the detector an ultralytics 8.0.x-style pickle whose YOLOv8-seg head has ``reg_max`` 26 and no
+``proto``.
 
-Plain random init is degenerate for a segment-everything pipeline (every anchor gets the same class score; every
-box gets the same mask), so weights are adjusted deterministically, then saved in the official formats:
+Plain random init is degenerate for a segment-everything pipeline (every anchor gets the same class score;
+every box gets the same mask), so weights are adjusted deterministically, then saved in the official formats:
 - detector: BatchNorm statistics calibrated on the real images shipped with ultralytics, box-regression logits
   spread so boxes differ in size, and class weights/bias set so that roughly ``target_boxes`` candidates pass
   conf 0.4 on those images;
@@ -49,7 +50,7 @@ def _seed(seed: int) -> None:
     np.random.seed(seed)
 
 
-# --- object-aware model -------------------------------------------------------------------------------------------
+# --- object-aware model -------------------------------------------------------------------------------------
 
 
 def _detector_yaml(scale: str) -> dict:
@@ -92,13 +93,14 @@ def _calibrate_detector(model: nn.Module, target_boxes: int) -> None:
         model(x)
     model.eval()
     head: Detect = model.model[-1]
-    # 2. Box logits spread: sharper DFL distributions give boxes of varied sizes instead of one size per level.
+    # 2. Box logits spread: sharper DFL distributions give boxes of varied sizes instead of one size per
+    #    level.
     for seq in head.cv2:
         seq[-1].weight.mul_(4.0)
     # 3. Class logits. A random 1x1 class conv mostly reads image-global feature statistics, so one image gets
-    #    thousands of candidates and the next none. Project each level's weights off the differences between the
-    #    images' mean features (equal mean logit on every calibration image), unit-scale the spread, then set the
-    #    bias so that at least ~target_boxes anchors per image pass conf 0.4.
+    #    thousands of candidates and the next none. Project each level's weights off the differences between
+    #    the images' mean features (equal mean logit on every calibration image), unit-scale the spread, then
+    #    set the bias so that at least ~target_boxes anchors per image pass conf 0.4.
     inputs: list[list[torch.Tensor]] = [[] for _ in head.cv3]
     hooks = [
         seq[-1].register_forward_pre_hook(lambda _m, args, i=i: inputs[i].append(args[0][0].flatten(1)))
@@ -177,7 +179,7 @@ def make_detector(path: Path, seed: int = 0, scale: str = "n", target_boxes: int
     return path
 
 
-# --- SAM parts ---------------------------------------------------------------------------------------------------
+# --- SAM parts ----------------------------------------------------------------------------------------------
 
 
 @torch.no_grad()
@@ -222,8 +224,8 @@ def write_all(
 ) -> dict[str, Path]:
     """Write the official-format files into ``out``; returns name -> path.
 
-    ``vit_h_depth`` < 32 writes a ViT-H of reduced depth (same width, heads, window/global pattern per block) so
-    CI can run it; the loader reads the depth off the keys.
+    ``vit_h_depth`` < 32 writes a ViT-H of reduced depth (same width, heads, window/global pattern per block)
+    so CI can run it; the loader reads the depth off the keys.
     """
     from .modeling.efficientvit import build_efficientvit_l2_image_encoder
 

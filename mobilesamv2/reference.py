@@ -1,10 +1,10 @@
-"""The in-process PyTorch SegEvery pipeline (the oracle of the server's parity tests and the benchmark baseline),
-and SAM's 32x32 point-grid "segment everything" for the decoder comparison.
+"""The in-process PyTorch SegEvery pipeline (the oracle of the server's parity tests and the benchmark
+baseline), and SAM's 32x32 point-grid "segment everything" for the decoder comparison.
 
-It follows MobileSAMv2's ``Inference.py`` step by step with the official modules; pre/post-processing comes from
-``mobilesamv2.processing``, the one implementation shared with the server. Where the server differs on purpose
-(ONNX graphs, in-graph normalisation, a broadcast instead of a 320x repeated embedding), this file keeps the
-reference's way, so a parity test compares two independent paths through the networks.
+It follows MobileSAMv2's ``Inference.py`` step by step with the official modules; pre/post-processing comes
+from ``mobilesamv2.processing``, the one implementation shared with the server. Where the server differs on
+purpose (ONNX graphs, in-graph normalisation, a broadcast instead of a 320x repeated embedding), this file
+keeps the reference's way, so a parity test compares two independent paths through the networks.
 """
 
 from __future__ import annotations
@@ -101,7 +101,7 @@ class ReferencePipeline:
             channel_order=channel_order,
         )
 
-    # --- stages -----------------------------------------------------------------------------------------------
+    # --- stages ---------------------------------------------------------------------------------------------
 
     @torch.inference_mode()
     def detect(self, image_rgb: np.ndarray, **nms_settings) -> tuple[np.ndarray, np.ndarray]:
@@ -114,7 +114,8 @@ class ReferencePipeline:
 
     @torch.inference_mode()
     def encode(self, image_rgb: np.ndarray) -> torch.Tensor:
-        """SAM's ``set_image``: resize longest side, normalise, zero-pad to 1024, (halve for EfficientViT), encode."""
+        """SAM's ``set_image``: resize longest side, normalise, zero-pad to 1024, (halve for EfficientViT),
+        encode."""
         resized = torch.from_numpy(resize_longest_side(image_rgb)).permute(2, 0, 1)[None].float()
         mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
@@ -170,7 +171,7 @@ class ReferencePipeline:
         )
 
 
-# --- SAM's automatic mask generator, the baseline MobileSAMv2 replaces ---------------------------------------------
+# --- SAM's automatic mask generator, the baseline MobileSAMv2 replaces --------------------------------------
 
 GRID_POINTS_PER_SIDE = 32
 GRID_POINTS_PER_BATCH = 64

@@ -2,13 +2,15 @@
 
     mobilesamv2-weights --out weights/official [--encoder efficientvit_l2]
 
-| file                            | source                                                     | licence     |
-|---------------------------------|------------------------------------------------------------|-------------|
-| ObjectAwareModel.pt             | MobileSAMv2 release archive (Google Drive, from its README) | Apache-2.0 (MobileSAM); the detector is a YOLOv8 (ultralytics, AGPL-3.0) |
-| Prompt_guided_Mask_Decoder.pt   | github.com/ChaoningZhang/MobileSAM (MobileSAMv2/PromptGuidedDecoder) | Apache-2.0 |
-| l2.pt                           | huggingface.co/han-cai/efficientvit-sam                    | Apache-2.0 (EfficientViT) |
-| mobile_sam.pt                   | github.com/ChaoningZhang/MobileSAM (weights/)              | Apache-2.0 |
-| sam_vit_h_4b8939.pth            | dl.fbaipublicfiles.com/segment_anything                    | Apache-2.0 (SAM) |
+Files (source; licence):
+
+- ObjectAwareModel.pt: MobileSAMv2 release archive (Google Drive, from its README);
+  Apache-2.0 (MobileSAM); the detector is a YOLOv8 (ultralytics, AGPL-3.0)
+- Prompt_guided_Mask_Decoder.pt: github.com/ChaoningZhang/MobileSAM (MobileSAMv2/PromptGuidedDecoder);
+  Apache-2.0
+- l2.pt: huggingface.co/han-cai/efficientvit-sam; Apache-2.0 (EfficientViT)
+- mobile_sam.pt: github.com/ChaoningZhang/MobileSAM (weights/); Apache-2.0
+- sam_vit_h_4b8939.pth: dl.fbaipublicfiles.com/segment_anything; Apache-2.0 (SAM)
 
 Checksums: the publishers do not state SHA-256 sums. Each file is verified against ``weights/SHA256SUMS`` when
 that file lists it (commit yours, or pass ``--sha256 NAME=HEX``); otherwise its sum is recorded there on first

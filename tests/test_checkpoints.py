@@ -122,7 +122,7 @@ def test_truncated_files_fail_loudly(fake_weights, tmp_path, name):
 def test_detector_file_that_is_not_a_checkpoint(tmp_path):
     path = tmp_path / "ObjectAwareModel.pt"
     torch.save({"weights": [1, 2, 3]}, path)
-    with pytest.raises(CheckpointError, match="pickled nn.Module"):
+    with pytest.raises(CheckpointError, match=r"pickled nn\.Module"):
         load_object_aware_model(path)
 
 

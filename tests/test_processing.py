@@ -179,7 +179,7 @@ def test_mask_upsampling_matches_sam_postprocess(shape):
     certain = np.abs(expected) > 1e-4
     np.testing.assert_array_equal(ours[certain], (expected > 0)[certain])
     rles = masks_to_rles(low_res, input_size, shape, chunk_bytes=1)
-    for rle, mask in zip(rles, ours):
+    for rle, mask in zip(rles, ours, strict=True):
         np.testing.assert_array_equal(rle_codec.decode(rle), mask)
     # chunking changes OpenCV's code path (channel count), not the masks beyond float rounding
     one_chunk = upsample_masks(low_res, input_size, shape, chunk_bytes=1 << 30)

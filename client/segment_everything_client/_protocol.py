@@ -25,9 +25,9 @@ PROTOCOLS = ("grpc", "http")
 _COMMON_OUTPUTS = ("boxes", "scores", "iou_predictions", "image_size")
 # Only what each format needs is requested, so the server can skip the rest.
 OUTPUTS_BY_FORMAT: dict[str, tuple[str, ...]] = {
-    "rle": _COMMON_OUTPUTS + ("masks_rle",),
-    "dense": _COMMON_OUTPUTS + ("masks",),
-    "logits": _COMMON_OUTPUTS + ("masks_rle", "low_res_logits"),
+    "rle": (*_COMMON_OUTPUTS, "masks_rle"),
+    "dense": (*_COMMON_OUTPUTS, "masks"),
+    "logits": (*_COMMON_OUTPUTS, "masks_rle", "low_res_logits"),
 }
 
 

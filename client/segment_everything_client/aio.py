@@ -325,4 +325,7 @@ class AsyncSegmentEverythingClient:
         await self.close()
 
     def __repr__(self) -> str:
-        return f"AsyncSegmentEverythingClient(url={self.url!r}, protocol={self.protocol!r}, model={self.model_name!r})"
+        return (
+            f"AsyncSegmentEverythingClient(url={self.url!r}, protocol={self.protocol!r}, "
+            f"model={self.model_name!r})"
+        )

@@ -420,4 +420,7 @@ class SegmentEverythingClient:
         self.close()
 
     def __repr__(self) -> str:
-        return f"SegmentEverythingClient(url={self.url!r}, protocol={self.protocol!r}, model={self.model_name!r})"
+        return (
+            f"SegmentEverythingClient(url={self.url!r}, protocol={self.protocol!r}, "
+            f"model={self.model_name!r})"
+        )

@@ -302,7 +302,7 @@ class Segmentation:
             for i in order.tolist():
                 counts = _rle._counts(self.rles[i])
                 ends = np.cumsum(counts)
-                for s, e in zip((ends[::2][: len(ends) // 2]).tolist(), ends[1::2].tolist()):
+                for s, e in zip((ends[::2][: len(ends) // 2]).tolist(), ends[1::2].tolist(), strict=True):
                     flat[s:e] = i
             label = np.ascontiguousarray(label_t.T)
             lut = np.vstack([np.zeros((1, 3), np.uint8), colors])  # label -1 -> row 0

@@ -4,10 +4,10 @@
     mobilesamv2-build --fake-weights ...     # seeded random weights in the official formats (demo / CI)
     mobilesamv2-build ... --target gpu --out model_repository_gpu
 
-Writes ``image_encoder/1/model.onnx``, ``prompt_decoder/1/model.onnx`` and ``object_discovery/1/detector.onnx``
-next to the committed configs, checks every graph against PyTorch (fails above tolerance), and records what was
-built in ``BUILD_INFO.json`` (weights kind, encoder, checksums, parity figures, timings). A repository that is
-already built from the same files is left as it is.
+Writes ``image_encoder/1/model.onnx``, ``prompt_decoder/1/model.onnx`` and
+``object_discovery/1/detector.onnx`` next to the committed configs, checks every graph against PyTorch (fails
+above tolerance), and records what was built in ``BUILD_INFO.json`` (weights kind, encoder, checksums, parity
+figures, timings). A repository that is already built from the same files is left as it is.
 """
 
 from __future__ import annotations
@@ -63,7 +63,8 @@ def read_build_info(repo: Path) -> dict | None:
 def resolve_weights(
     weights: Path, encoder: str, fake: bool, download: bool, fake_dir: Path
 ) -> tuple[Path, str]:
-    """Where the checkpoints come from: ``weights`` if complete, else downloaded, else (``fake``) generated."""
+    """Where the checkpoints come from: ``weights`` if complete, else downloaded, else (``fake``)
+    generated."""
     from ..fake_checkpoints import FILENAMES, write_all
     from ..weights import DownloadError, ensure_weights, required_files
 
@@ -78,7 +79,7 @@ def resolve_weights(
             except DownloadError as exc:
                 raise SystemExit(
                     f"error: {exc}\nPut the official files into {weights}/ or build with --fake-weights"
-                )
+                ) from exc
         missing = [n for n in names if not (weights / n).is_file()]
         raise SystemExit(
             f"error: missing {', '.join(missing)} in {weights}/ (use --download or --fake-weights)"
@@ -148,7 +149,8 @@ def build_repository(
         )
     )
     log(
-        f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}"
+        f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch "
+        f"{reports[-1].max_abs_diff:.2e}"
     )
     with torch.no_grad():
         canvas, size = encoder_canvas(images[0])
@@ -163,7 +165,8 @@ def build_repository(
             onnx_export.export_prompt_decoder(decoder, path, embedding, decoder_counts, factorized=factorized)
         )
         log(
-            f"      {path.name} exported in {reports[-1].export_seconds:.1f} s, max diff {reports[-1].max_abs_diff:.2e}"
+            f"      {path.name} exported in {reports[-1].export_seconds:.1f} s, max diff "
+            f"{reports[-1].max_abs_diff:.2e}"
         )
 
     log(f"[3/3] object-aware model from {files[0].name}")
@@ -171,7 +174,8 @@ def build_repository(
     letterboxes = [detector_input(i)[0] for i in images]
     reports.append(onnx_export.export_detector(network, out / ONNX_FILES["detector"], letterboxes))
     log(
-        f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch {reports[-1].max_abs_diff:.2e}"
+        f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch "
+        f"{reports[-1].max_abs_diff:.2e}"
     )
 
     info = {

@@ -1,7 +1,7 @@
 """ONNX export of the three networks, each checked against PyTorch with ONNX Runtime.
 
-All three use torch's dynamo exporter (``torch.onnx.export(dynamo=True)``), which handles SAM's LayerNorm2d and
-the decoder's dynamic prompt axis as they are. Shapes that vary in serving are dynamic in the graph:
+All three use torch's dynamo exporter (``torch.onnx.export(dynamo=True)``), which handles SAM's LayerNorm2d
+and the decoder's dynamic prompt axis as they are. Shapes that vary in serving are dynamic in the graph:
 - ``image_encoder``: batch;
 - ``prompt_decoder``: prompts N and points per prompt P (never a fixed N, never a baked-in image size);
 - ``detector``: batch, and letterbox height/width (multiples of 32, any aspect ratio).
@@ -105,8 +105,9 @@ def check_parity(
     tolerance: float,
     export_seconds: float,
 ) -> ExportReport:
-    """Run every case through PyTorch (``module``: the reference formulation) and ONNX Runtime; fail if any output
-    differs by more than ``tolerance`` (absolute, on outputs scaled to at most 1: ``|a - b| / max(1, |b|max)``)."""
+    """Run every case through PyTorch (``module``: the reference formulation) and ONNX Runtime; fail if any
+    output differs by more than ``tolerance`` (absolute, on outputs scaled to at most 1:
+    ``|a - b| / max(1, |b|max)``)."""
     session = ort_session(path)
     worst = 0.0
     onnx_ms = torch_ms = 0.0
@@ -115,13 +116,13 @@ def check_parity(
         with torch.no_grad():
             expected = module(*args)
         t1 = time.perf_counter()
-        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args)})
+        got = session.run(None, {n: a.numpy() for n, a in zip(input_names, args, strict=True)})
         t2 = time.perf_counter()
         if i == 0:
             torch_ms, onnx_ms = (t1 - t0) * 1e3, (t2 - t1) * 1e3
         expected = expected if isinstance(expected, (tuple, list)) else (expected,)
-        for e, g in zip(expected, got):
-            e = e.numpy()
+        for expected_tensor, g in zip(expected, got, strict=True):
+            e = expected_tensor.numpy()
             if e.shape != g.shape:
                 raise ParityError(f"{name}: output shape {g.shape} != PyTorch {e.shape}")
             diff = float(np.abs(e - g).max() / max(1.0, float(np.abs(e).max()))) if e.size else 0.0
@@ -142,8 +143,8 @@ def export_image_encoder(
     sample_canvases: Sequence[tuple[np.ndarray, np.ndarray]],
     tolerance: float = 1e-3,
 ) -> ExportReport:
-    """``image (B,1024,1024,3) uint8, image_size (B,2) int32 -> image_embeddings (B,256,64,64)``; checked at batch
-    1 and 2 on the given canvases."""
+    """``image (B,1024,1024,3) uint8, image_size (B,2) int32 -> image_embeddings (B,256,64,64)``; checked at
+    batch 1 and 2 on the given canvases."""
     canvases = [torch.from_numpy(c)[None] for c, _ in sample_canvases]
     sizes = [torch.from_numpy(s)[None] for _, s in sample_canvases]
     batch = Dim("batch", min=1, max=64)
@@ -180,12 +181,12 @@ def export_prompt_decoder(
     tolerance: float = 1e-3,
     factorized: bool = True,
 ) -> ExportReport:
-    """``image_embeddings (1,256,64,64), point_coords (N,P,2), point_labels (N,P) -> low_res_masks (N,1,256,256),
-    iou_predictions (N,1)``; checked against the plain PyTorch decoder with N box prompts for each N in
-    ``prompt_counts`` and with point prompts.
+    """``image_embeddings (1,256,64,64), point_coords (N,P,2), point_labels (N,P) -> low_res_masks
+    (N,1,256,256), iou_predictions (N,1)``; checked against the plain PyTorch decoder with N box prompts for
+    each N in ``prompt_counts`` and with point prompts.
 
-    ``factorized`` exports :class:`FactorizedPromptDecoder` (image-side work once per call, ~2.2x fewer FLOPs per
-    prompt); ``False`` exports SAM's formulation as it is (the TensorRT path)."""
+    ``factorized`` exports :class:`FactorizedPromptDecoder` (image-side work once per call, ~2.2x fewer FLOPs
+    per prompt); ``False`` exports SAM's formulation as it is (the TensorRT path)."""
     from ..modeling.fast_decoder import FactorizedPromptDecoder
 
     graph = FactorizedPromptDecoder(decoder).eval() if factorized else decoder
@@ -210,7 +211,8 @@ def export_prompt_decoder(
 
 class DetectorGraph(nn.Module):
     """The served detector: letterboxed uint8 ``(B, H, W, 3)`` in the network's channel order ->
-    ``(B, 4 + nc, A)``. The /255 scaling and HWC->CHW happen in the graph (exact, and the request stays uint8)."""
+    ``(B, 4 + nc, A)``. The /255 scaling and HWC->CHW happen in the graph (exact, and the request stays
+    uint8)."""
 
     def __init__(self, network: ObjectAwareNetwork) -> None:
         super().__init__()

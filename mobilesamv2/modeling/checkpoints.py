@@ -1,16 +1,17 @@
 """Strict loaders for the official checkpoint files, and the encoder registry.
 
-| file                               | format                                                                 |
-|------------------------------------|------------------------------------------------------------------------|
-| ``l2.pt`` (EfficientViT-SAM-L2)    | ``{'state_dict': {image_encoder.*, prompt_encoder.*, mask_decoder.*}}`` |
-| ``mobile_sam.pt`` (TinyViT)        | flat SAM state dict, ``image_encoder.*`` + ``prompt_encoder.*`` + ...   |
-| ``sam_vit_h_4b8939.pth``           | flat SAM state dict                                                     |
-| ``Prompt_guided_Mask_Decoder.pt``  | ``{'PromtEncoder': state_dict, 'MaskDecoder': state_dict}`` (sic)      |
-| ``ObjectAwareModel.pt``            | pickled ultralytics 8.0.x checkpoint (see ``detector.py``)             |
+File formats:
 
-Every state dict is loaded with ``weights_only=True`` and ``strict=True``: a missing or unexpected key, a wrong
-prefix or a wrong shape fails with a :class:`CheckpointError` naming the file and the keys. (MobileSAMv2's own
-TinyViT loader is non-strict, so a wrongly prefixed file silently loads nothing; this one refuses it.)
+- ``l2.pt`` (EfficientViT-SAM-L2): ``{'state_dict': {image_encoder.*, prompt_encoder.*, mask_decoder.*}}``
+- ``mobile_sam.pt`` (TinyViT): flat SAM state dict, ``image_encoder.*`` + ``prompt_encoder.*`` + ...
+- ``sam_vit_h_4b8939.pth``: flat SAM state dict
+- ``Prompt_guided_Mask_Decoder.pt``: ``{'PromtEncoder': state_dict, 'MaskDecoder': state_dict}`` (sic)
+- ``ObjectAwareModel.pt``: pickled ultralytics 8.0.x checkpoint (see ``detector.py``)
+
+Every state dict is loaded with ``weights_only=True`` and ``strict=True``: a missing or unexpected key, a
+wrong prefix or a wrong shape fails with a :class:`CheckpointError` naming the file and the keys.
+(MobileSAMv2's own TinyViT loader is non-strict, so a wrongly prefixed file silently loads nothing; this one
+refuses it.)
 """
 
 from __future__ import annotations
@@ -86,7 +87,7 @@ def strip_prefix(state_dict: dict, prefix: str, path: Path) -> dict:
     return out
 
 
-# --- image encoders ------------------------------------------------------------------------------------------
+# --- image encoders -----------------------------------------------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -181,11 +182,12 @@ def load_image_encoder(name: str, path: str | Path) -> nn.Module:
     return spec.build_from_state_dict(_encoder_state_dict(path, spec.container_key), path)
 
 
-# --- prompt-guided mask decoder ------------------------------------------------------------------------------
+# --- prompt-guided mask decoder -----------------------------------------------------------------------------
 
 
 def load_prompt_decoder(path: str | Path) -> PromptDecoder:
-    """Load ``Prompt_guided_Mask_Decoder.pt`` (``{'PromtEncoder': ..., 'MaskDecoder': ...}``, unprefixed keys)."""
+    """Load ``Prompt_guided_Mask_Decoder.pt`` (``{'PromtEncoder': ..., 'MaskDecoder': ...}``, unprefixed
+    keys)."""
     path = Path(path)
     ckpt = load_state_dict_file(path)
     if not isinstance(ckpt, dict) or not {"PromtEncoder", "MaskDecoder"} <= set(ckpt):

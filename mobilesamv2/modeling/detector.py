@@ -1,14 +1,14 @@
 """MobileSAMv2's object-aware model (``ObjectAwareModel.pt``): a YOLOv8-seg network trained on SA-1B.
 
 The official file is an ultralytics 8.0.x trainer checkpoint holding the *pickled* ``nn.Module``. Its Segment
-head has ``reg_max`` 26 and was built without the mask-prototype branch (``proto``); current ultralytics unpickles
-it fine but its ``Segment.forward`` calls ``self.proto`` and fails with ``'Segment' object has no attribute
-'proto'``. MobileSAMv2 never uses prototypes (only boxes), so the head is given a forward that skips them:
-``Detect.forward`` on a Segment head already returns ``(B, 4 + nc + nm, A)`` = decoded ``xywh`` boxes in input
-pixels, sigmoid class scores and the unused mask coefficients — the tensor the reference's NMS reads.
+head has ``reg_max`` 26 and was built without the mask-prototype branch (``proto``); current ultralytics
+unpickles it fine but its ``Segment.forward`` calls ``self.proto`` and fails with ``'Segment' object has no
+attribute 'proto'``. MobileSAMv2 never uses prototypes (only boxes), so the head is given a forward that skips
+them: ``Detect.forward`` on a Segment head already returns ``(B, 4 + nc + nm, A)`` = decoded ``xywh`` boxes in
+input pixels, sigmoid class scores and the unused mask coefficients — the tensor the reference's NMS reads.
 
-Security: unpickling runs code from the file. Only load detector files you trust (the official release or files
-made by ``mobilesamv2.fake_checkpoints``). Every other checkpoint is loaded with ``weights_only=True``.
+Security: unpickling runs code from the file. Only load detector files you trust (the official release or
+files made by ``mobilesamv2.fake_checkpoints``). Every other checkpoint is loaded with ``weights_only=True``.
 """
 
 from __future__ import annotations
@@ -46,9 +46,11 @@ def _ultralytics_offline() -> None:
 
 
 class ObjectAwareNetwork(nn.Module):
-    """The detector's network: ``(B, 3, H, W)`` float in [0, 1] -> ``(B, 4 + nc, A)`` (``xywh`` + class scores).
+    """The detector's network: ``(B, 3, H, W)`` float in [0, 1] -> ``(B, 4 + nc, A)`` (``xywh`` + class
+    scores).
 
-    H and W are multiples of 32 (a letterbox). The mask coefficients are dropped: SegEvery only uses the boxes.
+    H and W are multiples of 32 (a letterbox). The mask coefficients are dropped: SegEvery only uses the
+    boxes.
     """
 
     def __init__(self, model: nn.Module) -> None:
@@ -92,8 +94,8 @@ def load_object_aware_model(path: str | Path, fuse: bool = True) -> ObjectAwareN
     if not isinstance(ckpt, dict) or not isinstance(ckpt.get("ema") or ckpt.get("model"), nn.Module):
         keys = sorted(ckpt) if isinstance(ckpt, dict) else type(ckpt).__name__
         raise CheckpointError(
-            f"{path}: expected an ultralytics checkpoint dict with a pickled nn.Module under 'ema' or 'model', "
-            f"got {keys}"
+            f"{path}: expected an ultralytics checkpoint dict with a pickled nn.Module under 'ema' or "
+            f"'model', got {keys}"
         )
     model = (ckpt.get("ema") or ckpt["model"]).float()
     head = model.model[-1]
@@ -102,7 +104,8 @@ def load_object_aware_model(path: str | Path, fuse: bool = True) -> ObjectAwareN
             f"{path}: last layer is {type(head).__name__}, expected a YOLOv8 Detect/Segment head"
         )
     if isinstance(head, Segment):
-        # Official file: no `proto` at all. A head that has one gets the same forward: prototypes are never used.
+        # Official file: no `proto` at all. A head that has one gets the same forward: prototypes are never
+        # used.
         head.__class__ = _proto_free_segment_class()
     if fuse:
         model = model.fuse(verbose=False) if "verbose" in model.fuse.__code__.co_varnames else model.fuse()

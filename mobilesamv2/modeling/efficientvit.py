@@ -514,7 +514,7 @@ class DAGBlock(nn.Module):
         self.output_ops = nn.ModuleList(list(outputs.values()))
 
     def forward(self, feature_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        feats = [op(feature_dict[key]) for key, op in zip(self.input_keys, self.input_ops)]
+        feats = [op(feature_dict[key]) for key, op in zip(self.input_keys, self.input_ops, strict=True)]
         if self.merge == "add":
             # Upstream's recursive list_sum adds right-associatively, f0 + (f1 + (f2 + ...)); we keep
             # that order because FP32 addition is not associative and we want bit-identical output.
@@ -525,7 +525,7 @@ class DAGBlock(nn.Module):
             feat = torch.cat(feats, dim=1)
         feat = self.middle(feat)
         out = dict(feature_dict)
-        for key, op in zip(self.output_keys, self.output_ops):
+        for key, op in zip(self.output_keys, self.output_ops, strict=True):
             out[key] = op(feat)
         return out
 
@@ -574,7 +574,7 @@ class EfficientViTLargeBackbone(nn.Module):
         stages.append(OpSequential(stage0))
         self.width_list.append(in_channels)
 
-        for stage_id, (width, depth) in enumerate(zip(width_list[1:], depth_list[1:]), start=1):
+        for stage_id, (width, depth) in enumerate(zip(width_list[1:], depth_list[1:], strict=True), start=1):
             # Each later stage opens with a stride-2 block without shortcut; attention stages
             # downsample with an MBConv.  The downsampling block expands 4x more than the rest.
             down_type = block_list[stage_id] if block_list[stage_id] in ("mb", "fmb") else "mb"
@@ -693,7 +693,7 @@ class SamNeck(DAGBlock):
                     UpSampleLayer(size=(_EMBED_HW, _EMBED_HW)),
                 ]
             )
-            for fid, in_channel in zip(fid_list, in_channel_list)
+            for fid, in_channel in zip(fid_list, in_channel_list, strict=True)
         }
 
         middle: list[nn.Module] = []

@@ -1,9 +1,10 @@
 """The prompt decoder reorganised for SegEvery's many prompts on one image: same weights, same outputs.
 
 SAM's two-way transformer repeats the image embedding once per prompt and projects all 4096 image tokens in
-every attention of every prompt. With box or point prompts and no mask input, the image-side input of the first
-layer (image embedding + ``no_mask_embed``, and its positional encoding) is the same for every prompt, and most
-projections can be moved to the 7-token side by associativity. Per prompt this turns 3.6 GFLOP into ~1.6:
+every attention of every prompt. With box or point prompts and no mask input, the image-side input of the
+first layer (image embedding + ``no_mask_embed``, and its positional encoding) is the same for every prompt,
+and most projections can be moved to the 7-token side by associativity. Per prompt this turns 3.6 GFLOP into
+~1.6:
 
 - layer 0, token->image: keys and values of the image tokens are computed **once per call**, not per prompt;
 - layer 0, image->token: the queries of the image tokens, likewise once per call;
@@ -14,9 +15,9 @@ projections can be moved to the 7-token side by associativity. Per prompt this t
   ``P (X W_v) = (P X) W_v``: no projection of the 4096 image tokens at all;
 - only mask token 0 (MobileSAMv2's single-mask output) goes through its hypernetwork MLP.
 
-Softmax rows sum to one, so biases of key projections cancel (they shift all logits of a row equally) and value
-biases pass through unchanged; both are kept exactly where they matter. Results equal the reference decoder to
-float rounding (logits within 1e-4 in FP32), tested at N = 1, 7, 64, 300.
+Softmax rows sum to one, so biases of key projections cancel (they shift all logits of a row equally) and
+value biases pass through unchanged; both are kept exactly where they matter. Results equal the reference
+decoder to float rounding (logits within 1e-4 in FP32), tested at N = 1, 7, 64, 300.
 """
 
 from __future__ import annotations
@@ -52,15 +53,16 @@ class FactorizedPromptDecoder(nn.Module):
         assert len(transformer.layers) == 2 and transformer.layers[0].skip_first_layer_pe
         self.heads = transformer.layers[0].cross_attn_token_to_image.num_heads
 
-    # --- attentions in their factorised forms ------------------------------------------------------------------
+    # --- attentions in their factorised forms ---------------------------------------------------------------
 
     def _token_to_image(
         self, attn, q_tokens: torch.Tensor, keys_pe: torch.Tensor, values: torch.Tensor
     ) -> torch.Tensor:
-        """7 token queries attend to the image tokens ``keys_pe`` / ``values`` (N, 4096, 256) without projecting
-        them: scores = (q W_q + b_q) W_k^T X^T (+ a per-row constant that softmax removes), out = (P X) W_v + b_v."""
+        """7 token queries attend to the image tokens ``keys_pe`` / ``values`` (N, 4096, 256) without
+        projecting them: scores = (q W_q + b_q) W_k^T X^T (+ a per-row constant that softmax removes),
+        out = (P X) W_v + b_v."""
         h = self.heads
-        wq, bq = _head_weights(attn.q_proj, h)
+        wq, _bq = _head_weights(attn.q_proj, h)
         wk, _ = _head_weights(attn.k_proj, h)
         wv, bv = _head_weights(attn.v_proj, h)
         d = wq.shape[1]
@@ -97,7 +99,7 @@ class FactorizedPromptDecoder(nn.Module):
         out = torch.matmul(p.permute(0, 2, 1, 3).reshape(n, q_len, h * t), m.reshape(n, h * t, -1))
         return out + attn.out_proj.bias
 
-    # --- forward ---------------------------------------------------------------------------------------------
+    # --- forward --------------------------------------------------------------------------------------------
 
     def forward(
         self, image_embeddings: torch.Tensor, point_coords: torch.Tensor, point_labels: torch.Tensor
@@ -168,10 +170,11 @@ class FactorizedPromptDecoder(nn.Module):
 
     def _upscale_and_project(self, keys: torch.Tensor, hyper: torch.Tensor) -> torch.Tensor:
         """SAM's output upscaling (two 2x2 stride-2 transposed convolutions, LayerNorm2d, GELUs) and the
-        hypernetwork product, channels-last. A stride-2 2x2 transposed convolution has no overlapping taps: it is a
-        matmul per pixel (C -> 4 C') followed by depth-to-space. Keeping the sub-pixel axes apart until the very
-        end makes every step a plain matmul / LayerNorm over the last axis, and only the final (N, 256, 256) logits
-        get rearranged, instead of transposing (N, 256, 64, 64) activations into NCHW for convolutions."""
+        hypernetwork product, channels-last. A stride-2 2x2 transposed convolution has no overlapping taps: it
+        is a matmul per pixel (C -> 4 C') followed by depth-to-space. Keeping the sub-pixel axes apart until
+        the very end makes every step a plain matmul / LayerNorm over the last axis, and only the final
+        (N, 256, 256) logits get rearranged, instead of transposing (N, 256, 64, 64) activations into NCHW for
+        convolutions."""
         up1, norm, _, up2, _ = self.decoder.mask_decoder.output_upscaling
         n, s = keys.shape[0], EMBEDDING_SIZE
         c1, c2 = up1.weight.shape[1], up2.weight.shape[1]

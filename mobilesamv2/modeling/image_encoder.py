@@ -1,8 +1,9 @@
 """The image encoder as served: SAM's normalisation and zero padding inside the graph.
 
-Input is the uint8 ``(B, 1024, 1024, 3)`` RGB canvas made by ``processing.image.encoder_canvas`` (resized image at
-the top-left, anything in the rest) and its valid ``(B, 2)`` ``[newh, neww]``. Doing the normalisation in the graph
-keeps the request 4x smaller (uint8) and lets images of any aspect ratio share one batch.
+Input is the uint8 ``(B, 1024, 1024, 3)`` RGB canvas made by ``processing.image.encoder_canvas`` (resized
+image at the top-left, anything in the rest) and its valid ``(B, 2)`` ``[newh, neww]``. Doing the
+normalisation in the graph keeps the request 4x smaller (uint8) and lets images of any aspect ratio share one
+batch.
 """
 
 from __future__ import annotations

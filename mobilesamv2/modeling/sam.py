@@ -121,11 +121,12 @@ def build_vit(
 class PromptDecoder(nn.Module):
     """Prompt encoder + mask decoder as one graph: one image embedding, N prompts -> N single masks.
 
-    Prompts are SAM's point form: ``point_coords (N, P, 2)`` in the 1024 encoder frame and ``point_labels (N, P)``
-    with 1 = foreground, 0 = background, -1 = padding, 2 / 3 = box top-left / bottom-right. A box as the two labelled
-    corners gives exactly the prompt encoder's box embedding. The dense prompt is ``no_mask_embed`` (no mask
-    input), broadcast rather than repeated N times. Output is MobileSAMv2's single mask (mask token 0) and its
-    IoU prediction, written with arithmetic instead of boolean indexing so it exports with a dynamic N.
+    Prompts are SAM's point form: ``point_coords (N, P, 2)`` in the 1024 encoder frame and
+    ``point_labels (N, P)`` with 1 = foreground, 0 = background, -1 = padding, 2 / 3 = box top-left /
+    bottom-right. A box as the two labelled corners gives exactly the prompt encoder's box embedding. The
+    dense prompt is ``no_mask_embed`` (no mask input), broadcast rather than repeated N times. Output is
+    MobileSAMv2's single mask (mask token 0) and its IoU prediction, written with arithmetic instead of
+    boolean indexing so it exports with a dynamic N.
     """
 
     def __init__(self, prompt_encoder: nn.Module, mask_decoder: nn.Module) -> None:

@@ -1,11 +1,11 @@
 """Box post-processing of object discovery, in the order SegEvery applies it.
 
-detector head output -> ``select_candidates`` (conf filter, xywh->xyxy) -> ``non_max_suppression`` (class-aware,
-IoU 0.9, max 300) -> ``snap_to_border`` (letterbox frame) -> ``scale_boxes`` (un-letterbox to image pixels) ->
-``boxes_to_encoder_frame`` (SAM's 1024 frame, the decoder's prompt frame).
+detector head output -> ``select_candidates`` (conf filter, xywh->xyxy) -> ``non_max_suppression``
+(class-aware, IoU 0.9, max 300) -> ``snap_to_border`` (letterbox frame) -> ``scale_boxes`` (un-letterbox to
+image pixels) -> ``boxes_to_encoder_frame`` (SAM's 1024 frame, the decoder's prompt frame).
 
-Every function mirrors the reference (ultralytics 8.0.x as vendored by MobileSAMv2) to the float, including its
-quirks; numpy only, so the Triton Python models do not need torch.
+Every function mirrors the reference (ultralytics 8.0.x as vendored by MobileSAMv2) to the float, including
+its quirks; numpy only, so the Triton Python models do not need torch.
 """
 
 from __future__ import annotations
@@ -71,9 +71,9 @@ def non_max_suppression(
     """Greedy class-aware NMS; returns kept indices in descending score order (at most ``max_detections``).
 
     Equal to ultralytics' ``non_max_suppression`` (cap at ``max_candidates`` by score, offset boxes by
-    ``class * 7680``, ``torchvision.ops.nms``, first ``max_detections``): a box is suppressed when its IoU with a
-    kept, higher-scoring box is ``> iou_threshold``. Stops once ``max_detections`` boxes are kept, which gives the
-    same result as suppressing everything and truncating.
+    ``class * 7680``, ``torchvision.ops.nms``, first ``max_detections``): a box is suppressed when its IoU
+    with a kept, higher-scoring box is ``> iou_threshold``. Stops once ``max_detections`` boxes are kept,
+    which gives the same result as suppressing everything and truncating.
     """
     if len(boxes) == 0:
         return np.zeros(0, np.int64)
@@ -112,8 +112,9 @@ def snap_to_border(
 def scale_boxes(boxes: np.ndarray, input_shape: tuple[int, int], image_shape: tuple[int, int]) -> np.ndarray:
     """Letterbox frame -> original image pixels, exactly as ultralytics' ``scale_boxes``, then clipped.
 
-    The pad is recomputed from the unrounded ``w * gain`` (``round(d/2 - 0.1)``), which can differ by a pixel from
-    the pad ``letterbox`` actually added: parity with the reference needs this formula, not an exact inverse.
+    The pad is recomputed from the unrounded ``w * gain`` (``round(d/2 - 0.1)``), which can differ by a pixel
+    from the pad ``letterbox`` actually added: parity with the reference needs this formula, not an exact
+    inverse.
     """
     h_in, w_in = input_shape
     h, w = image_shape
@@ -137,8 +138,8 @@ def finalize_detections(
     iou_threshold: float = IOU_THRESHOLD,
     max_detections: int = MAX_DETECTIONS,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Candidates (letterbox frame) -> SegEvery's box prompts in image pixels and their scores: NMS, border snap,
-    un-letterbox; descending confidence order."""
+    """Candidates (letterbox frame) -> SegEvery's box prompts in image pixels and their scores: NMS, border
+    snap, un-letterbox; descending confidence order."""
     keep = non_max_suppression(boxes, scores, classes, iou_threshold, max_detections)
     snapped = snap_to_border(boxes[keep], info.input_shape)
     return scale_boxes(snapped, info.input_shape, info.image_shape), scores[keep]
@@ -165,16 +166,16 @@ def points_to_encoder_frame(points: np.ndarray, image_shape: tuple[int, int]) ->
 
 
 def boxes_to_prompts(boxes_encoder_frame: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Box prompts as the decoder's ``point_coords (N, 2, 2)`` / ``point_labels (N, 2)`` with SAM's corner labels
-    2 (top-left) and 3 (bottom-right); equal to the prompt encoder's box embedding."""
+    """Box prompts as the decoder's ``point_coords (N, 2, 2)`` / ``point_labels (N, 2)`` with SAM's corner
+    labels 2 (top-left) and 3 (bottom-right); equal to the prompt encoder's box embedding."""
     coords = boxes_encoder_frame.reshape(-1, 2, 2).astype(np.float32)
     labels = np.tile(np.array([[2, 3]], np.float32), (len(coords), 1))
     return coords, labels
 
 
 def points_to_prompts(points_encoder_frame: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Point prompts ``(N, P, 2)`` / labels ``(N, P)`` (1 fg, 0 bg) plus SAM's padding point (label -1), which SAM
-    appends whenever no box is given."""
+    """Point prompts ``(N, P, 2)`` / labels ``(N, P)`` (1 fg, 0 bg) plus SAM's padding point (label -1), which
+    SAM appends whenever no box is given."""
     n = points_encoder_frame.shape[0]
     coords = np.concatenate([points_encoder_frame, np.zeros((n, 1, 2), np.float32)], axis=1).astype(
         np.float32

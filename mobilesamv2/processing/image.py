@@ -1,7 +1,8 @@
 """Image decoding, validation and the two input transforms of SegEvery.
 
 Two different resizes feed the two networks, exactly as the reference does:
-- the object-aware detector sees a YOLO *letterbox* (long side to 1024, padded with grey 114 to a multiple of 32);
+- the object-aware detector sees a YOLO *letterbox* (long side to 1024, padded with grey 114 to a multiple of
+  32);
 - the SAM image encoder sees the image *resized so its longest side is 1024* with PIL's bilinear filter (which
   antialiases on downscale); normalisation and zero padding to 1024x1024 happen inside the encoder graph.
 """
@@ -55,9 +56,10 @@ def decode_image(
 ) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 ``HxWx3`` array.
 
-    The header is read first (PIL reads it lazily) so that a file announcing e.g. 30000x30000 pixels is refused
-    before any pixel is decoded. Pixels are decoded with OpenCV, as the reference (``cv2.imread``) does, which
-    also converts grayscale, RGBA and 16-bit images to 8-bit 3-channel and applies the EXIF orientation.
+    The header is read first (PIL reads it lazily) so that a file announcing e.g. 30000x30000 pixels is
+    refused before any pixel is decoded. Pixels are decoded with OpenCV, as the reference (``cv2.imread``)
+    does, which also converts grayscale, RGBA and 16-bit images to 8-bit 3-channel and applies the EXIF
+    orientation.
 
     Raises:
         InvalidImageError: empty, unrecognised, truncated or corrupt data; too small or too large an image.
@@ -73,7 +75,8 @@ def decode_image(
             fmt, (width, height) = header.format, header.size
     except Exception:
         raise InvalidImageError(
-            f"data is not a recognised image ({len(data)} bytes); expected one of {', '.join(SUPPORTED_FORMATS)}"
+            f"data is not a recognised image ({len(data)} bytes); expected one of "
+            f"{', '.join(SUPPORTED_FORMATS)}"
         ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
@@ -133,20 +136,20 @@ def letterbox(
     """
     h, w = image.shape[:2]
     r = min(size / h, size / w)
-    new_w, new_h = int(round(w * r)), int(round(h * r))
+    new_w, new_h = round(w * r), round(h * r)
     dw, dh = (size - new_w) % stride / 2, (size - new_h) % stride / 2
     if (new_w, new_h) != (w, h):
         image = cv2.resize(image, (new_w, new_h), interpolation=cv2.INTER_LINEAR)
-    top, bottom = int(round(dh - 0.1)), int(round(dh + 0.1))
-    left, right = int(round(dw - 0.1)), int(round(dw + 0.1))
+    top, bottom = round(dh - 0.1), round(dh + 0.1)
+    left, right = round(dw - 0.1), round(dw + 0.1)
     out = cv2.copyMakeBorder(image, top, bottom, left, right, cv2.BORDER_CONSTANT, value=(pad_value,) * 3)
     return out, LetterboxInfo(input_shape=(out.shape[0], out.shape[1]), image_shape=(h, w))
 
 
 DETECTOR_CHANNEL_ORDER = "bgr"
-"""The reference hands ultralytics an RGB array, which ultralytics takes for BGR and flips: the detector network
-really sees BGR. Parity with the official pipeline needs the same order ("rgb" is what the network was trained
-on, and the setting to use once the reference is fixed)."""
+"""The reference hands ultralytics an RGB array, which ultralytics takes for BGR and flips: the detector
+network really sees BGR. Parity with the official pipeline needs the same order ("rgb" is what the network was
+trained on, and the setting to use once the reference is fixed)."""
 
 
 def detector_input(
@@ -168,7 +171,8 @@ def encoder_input_size(height: int, width: int, long_side: int = ENCODER_IMAGE_S
 
 
 def resize_longest_side(image: np.ndarray, long_side: int = ENCODER_IMAGE_SIZE) -> np.ndarray:
-    """SAM's ResizeLongestSide on an RGB uint8 image, with PIL bilinear (antialiased on downscale) like SAM."""
+    """SAM's ResizeLongestSide on an RGB uint8 image, with PIL bilinear (antialiased on downscale) like
+    SAM."""
     new_h, new_w = encoder_input_size(image.shape[0], image.shape[1], long_side)
     if (new_h, new_w) == image.shape[:2]:
         return np.ascontiguousarray(image)
@@ -177,7 +181,8 @@ def resize_longest_side(image: np.ndarray, long_side: int = ENCODER_IMAGE_SIZE) 
 
 def encoder_canvas(image: np.ndarray, long_side: int = ENCODER_IMAGE_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """The image encoder's inputs: the resized image zero-padded bottom/right to ``long_side`` square (uint8,
-    ``HxWx3``), and its valid size ``[newh, neww]`` (int32). The graph normalises and re-zeroes the padding."""
+    ``HxWx3``), and its valid size ``[newh, neww]`` (int32). The graph normalises and re-zeroes the
+    padding."""
     resized = resize_longest_side(image, long_side)
     canvas = np.zeros((long_side, long_side, 3), np.uint8)
     canvas[: resized.shape[0], : resized.shape[1]] = resized

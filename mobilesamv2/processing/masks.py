@@ -80,14 +80,13 @@ def masks_to_rles(
     threshold: float = MASK_THRESHOLD,
     chunk_bytes: int = DEFAULT_CHUNK_BYTES,
 ) -> list[dict]:
-    """COCO RLEs (``{"size": [h, w], "counts": str}``) of the thresholded full-resolution masks, one per logit map,
-    without ever holding more than one chunk of full-resolution masks."""
+    """COCO RLEs (``{"size": [h, w], "counts": str}``) of the thresholded full-resolution masks, one per logit
+    map, without ever holding more than one chunk of full-resolution masks."""
     rles: list[dict] = []
     for block in iter_upsampled_transposed(low_res_logits, input_size, original_size, chunk_bytes):
         binary = block > threshold  # (w, h, k)
-        for k in range(binary.shape[2]):
-            # binary[:, :, k].T is the (h, w) mask; its column-major order is this array's row-major order.
-            rles.append(rle_codec.encode(binary[:, :, k].T))
+        # binary[:, :, k].T is the (h, w) mask; its column-major order is this array's row-major order.
+        rles.extend(rle_codec.encode(binary[:, :, k].T) for k in range(binary.shape[2]))
     return rles
 
 

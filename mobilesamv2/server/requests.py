@@ -144,6 +144,7 @@ def check_dense_size(count: int, image_shape: tuple[int, int], limits: Limits) -
     size = count * image_shape[0] * image_shape[1]
     if size > limits.max_dense_bytes:
         raise BadRequest(
-            f"dense output of {count} masks at {image_shape[1]}x{image_shape[0]} would be {size / 2**20:.0f} MiB, "
-            f"over the server's limit of {limits.max_dense_bytes / 2**20:.0f} MiB; use output_format 'rle'"
+            f"dense output of {count} masks at {image_shape[1]}x{image_shape[0]} would be {size / 2**20:.0f} "
+            f"MiB, over the server's limit of {limits.max_dense_bytes / 2**20:.0f} MiB; use output_format "
+            "'rle'"
         )

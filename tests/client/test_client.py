@@ -289,7 +289,7 @@ def test_many_keeps_order_and_uses_one_transport_per_thread(monkeypatch) -> None
 
 def test_many_return_exceptions(monkeypatch, tmp_path: Path) -> None:
     client = SegmentEverythingClient()
-    monkeypatch.setattr(client, "_new_triton_client", lambda: FakeTriton())
+    monkeypatch.setattr(client, "_new_triton_client", FakeTriton)
     out = client.segment_everything_many([b"a", tmp_path / "missing.jpg", b"c"], return_exceptions=True)
     assert len(out[0]) == 1 and isinstance(out[1], InvalidInputError) and len(out[2]) == 1
     with pytest.raises(InvalidInputError):

@@ -1,6 +1,6 @@
-"""What runs inside NVIDIA's container runs on its Python 3.10 (the project's own venv is 3.11): the Triton Python
-models, everything they import from this project, and the entrypoint must parse as Python 3.10 and import
-only modules that 3.10 has and the image installs (deploy/docker/requirements.txt)."""
+"""What runs inside NVIDIA's container runs on its Python 3.10 (the project's own venv is 3.11): the Triton
+Python models, everything they import from this project, and the entrypoint must parse as Python 3.10 and
+import only modules that 3.10 has and the image installs (deploy/docker/requirements.txt)."""
 
 from __future__ import annotations
 

@@ -27,8 +27,8 @@ def instructions() -> list[tuple[str, str]]:
     """(INSTRUCTION, arguments) with line continuations joined and comments dropped."""
     text = re.sub(r"\\\n", " ", DOCKERFILE.read_text())
     out = []
-    for line in text.splitlines():
-        line = line.strip()
+    for raw_line in text.splitlines():
+        line = raw_line.strip()
         if line and not line.startswith("#"):
             keyword, _, rest = line.partition(" ")
             out.append((keyword.upper(), rest.strip()))
@@ -83,8 +83,8 @@ def _ignored(path: str, patterns: list[str]) -> bool:
     """Docker's rule: the last pattern that matches decides (``!`` re-includes); a pattern matching a folder
     covers what is inside it."""
     ignored = False
-    for pattern in patterns:
-        negate, pattern = pattern.startswith("!"), pattern.lstrip("!").rstrip("/")
+    for raw_pattern in patterns:
+        negate, pattern = raw_pattern.startswith("!"), raw_pattern.lstrip("!").rstrip("/")
         if fnmatch.fnmatch(path.rstrip("/"), pattern) or path.startswith(pattern + "/"):
             ignored = not negate
     return ignored
@@ -114,8 +114,8 @@ def test_build_context_holds_what_the_dockerfile_copies_and_nothing_heavy():
 
 def test_server_requirements_are_pinned_and_agree_with_the_package():
     pins = {}
-    for line in REQUIREMENTS.read_text().splitlines():
-        line = line.split("#")[0].strip()
+    for raw_line in REQUIREMENTS.read_text().splitlines():
+        line = raw_line.split("#")[0].strip()
         if line:
             requirement = Requirement(line)
             [spec] = list(requirement.specifier)

@@ -181,7 +181,7 @@ def test_engine_cache_key_changes_with_every_input():
     base = ("NVIDIA A100-SXM4-80GB", "8.0", "10.5.0", "ab" * 32, "{}")
     key = trt.engine_cache_key(*base)
     assert key.startswith("nvidia-a100-sxm4-80gb_sm80_trt10.5.0_")
-    others = {trt.engine_cache_key(*(base[:i] + ("other",) + base[i + 1 :])) for i in range(len(base))}
+    others = {trt.engine_cache_key(*base[:i], "other", *base[i + 1 :]) for i in range(len(base))}
     assert key not in others and len(others) == len(base)
     assert trt.engine_cache_key(*base) == key  # deterministic
 

@@ -126,7 +126,7 @@ def test_bad_input_is_invalid_arg_with_a_message(triton_server, bus_bytes, case,
 
 
 def test_server_keeps_serving_after_bad_input(triton_server, bus_bytes):
-    for case, (make, _) in BAD_REQUESTS.items():
+    for make, _ in BAD_REQUESTS.values():
         with pytest.raises(InferenceServerException):
             _send(triton_server.http_url, make(bus_bytes))
     result = _send(triton_server.http_url, _image(bus_bytes))

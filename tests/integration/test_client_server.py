@@ -135,7 +135,7 @@ def test_many_keeps_order(grpc_client, http_client, sample_images: list[Path]) -
     for client in (grpc_client, http_client):
         results = client.segment_everything_many(images, concurrency=3, max_prompts=FEW)
         assert len(results) == len(images)
-        for path, seg in zip(images, results):
+        for path, seg in zip(images, results, strict=True):
             assert_same(singles[path], seg)
 
 
@@ -147,7 +147,7 @@ def test_async_many_keeps_order(triton_server, sample_images: list[Path]) -> Non
             return await client.segment_everything_many(images, concurrency=3, max_prompts=FEW)
 
     results = asyncio.run(run())
-    for path, seg in zip(images, results):
+    for path, seg in zip(images, results, strict=True):
         assert seg.image_size == cv2.imread(str(path)).shape[:2]
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -45,7 +46,7 @@ def test_eight_concurrent_clients_get_their_own_results(triton_server, sample_im
 
     with ThreadPoolExecutor(8) as pool:
         together = list(pool.map(call, range(8)))
-    for i, (a, b) in enumerate(zip(alone, together)):
+    for i, (a, b) in enumerate(zip(alone, together, strict=True)):
         assert b.image_size == images[i].shape[:2]
         np.testing.assert_array_equal(a.boxes, b.boxes)
         assert a.rles == b.rles, f"image {i}: masks differ when sent concurrently"
@@ -56,16 +57,14 @@ def server_rss(pid: int) -> int:
     root = psutil.Process(pid)
     total = 0
     for proc in [root, *root.children(recursive=True)]:
-        try:
+        with contextlib.suppress(psutil.NoSuchProcess):
             total += proc.memory_info().rss
-        except psutil.NoSuchProcess:
-            pass
     return total
 
 
 def test_300_prompts_on_a_12_megapixel_image_stay_under_6_gb(triton_server, sample_images, record_property):
     big = cv2.resize(cv2.imread(str(sample_images[0])), (3000, 4000), interpolation=cv2.INTER_LINEAR)
-    ok, data = cv2.imencode(".jpg", big)
+    _, data = cv2.imencode(".jpg", big)
     peak, before = 0, server_rss(triton_server.pid)
     done = threading.Event()
 

@@ -117,7 +117,7 @@ def test_pipeline_equals_reference(
     assert served.image_size == images[name].shape[:2]
     np.testing.assert_allclose(served.boxes, expected.boxes, atol=0.1, rtol=0)
     np.testing.assert_allclose(served.scores, expected.scores, atol=2e-4, rtol=0)
-    ious = [mask_iou(a, b) for a, b in zip(served.masks, expected.masks())]
+    ious = [mask_iou(a, b) for a, b in zip(served.masks, expected.masks(), strict=True)]
     assert np.mean(ious) >= 0.99, f"mean mask IoU {np.mean(ious):.4f}"
     assert all(
         np.all(b[:2] >= 0) and b[2] <= images[name].shape[1] and b[3] <= images[name].shape[0]
@@ -135,7 +135,7 @@ def test_pipeline_hits_the_300_box_cap_in_one_decoder_call(triton_server, sample
 
 def test_raw_array_equals_encoded_png(triton_server, images):
     image = images["zidane.jpg"]
-    ok, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
+    _, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     with SegmentEverythingClient(triton_server.http_url, protocol="http", timeout=600) as client:
         from_raw = client.segment_everything(image)
         from_png = client.segment_everything(png.tobytes())

@@ -1,5 +1,5 @@
-"""The load-test wrapper's pure logic (durations, percentiles, summaries, bounds, the locust command) without a
-server, and the locustfile's arguments as locust sees them."""
+"""The load-test wrapper's pure logic (durations, percentiles, summaries, bounds, the locust command) without
+a server, and the locustfile's arguments as locust sees them."""
 
 from __future__ import annotations
 
@@ -97,8 +97,9 @@ def test_read_samples_skips_a_torn_last_line(tmp_path):
     assert read_samples(tmp_path / "missing.jsonl") == []
 
 
-STATS_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,Min Response Time,\
-Max Response Time,Average Content Size,Requests/s,Failures/s,50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
+STATS_CSV = """Type,Name,Request Count,Failure Count,Median Response Time,Average Response Time,\
+Min Response Time,Max Response Time,Average Content Size,Requests/s,Failures/s,\
+50%,66%,75%,80%,90%,95%,98%,99%,99.9%,99.99%,100%
 grpc,segment_everything,20,2,4400,4236.1,2812.5,4918.6,375178.1,0.5,0.05,4400,4400,4400,4500,4600,4900,4900,4900,\
 4900,4900,4900
 ,Aggregated,20,2,4400,4236.1,2812.5,4918.6,375178.1,0.5,0.05,4400,4400,4400,4500,4600,4900,4900,4900,4900,4900,4900

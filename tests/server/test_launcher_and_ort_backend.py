@@ -376,7 +376,7 @@ def test_build_step_failure_is_reported(tmp_path: Path, monkeypatch: pytest.Monk
         return subprocess.CompletedProcess(command, 1)
 
     monkeypatch.setattr(launcher.subprocess, "run", failing_run)
-    with pytest.raises(SystemExit, match="building the model repository .* failed"):
+    with pytest.raises(SystemExit, match=r"building the model repository .* failed"):
         launcher.main(["--model-repository", str(tmp_path)])
     assert calls == [[sys.executable, "-m", "mobilesamv2.export.cli", "--out", str(tmp_path.resolve())]]
 

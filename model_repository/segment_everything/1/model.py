@@ -3,8 +3,8 @@
     bytes -> image -> (image_encoder || object_discovery) -> NMS, border snap, un-letterbox -> boxes to the
     1024 frame -> ONE batched prompt_decoder call with every surviving box -> upsample, threshold -> COCO RLE
 
-Encoder and discovery run concurrently (``asyncio.gather`` of two BLS requests). All prompts go to the decoder in
-one call; only a count above ``decoder_max_prompts_per_call`` is split, to bound the decoder's memory. With
+Encoder and discovery run concurrently (``asyncio.gather`` of two BLS requests). All prompts go to the decoder
+in one call; only a count above ``decoder_max_prompts_per_call`` is split, to bound the decoder's memory. With
 ``boxes`` or ``points`` inputs (SegAny), discovery is skipped and the given prompts are decoded instead.
 Per-stage timings go to the log (INFO, one line per request) and, with ``return_timings``, to the response.
 """
@@ -84,11 +84,11 @@ class TritonPythonModel:
                 "segment_everything: this repository was built from RANDOM WEIGHTS; its masks are meaningless"
             )
         self.logger.log_info(
-            f"segment_everything: encoder {info.get('encoder', '?')}, detector channel order {self.channel_order}, "
-            f"decoder cap {self.max_prompts_per_call} prompts/call, {self.limits}"
+            f"segment_everything: encoder {info.get('encoder', '?')}, detector channel order "
+            f"{self.channel_order}, decoder cap {self.max_prompts_per_call} prompts/call, {self.limits}"
         )
 
-    # --- BLS calls ---------------------------------------------------------------------------------------------
+    # --- BLS calls ------------------------------------------------------------------------------------------
 
     async def _infer(self, stage: str, model: str, inputs: list, outputs: list[str], timings: dict) -> list:
         start = time.perf_counter()
@@ -154,7 +154,7 @@ class TritonPythonModel:
             ious.append(iou.as_numpy()[:, 0])
         return np.concatenate(logits), np.concatenate(ious)
 
-    # --- one request -------------------------------------------------------------------------------------------
+    # --- one request ----------------------------------------------------------------------------------------
 
     async def _segment(self, request) -> pb_utils.InferenceResponse:
         timings: dict[str, float] = {}

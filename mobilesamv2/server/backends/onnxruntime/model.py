@@ -11,8 +11,8 @@ Config ``parameters`` read here (all optional, string values):
     graph_optimization_level                       0 none, 1 basic, 2 extended, 99 all (default)
     enable_mem_pattern, enable_cpu_mem_arena       "true"/"false" (default true)
     allow_spinning                                 "true"/"false" (default true): ORT threads busy-wait
-    disabled_optimizers                            comma-separated ORT graph transformers to skip (measured per
-                                                   model, e.g. SkipLayerNormFusion; see BENCHMARKS.md)
+    disabled_optimizers                            comma-separated ORT graph transformers to skip (measured
+                                                   per model, e.g. SkipLayerNormFusion; see BENCHMARKS.md)
     max_rows_per_run                               run at most this many rows of axis 0 per ORT call and
                                                    concatenate the outputs (bounds CPU memory of huge batches)
     sliced_inputs                                  comma-separated inputs that max_rows_per_run slices; they
