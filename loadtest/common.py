@@ -7,8 +7,8 @@ import importlib.util
 import os
 from pathlib import Path
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff")
-DEFAULT_PORTS = {"grpc": 8001, "http": 8000}
+from segment_everything_client.images import IMAGE_SUFFIXES
+from segment_everything_client.types import SegmentSettings
 
 
 def ultralytics_images() -> Path:
@@ -32,17 +32,9 @@ def load_images(folder: str | os.PathLike[str] | None = None) -> list[tuple[str,
     return [(p.name, p.read_bytes()) for p in paths]
 
 
-def split_host(host: str, protocol: str) -> tuple[str, bool]:
-    """A ``--host`` value -> tritonclient's ``host:port`` (no scheme) and whether to use TLS.
-
-    >>> split_host("https://triton.example:8000/", "http")
-    ('triton.example:8000', True)
-    >>> split_host("", "grpc")
-    ('127.0.0.1:8001', False)
-    """
-    if not host:
-        return f"127.0.0.1:{DEFAULT_PORTS[protocol]}", False
-    for scheme, tls in (("https://", True), ("grpcs://", True), ("http://", False), ("grpc://", False)):
-        if host.startswith(scheme):
-            return host[len(scheme) :].rstrip("/"), tls
-    return host.rstrip("/"), False
+def request_settings(
+    max_prompts: int = 0, conf: float = 0.0, iou: float = 0.0, output: str = "rle", timings: bool = False
+) -> SegmentSettings:
+    """The contract's settings from the load test's options, where 0 means "the default"."""
+    given = {"max_prompts": max_prompts, "conf": conf, "iou": iou}
+    return SegmentSettings(output=output, timings=timings, **{k: v for k, v in given.items() if v})

@@ -27,15 +27,17 @@ from typing import Any
 # grpcio's blocking calls would stall gevent's loop and serialise all users of this process; this makes them
 # cooperative. It must run before the first channel is created.
 import grpc.experimental.gevent as grpc_gevent
-import numpy as np
 from locust import User, constant, events, task
 
 grpc_gevent.init_gevent()
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import load_images, split_host
+from common import load_images, request_settings
 
-PROTOCOLS = ("grpc", "http")
+import segment_everything_contract as contract
+from segment_everything_client.images import prepare_image
+from segment_everything_client.protocol import PROTOCOLS, build_request, normalize_url
+
 OUTPUT_FORMATS = ("rle", "dense")
 
 
@@ -180,7 +182,7 @@ class SegmentEverythingUser(User):
         images = SegmentEverythingUser._images
         user_id = next(self._user_ids)
         self.images = itertools.cycle(images[user_id % len(images) :] + images[: user_id % len(images)])
-        url, tls = split_host(self.host or "", self.protocol)
+        url, tls = normalize_url(self.host or "", self.protocol)
         if self.protocol == "grpc":
             import tritonclient.grpc as mod
 
@@ -192,47 +194,21 @@ class SegmentEverythingUser(User):
                 url, ssl=tls, connection_timeout=self.timeout, network_timeout=self.timeout
             )
         self.mod = mod
-        self.settings = self._settings_inputs(options)
+        self.settings = self._settings(options)
 
     def on_stop(self) -> None:
         client = getattr(self, "client", None)
         if client is not None:
             client.close()
 
-    # -- request building -----------------------------------------------------------------------------------
+    # -- request building: the client's protocol module, from the wire contract ----------------------------
 
-    def _tensor(self, name: str, array: np.ndarray, datatype: str) -> Any:
-        tensor = self.mod.InferInput(name, list(array.shape), datatype)
-        tensor.set_data_from_numpy(array)
-        return tensor
-
-    def _settings_inputs(self, options: Any) -> list[Any]:
-        inputs = []
-        if options.max_prompts > 0:
-            inputs.append(self._tensor("max_prompts", np.array([options.max_prompts], np.int32), "INT32"))
-        if options.conf > 0:
-            inputs.append(self._tensor("conf_threshold", np.array([options.conf], np.float32), "FP32"))
-        if options.iou > 0:
-            inputs.append(self._tensor("iou_threshold", np.array([options.iou], np.float32), "FP32"))
-        if options.output_format != "rle":
-            inputs.append(
-                self._tensor("output_format", np.array([options.output_format.encode()], np.object_), "BYTES")
-            )
-        if options.server_timings:
-            inputs.append(self._tensor("return_timings", np.array([True]), "BOOL"))
-        self.output_names = [
-            "boxes",
-            "image_size",
-            "masks_rle" if options.output_format == "rle" else "masks",
-        ]
-        if options.server_timings:
-            self.output_names.append("timings")
-        return inputs
-
-    def _outputs(self) -> list[Any]:
-        if self.protocol == "http":
-            return [self.mod.InferRequestedOutput(n, binary_data=True) for n in self.output_names]
-        return [self.mod.InferRequestedOutput(n) for n in self.output_names]
+    def _settings(self, options: Any) -> Any:
+        settings = request_settings(
+            options.max_prompts, options.conf, options.iou, options.output_format, options.server_timings
+        )
+        self.masks_output = contract.MASKS.name if settings.output == "dense" else contract.MASKS_RLE.name
+        return settings
 
     def _response_size(self, result: Any) -> int:
         response = result.get_response()
@@ -243,16 +219,16 @@ class SegmentEverythingUser(User):
 
     def _check(self, result: Any) -> tuple[int, dict[str, float] | None]:
         """Number of masks, server timings; raises ResponseError on an inconsistent answer."""
-        boxes = result.as_numpy("boxes")
-        masks = result.as_numpy(self.output_names[2])
+        boxes = result.as_numpy(contract.BOXES_OUT.name)
+        masks = result.as_numpy(self.masks_output)
         if boxes is None or masks is None:
-            raise ResponseError(f"response lacks 'boxes' or '{self.output_names[2]}'")
+            raise ResponseError(f"response lacks 'boxes' or '{self.masks_output}'")
         count = 0 if boxes.size == 0 else boxes.reshape(-1, 4).shape[0]
         if (masks.shape[0] if masks.ndim else 0) != count:
             raise ResponseError(f"{count} boxes but {masks.shape[0] if masks.ndim else 0} masks")
         timings = None
         if self.server_timings:
-            raw = result.as_numpy("timings")
+            raw = result.as_numpy(contract.TIMINGS.name)
             if raw is not None and raw.size:
                 value = raw.reshape(-1)[0]
                 timings = json.loads(value.decode() if isinstance(value, bytes) else value)
@@ -264,13 +240,13 @@ class SegmentEverythingUser(User):
     def segment_everything(self) -> None:
         image_name, data = next(self.images)
         name = f"{self.model_name}:{image_name}" if self.per_image_names else self.model_name
-        inputs = [self._tensor("image", np.array([data], dtype=np.object_), "BYTES"), *self.settings]
+        inputs, outputs = build_request(self.mod, prepare_image(data), self.settings)
         started_at = time.time()
         start = time.perf_counter()
         size, exception, count, timings = 0, None, 0, None
         try:
             kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            result = self.client.infer(self.model_name, inputs, outputs=self._outputs(), **kwargs)
+            result = self.client.infer(self.model_name, inputs, outputs=outputs, **kwargs)
             size = self._response_size(result)
             count, timings = self._check(result)
         except Exception as exc:

@@ -31,10 +31,13 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from segment_everything_client.images import prepare_image
+from segment_everything_client.protocol import build_request, normalize_url
+
 if __package__:
-    from .common import load_images, split_host
+    from .common import load_images, request_settings
 else:  # run as a script: python loadtest/run.py
-    from common import load_images, split_host
+    from common import load_images, request_settings
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -335,7 +338,7 @@ def locust_command(settings: LoadTestSettings, out_dir: Path, locustfile: Path =
 
 def wait_for_server(host: str, protocol: str, model_name: str, timeout: float = 30.0) -> None:
     """Raise ``RuntimeError`` unless the server at ``host`` has ``model_name`` ready within ``timeout`` s."""
-    url, tls = split_host(host, protocol)
+    url, tls = normalize_url(host, protocol)
     if protocol == "grpc":
         import tritonclient.grpc as mod
     else:
@@ -362,26 +365,18 @@ def warm_up(settings: LoadTestSettings, requests: int) -> None:
     latencies do not include lazy initialisation on the server."""
     if requests <= 0:
         return
-    import numpy as np
-
-    url, tls = split_host(settings.host, settings.protocol)
+    url, tls = normalize_url(settings.host, settings.protocol)
     if settings.protocol == "grpc":
         import tritonclient.grpc as mod
     else:
         import tritonclient.http as mod
     client = mod.InferenceServerClient(url, ssl=tls)
     images = load_images(settings.images or None)
+    request = request_settings(settings.max_prompts, settings.conf, settings.iou)
     try:
         for i in range(requests):
-            data = images[i % len(images)][1]
-            image = mod.InferInput("image", [1], "BYTES")
-            image.set_data_from_numpy(np.array([data], dtype=np.object_))
-            inputs = [image]
-            if settings.max_prompts:
-                prompts = mod.InferInput("max_prompts", [1], "INT32")
-                prompts.set_data_from_numpy(np.array([settings.max_prompts], np.int32))
-                inputs.append(prompts)
-            client.infer(settings.model_name, inputs)
+            inputs, outputs = build_request(mod, prepare_image(images[i % len(images)][1]), request)
+            client.infer(settings.model_name, inputs, outputs=outputs)
     finally:
         client.close()
 

@@ -22,6 +22,7 @@ from torch import nn
 from .modeling.checkpoints import DEFAULT_ENCODER, encoder_spec, load_image_encoder, load_prompt_decoder
 from .modeling.detector import ObjectAwareNetwork, load_object_aware_model
 from .modeling.sam import PromptDecoder
+from .pipeline import Models
 from .processing import boxes as box_ops
 from .processing.image import (
     DETECTOR_CHANNEL_ORDER,
@@ -116,7 +117,12 @@ class ReferencePipeline:
     def encode(self, image_rgb: np.ndarray) -> torch.Tensor:
         """SAM's ``set_image``: resize longest side, normalise, zero-pad to 1024, (halve for EfficientViT),
         encode."""
-        resized = torch.from_numpy(resize_longest_side(image_rgb)).permute(2, 0, 1)[None].float()
+        return self.encode_resized(resize_longest_side(image_rgb))
+
+    @torch.inference_mode()
+    def encode_resized(self, resized_rgb: np.ndarray) -> torch.Tensor:
+        """:meth:`encode` from the image already resized to a long side of 1024."""
+        resized = torch.from_numpy(np.array(resized_rgb)).permute(2, 0, 1)[None].float()
         mean = torch.tensor(PIXEL_MEAN).view(1, 3, 1, 1)
         std = torch.tensor(PIXEL_STD).view(1, 3, 1, 1)
         x = (resized - mean) / std
@@ -148,6 +154,46 @@ class ReferencePipeline:
         if not logits:
             return np.zeros((0, 256, 256), np.float32), np.zeros(0, np.float32)
         return np.concatenate(logits), np.concatenate(ious)
+
+    def as_models(self) -> Models:
+        """The same networks as the pipeline core's injected models (``mobilesamv2.pipeline.Models``), run in
+        PyTorch in-process through this class's own stages: the core over these must reproduce :meth:`__call__`
+        exactly (a test of the orchestration, and a Triton-free baseline for the benchmarks)."""
+
+        decoder = PromptDecoder(self.prompt_encoder, self.mask_decoder).eval()
+
+        async def encode(canvas: np.ndarray, size: np.ndarray) -> torch.Tensor:
+            (h, w), (image,) = size[0], canvas  # the canvas holds the resized image at its top-left
+            return self.encode_resized(image[:h, :w])
+
+        async def discover(letterboxed: np.ndarray, conf: float) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+            with torch.inference_mode():
+                x = torch.from_numpy(letterboxed).permute(2, 0, 1)[None].float() / 255.0
+                return box_ops.select_candidates(self.detector(x)[0].numpy(), conf)
+
+        async def decode(
+            embedding: torch.Tensor, coords: np.ndarray, labels: np.ndarray, multimask: bool
+        ) -> tuple[np.ndarray, np.ndarray]:
+            if (
+                not multimask and (labels == np.array([2, 3], np.float32)).all()
+            ):  # box prompts: the reference's path
+                logits, ious = self.decode_boxes(embedding, coords.reshape(-1, 4))
+                return logits[:, None], ious[:, None]
+            with torch.inference_mode():
+                coords_t, labels_t = torch.from_numpy(coords), torch.from_numpy(labels)
+                if multimask:
+                    sparse = decoder.embed_points(coords_t, labels_t)
+                    dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
+                        1, -1, *embedding.shape[-2:]
+                    )
+                    masks, iou = self.mask_decoder.predict_masks(
+                        embedding, self.prompt_encoder.get_dense_pe(), sparse, dense
+                    )
+                    return masks[:, 1:].numpy(), iou[:, 1:].numpy()
+                masks, iou = decoder(embedding, coords_t, labels_t)
+                return masks.numpy(), iou.numpy()
+
+        return Models(encode, discover, decode)
 
     def __call__(self, image_rgb: np.ndarray, **nms_settings) -> SegEveryResult:
         timings: dict[str, float] = {}

@@ -12,6 +12,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 import pytest
+from triton_calls import RawInfer  # tests/ is on sys.path (pytest's rootdir conftest)
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "work" / "test-cache"
@@ -78,3 +79,30 @@ def triton_server(built_repository):
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture(scope="session")
+def bus_path(sample_images) -> Path:
+    return next(p for p in sample_images if p.name == "bus.jpg")
+
+
+@pytest.fixture(scope="session")
+def bus_bytes(bus_path) -> bytes:
+    return bus_path.read_bytes()
+
+
+@pytest.fixture(scope="session")
+def raw_infer() -> RawInfer:
+    """Raw tritonclient calls (see ``tests/triton_calls.py``)."""
+    return RawInfer()
+
+
+#: Fixtures that export ONNX models or start tritonserver: every test using one is a "server" test, so that
+#: ``pytest -m "not server"`` (the fast suite) never exports a model.
+HEAVY_FIXTURES = {"built_repository", "triton_server", "triton_server_factory"}
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if HEAVY_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)

@@ -91,6 +91,7 @@ def test_decoder_onnx_matches_pytorch(built_repository, fake_weights, n):
 
 
 @pytest.mark.slow
+@pytest.mark.server  # exports ONNX models
 @pytest.mark.parametrize("encoder", ["tiny_vit", "sam_vit_h"])
 def test_other_encoders_export_with_parity(fake_weights, bus_rgb, tmp_path, encoder):
     """TinyViT and ViT-H (2 blocks in CI: same width, heads, window and global attention) export and match."""

@@ -11,9 +11,11 @@
 from .aio import AsyncSegmentEverythingClient
 from .client import SegmentEverythingClient
 from .errors import (
+    DeadlineExceededError,
     ImageNotFoundError,
     InvalidInputError,
     ModelNotReadyError,
+    OverloadedError,
     RequestTimeoutError,
     SegmentEverythingError,
     ServerError,
@@ -25,10 +27,12 @@ __version__ = "0.1.0"
 
 __all__ = [
     "AsyncSegmentEverythingClient",
+    "DeadlineExceededError",
     "ImageNotFoundError",
     "Instance",
     "InvalidInputError",
     "ModelNotReadyError",
+    "OverloadedError",
     "RequestTimeoutError",
     "SegmentEverythingClient",
     "SegmentEverythingError",

@@ -8,27 +8,32 @@ import contextlib
 from collections.abc import AsyncIterator, Iterable
 from typing import TYPE_CHECKING, Any
 
+from numpy.typing import ArrayLike
+
+from segment_everything_contract import Prompts
+
 if TYPE_CHECKING:
     from typing import Self
 
-from . import _protocol
+from . import protocol as _protocol
+from ._base import ClientBase, everything_settings
 from .errors import (
+    DeadlineExceededError,
     ModelNotReadyError,
-    RequestTimeoutError,
     SegmentEverythingError,
     ServerUnavailableError,
     map_exception,
 )
-from .images import ImageInput, prepare_image
+from .images import ImageInput
 from .types import Segmentation, SegmentSettings
 
 __all__ = ["AsyncSegmentEverythingClient"]
 
 _HTTP_ONLY = ("ssl_context",)
-_GRPC_ONLY = ("root_certificates", "private_key", "certificate_chain", "creds")
+_GRPC_ONLY = ("creds",)
 
 
-class AsyncSegmentEverythingClient:
+class AsyncSegmentEverythingClient(ClientBase):
     """asyncio twin of :class:`~segment_everything_client.SegmentEverythingClient`.
 
     Takes the same arguments, except the HTTP TLS option, which is ``ssl_context`` (an
@@ -54,46 +59,39 @@ class AsyncSegmentEverythingClient:
         *,
         timeout: float = 60.0,
         ssl: bool = False,
-        ssl_context: Any = None,
         root_certificates: str | None = None,
         private_key: str | None = None,
         certificate_chain: str | None = None,
-        creds: Any = None,
+        creds: object | None = None,
+        ssl_context: object | None = None,
         headers: dict[str, str] | None = None,
         retries: int = 3,
         backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        retry_started_work: bool = False,
         model_name: str = _protocol.DEFAULT_MODEL_NAME,
         model_version: str = "",
         verbose: bool = False,
     ):
-        self.url, self.ssl = _protocol.normalize_url(url, protocol, ssl)
-        self.protocol = protocol
-        self.timeout = float(timeout)
-        self.headers = dict(headers) if headers else None
-        if retries < 0 or backoff < 0:
-            raise ValueError("retries and backoff must be >= 0")
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.model_name = model_name
-        self.model_version = model_version
-        self.verbose = verbose
-        options = {
-            "ssl_context": ssl_context,
-            "root_certificates": root_certificates,
-            "private_key": private_key,
-            "certificate_chain": certificate_chain,
-            "creds": creds,
-        }
-        given = {k: v for k, v in options.items() if v is not None}
-        wrong = [k for k in given if k in (_GRPC_ONLY if protocol == "http" else _HTTP_ONLY)]
-        if wrong:
-            raise TypeError(f"{', '.join(wrong)} do not apply to protocol={protocol!r}")
-        self._transport = given
-        if protocol == "http":
-            import tritonclient.http as mod
-        else:
-            import tritonclient.grpc as mod
-        self._mod = mod  # tensors are built with the sync module's InferInput, as tritonclient does
+        super().__init__(
+            url,
+            protocol,
+            timeout=timeout,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            headers=headers,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            retry_started_work=retry_started_work,
+            model_name=model_name,
+            model_version=model_version,
+            verbose=verbose,
+            transport={"creds": creds, "ssl_context": ssl_context},
+        )
+        self._check_transport(_HTTP_ONLY, _GRPC_ONLY)
         self._client: Any = None
         self._closed = False
 
@@ -126,52 +124,38 @@ class AsyncSegmentEverythingClient:
                 ) from exc
         return self._client
 
-    def _call_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"headers": self.headers}
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout
-        return kwargs
-
-    async def _with_retries(self, make_call: Any) -> Any:
+    async def _infer(self, inputs: list[Any], outputs: list[Any]) -> Any:
+        """See :meth:`SegmentEverythingClient._infer`."""
+        deadline = self._deadline()
         attempt = 0
         while True:
             try:
-                return await make_call()
+                return await self._triton().infer(
+                    self.model_name,
+                    inputs,
+                    model_version=self.model_version,
+                    outputs=outputs,
+                    **self._attempt_kwargs(deadline),
+                )
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
                 err = map_exception(exc)
                 if err is None:
                     raise
-                if not err.retryable or attempt >= self.retries:
+                wait = self.retry.delay(err, attempt, deadline, self._rng)
+                if wait is None:
                     if err is exc:
                         raise
                     raise err from exc
-            await asyncio.sleep(self.backoff * (2**attempt))
+            await asyncio.sleep(wait)
             attempt += 1
 
     async def _segment(
-        self,
-        image: ImageInput,
-        settings: SegmentSettings,
-        *,
-        channel_order: str = "rgb",
-        prompts: dict[str, Any] | None = None,
+        self, image: ImageInput, settings: SegmentSettings, channel_order: str, prompts: Prompts | None = None
     ) -> Segmentation:
-        prepared = prepare_image(image, channel_order=channel_order)
-        inputs, outputs = _protocol.build_request(self._mod, prepared, settings, prompts)
-
-        def call() -> Any:
-            return self._triton().infer(
-                self.model_name,
-                inputs,
-                model_version=self.model_version,
-                outputs=outputs,
-                **self._call_kwargs(),
-            )
-
-        result = await self._with_retries(call)
-        return _protocol.parse_response(result, settings)
+        inputs, outputs = self._prepare(image, settings, channel_order, prompts)
+        return _protocol.parse_response(await self._infer(inputs, outputs), settings)
 
     # ------------------------------------------------------------------------- public API
 
@@ -187,26 +171,25 @@ class AsyncSegmentEverythingClient:
         channel_order: str = "rgb",
     ) -> Segmentation:
         """See :meth:`SegmentEverythingClient.segment_everything`."""
-        settings = SegmentSettings(
-            conf=conf, iou=iou, max_prompts=max_prompts, output=output, timings=timings
-        )
-        return await self._segment(image, settings, channel_order=channel_order)
+        settings = everything_settings(conf, iou, max_prompts, output, timings)
+        return await self._segment(image, settings, channel_order)
 
     async def segment_anything(
         self,
         image: ImageInput,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
+        boxes: ArrayLike | None = None,
+        points: ArrayLike | None = None,
+        point_labels: ArrayLike | None = None,
         *,
+        multimask: bool = False,
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
     ) -> Segmentation:
         """See :meth:`SegmentEverythingClient.segment_anything`."""
-        prompts = _protocol.prompt_arrays(boxes, points, point_labels)
-        settings = SegmentSettings(output=output, timings=timings)
-        return await self._segment(image, settings, channel_order=channel_order, prompts=prompts)
+        prompts = self._prompts(boxes, points, point_labels)
+        settings = SegmentSettings(output=output, timings=timings, multimask=multimask)
+        return await self._segment(image, settings, channel_order, prompts)
 
     def segment_everything_iter(
         self,
@@ -214,30 +197,34 @@ class AsyncSegmentEverythingClient:
         *,
         concurrency: int = 4,
         return_exceptions: bool = False,
-        **settings: Any,
-    ) -> AsyncIterator[tuple[int, Any]]:
+        conf: float | None = None,
+        iou: float | None = None,
+        max_prompts: int | None = None,
+        output: str = "rle",
+        timings: bool = False,
+        channel_order: str = "rgb",
+    ) -> AsyncIterator[tuple[int, Segmentation | SegmentEverythingError]]:
         """Async-iterate ``(index, result)`` as requests complete (``async for``)."""
         items = list(images)
-        channel_order = settings.pop("channel_order", "rgb")
-        parsed = SegmentSettings(**settings)
+        parsed = everything_settings(conf, iou, max_prompts, output, timings)
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         return self._iter(items, parsed, channel_order, concurrency, return_exceptions)
 
     async def _iter(
         self,
-        items: list[Any],
+        items: list[ImageInput],
         parsed: SegmentSettings,
         channel_order: str,
         concurrency: int,
         return_exceptions: bool,
-    ) -> AsyncIterator[tuple[int, Any]]:
+    ) -> AsyncIterator[tuple[int, Segmentation | SegmentEverythingError]]:
         semaphore = asyncio.Semaphore(concurrency)
 
         async def one(i: int) -> tuple[int, Any, bool]:
             async with semaphore:
                 try:
-                    return i, await self._segment(items[i], parsed, channel_order=channel_order), True
+                    return i, await self._segment(items[i], parsed, channel_order), True
                 except SegmentEverythingError as exc:
                     return i, exc, False
 
@@ -260,17 +247,30 @@ class AsyncSegmentEverythingClient:
         *,
         concurrency: int = 4,
         return_exceptions: bool = False,
-        **settings: Any,
-    ) -> list[Any]:
+        conf: float | None = None,
+        iou: float | None = None,
+        max_prompts: int | None = None,
+        output: str = "rle",
+        timings: bool = False,
+        channel_order: str = "rgb",
+    ) -> list[Segmentation | SegmentEverythingError]:
         """:meth:`segment_everything` over many images, at most ``concurrency`` in flight
         (an ``asyncio.Semaphore``); results in input order."""
         items = list(images)
-        results: list[Any] = [None] * len(items)
+        results: list[Segmentation | SegmentEverythingError | None] = [None] * len(items)
         async for i, value in self.segment_everything_iter(
-            items, concurrency=concurrency, return_exceptions=return_exceptions, **settings
+            items,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+            conf=conf,
+            iou=iou,
+            max_prompts=max_prompts,
+            output=output,
+            timings=timings,
+            channel_order=channel_order,
         ):
             results[i] = value
-        return results
+        return [r for r in results if r is not None]
 
     async def _readiness(self) -> SegmentEverythingError | None:
         client = self._triton()
@@ -305,7 +305,7 @@ class AsyncSegmentEverythingClient:
             if reason is None:
                 return
             if loop.time() + interval > deadline:
-                if isinstance(reason, RequestTimeoutError):
+                if isinstance(reason, DeadlineExceededError):
                     raise ServerUnavailableError(f"server at {self.url} did not answer: {reason}")
                 raise reason
             await asyncio.sleep(interval)
@@ -323,9 +323,3 @@ class AsyncSegmentEverythingClient:
 
     async def __aexit__(self, *exc: object) -> None:
         await self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"AsyncSegmentEverythingClient(url={self.url!r}, protocol={self.protocol!r}, "
-            f"model={self.model_name!r})"
-        )

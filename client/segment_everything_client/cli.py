@@ -3,6 +3,7 @@
     segment-everything segment IMAGE_OR_DIR... [--url URL] [--protocol grpc|http] [--out DIR]
                        [--conf C] [--iou T] [--max-prompts N] [--concurrency K]
     segment-everything health [--url URL] [--protocol grpc|http]
+    common options: --timeout S --retries N --ssl --ca FILE --cert FILE --key FILE --header NAME:VALUE
 
 ``segment`` writes ``<stem>_overlay.png`` and ``<stem>_coco.json`` (a COCO dataset file with one
 image and its annotations, each with a ``score``) per image into ``--out``.
@@ -23,10 +24,11 @@ from pathlib import Path
 from typing import Any
 
 from . import __version__
+from ._base import everything_settings
 from .client import SegmentEverythingClient
-from .errors import ModelNotReadyError, SegmentEverythingError, ServerUnavailableError
+from .errors import InvalidInputError, ModelNotReadyError, SegmentEverythingError, ServerUnavailableError
 from .images import IMAGE_SUFFIXES, load_image
-from .types import Segmentation, SegmentSettings
+from .types import Segmentation
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_SERVER = 0, 1, 2, 3
 
@@ -107,9 +109,27 @@ class _Progress:
             print(file=sys.stderr)
 
 
+def _headers(pairs: Sequence[str]) -> dict[str, str] | None:
+    headers = {}
+    for pair in pairs:
+        name, sep, value = pair.partition(":")
+        if not sep or not name.strip():
+            raise InvalidInputError(f"--header wants NAME:VALUE, got {pair!r}")
+        headers[name.strip()] = value.strip()
+    return headers or None
+
+
 def _client(args: argparse.Namespace) -> SegmentEverythingClient:
     return SegmentEverythingClient(
-        args.url, protocol=args.protocol, timeout=args.timeout, retries=args.retries, ssl=args.ssl
+        args.url,
+        protocol=args.protocol,
+        timeout=args.timeout,
+        retries=args.retries,
+        ssl=args.ssl,
+        root_certificates=args.ca,
+        certificate_chain=args.cert,
+        private_key=args.key,
+        headers=_headers(args.header),
     )
 
 
@@ -127,7 +147,7 @@ def cmd_segment(args: argparse.Namespace) -> int:
         _error("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
         return EXIT_USAGE
     settings = {"conf": args.conf, "iou": args.iou, "max_prompts": args.max_prompts}
-    SegmentSettings(**settings)  # reject bad values before contacting the server
+    everything_settings(**settings)  # reject bad values before contacting the server
     out_dir = Path(args.out)
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -206,19 +226,25 @@ def build_parser() -> argparse.ArgumentParser:
     common.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
     common.add_argument("--timeout", type=float, default=60.0, help="seconds per request (default 60)")
     common.add_argument("--retries", type=int, default=2, help="retries when the server is unavailable")
-    common.add_argument("--ssl", action="store_true", help="use TLS")
+    common.add_argument("--ssl", action="store_true", help="use TLS (gRPC; or an HTTPS proxy in front)")
+    common.add_argument("--ca", default=None, help="gRPC TLS: CA certificate file (PEM) to verify the server")
+    common.add_argument("--cert", default=None, help="gRPC mutual TLS: client certificate chain file (PEM)")
+    common.add_argument("--key", default=None, help="gRPC mutual TLS: client private key file (PEM)")
+    common.add_argument(
+        "--header",
+        action="append",
+        default=[],
+        metavar="NAME:VALUE",
+        help="send this header / gRPC metadata with every call (repeatable), e.g. an auth token",
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     seg = sub.add_parser("segment", parents=[common], help="segment every object in images")
     seg.add_argument("inputs", nargs="+", metavar="IMAGE_OR_DIR")
     seg.add_argument("--out", default="segment_everything_out", help="output directory")
-    seg.add_argument(
-        "--conf", type=float, default=None, help="detector confidence threshold (server default 0.4)"
-    )
-    seg.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (server default 0.9)")
-    seg.add_argument(
-        "--max-prompts", type=int, default=None, help="max objects per image (server default 300)"
-    )
+    seg.add_argument("--conf", type=float, default=None, help="detector confidence threshold (default 0.4)")
+    seg.add_argument("--iou", type=float, default=None, help="NMS IoU threshold (default 0.9)")
+    seg.add_argument("--max-prompts", type=int, default=None, help="max objects per image (default 300)")
     seg.add_argument("--concurrency", type=int, default=4, help="requests in flight (default 4)")
     seg.add_argument("--recursive", action="store_true", help="search directories recursively")
     seg.add_argument("--no-overlay", action="store_true", help="write only the COCO json")

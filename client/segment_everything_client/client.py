@@ -15,49 +15,50 @@ import time
 from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING, Any
 
+from numpy.typing import ArrayLike
+
+from segment_everything_contract import Prompts
+
 if TYPE_CHECKING:
     from typing import Self
 
-from . import _protocol
+from . import protocol as _protocol
+from ._base import ClientBase, everything_settings
 from .errors import (
+    DeadlineExceededError,
     ModelNotReadyError,
-    RequestTimeoutError,
     SegmentEverythingError,
     ServerUnavailableError,
     map_exception,
 )
-from .images import ImageInput, prepare_image
+from .images import ImageInput
 from .types import Segmentation, SegmentSettings
 
 __all__ = ["SegmentEverythingClient"]
 
 _HTTP_ONLY = ("ssl_options", "ssl_context_factory", "insecure")
-_GRPC_ONLY = ("root_certificates", "private_key", "certificate_chain", "creds")
+_GRPC_ONLY = ("creds",)
 
 
-def _transport_kwargs(protocol: str, options: dict[str, Any]) -> dict[str, Any]:
-    given = {k: v for k, v in options.items() if v not in (None, False)}
-    wrong = [k for k in given if k in (_GRPC_ONLY if protocol == "http" else _HTTP_ONLY)]
-    if wrong:
-        raise TypeError(f"{', '.join(wrong)} do not apply to protocol={protocol!r}")
-    return given
-
-
-class SegmentEverythingClient:
+class SegmentEverythingClient(ClientBase):
     """Segment everything (or given boxes/points) in images served by Triton.
 
     Args:
-        url: ``host:port`` of Triton (a ``http://``/``https://`` prefix is accepted). Default
+        url: ``host:port`` of Triton (a ``http://``/``https://``/``grpcs://`` prefix is accepted). Default
             ``127.0.0.1:8001`` for gRPC, ``127.0.0.1:8000`` for HTTP.
         protocol: ``"grpc"`` (default) or ``"http"``.
-        timeout: seconds to wait for one request (connection and response).
-        ssl: use TLS. Transport options pass through to tritonclient: for HTTP
-            ``ssl_options``, ``ssl_context_factory``, ``insecure``; for gRPC
-            ``root_certificates``, ``private_key``, ``certificate_chain``, ``creds``.
-        headers: extra HTTP headers / gRPC metadata sent with every request.
-        retries: how many times a request is retried when the server is unavailable
-            (connection refused, HTTP 503, gRPC UNAVAILABLE). Invalid input is never retried.
-        backoff: seconds before the first retry; doubles on each further retry.
+        timeout: the deadline of one call in seconds, retries included. It travels with the request
+            (Triton's ``timeout`` parameter): the server drops work whose caller has given up.
+        ssl: use TLS. gRPC TLS: ``root_certificates`` (CA bundle file), ``private_key`` and
+            ``certificate_chain`` (client certificate files, for mutual TLS), or a ready ``creds``; HTTP:
+            ``ssl_options``, ``ssl_context_factory``, ``insecure`` (tritonclient's, for a TLS proxy in front).
+        headers: extra HTTP headers / gRPC metadata sent with every call (e.g. an auth header, or the key of
+            Triton's restricted APIs).
+        retries: how many times a failed call is tried again when the server cannot have started it
+            (unreachable, overloaded, ``UNAVAILABLE``); invalid input is never retried.
+        backoff, max_backoff: seconds of the jittered exponential backoff between retries.
+        retry_started_work: also retry timeouts and broken connections, after which the server may have done
+            the work (only for callers to whom running a request twice does not matter).
         model_name, model_version: the Triton model to call.
 
     Example (with a server on localhost)::
@@ -73,7 +74,7 @@ class SegmentEverythingClient:
         >>> client.segment_everything(b"not an image")  # doctest: +SKIP
         Traceback (most recent call last):
         ...
-        segment_everything_client.errors.InvalidInputError: image bytes could not be decoded
+        segment_everything_client.errors.InvalidInputError: data is not a recognised image (12 bytes); ...
     """
 
     def __init__(
@@ -83,48 +84,46 @@ class SegmentEverythingClient:
         *,
         timeout: float = 60.0,
         ssl: bool = False,
-        ssl_options: dict[str, Any] | None = None,
-        ssl_context_factory: Any = None,
-        insecure: bool = False,
         root_certificates: str | None = None,
         private_key: str | None = None,
         certificate_chain: str | None = None,
-        creds: Any = None,
+        creds: object | None = None,
+        ssl_options: dict[str, object] | None = None,
+        ssl_context_factory: object | None = None,
+        insecure: bool = False,
         headers: dict[str, str] | None = None,
         retries: int = 3,
         backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        retry_started_work: bool = False,
         model_name: str = _protocol.DEFAULT_MODEL_NAME,
         model_version: str = "",
         verbose: bool = False,
     ):
-        self.url, self.ssl = _protocol.normalize_url(url, protocol, ssl)
-        self.protocol = protocol
-        self.timeout = float(timeout)
-        self.headers = dict(headers) if headers else None
-        if retries < 0 or backoff < 0:
-            raise ValueError("retries and backoff must be >= 0")
-        self.retries = int(retries)
-        self.backoff = float(backoff)
-        self.model_name = model_name
-        self.model_version = model_version
-        self.verbose = verbose
-        self._transport = _transport_kwargs(
+        super().__init__(
+            url,
             protocol,
-            {
+            timeout=timeout,
+            ssl=ssl,
+            root_certificates=root_certificates,
+            private_key=private_key,
+            certificate_chain=certificate_chain,
+            headers=headers,
+            retries=retries,
+            backoff=backoff,
+            max_backoff=max_backoff,
+            retry_started_work=retry_started_work,
+            model_name=model_name,
+            model_version=model_version,
+            verbose=verbose,
+            transport={
+                "creds": creds,
                 "ssl_options": ssl_options,
                 "ssl_context_factory": ssl_context_factory,
                 "insecure": insecure,
-                "root_certificates": root_certificates,
-                "private_key": private_key,
-                "certificate_chain": certificate_chain,
-                "creds": creds,
             },
         )
-        if protocol == "http":
-            import tritonclient.http as mod
-        else:
-            import tritonclient.grpc as mod
-        self._mod = mod
+        self._check_transport(_HTTP_ONLY, _GRPC_ONLY)
         self._local = threading.local()
         self._clients: list[Any] = []
         self._lock = threading.Lock()
@@ -174,39 +173,30 @@ class SegmentEverythingClient:
         with contextlib.suppress(Exception):
             client.close()
 
-    def _call_kwargs(self) -> dict[str, Any]:
-        kwargs: dict[str, Any] = {"headers": self.headers}
-        if self.protocol == "grpc":
-            kwargs["client_timeout"] = self.timeout
-        return kwargs
-
-    def _with_retries(self, fn: Any) -> Any:
+    def _infer(self, inputs: list[Any], outputs: list[Any]) -> Any:
+        """One inference with the retry policy, all attempts within the client's deadline."""
+        deadline = self._deadline()
         attempt = 0
         while True:
             try:
-                return fn()
+                return self._triton().infer(
+                    self.model_name,
+                    inputs,
+                    model_version=self.model_version,
+                    outputs=outputs,
+                    **self._attempt_kwargs(deadline),
+                )
             except BaseException as exc:
                 err = map_exception(exc)
                 if err is None:
                     raise
-                if not err.retryable or attempt >= self.retries:
+                wait = self.retry.delay(err, attempt, deadline, self._rng)
+                if wait is None:
                     if err is exc:
                         raise
                     raise err from exc
-            time.sleep(self.backoff * (2**attempt))
+            time.sleep(wait)
             attempt += 1
-
-    def _infer(self, inputs: list[Any], outputs: list[Any]) -> Any:
-        def call() -> Any:
-            return self._triton().infer(
-                self.model_name,
-                inputs,
-                model_version=self.model_version,
-                outputs=outputs,
-                **self._call_kwargs(),
-            )
-
-        return self._with_retries(call)
 
     # ------------------------------------------------------------------------- public API
 
@@ -226,58 +216,53 @@ class SegmentEverythingClient:
         Args:
             image: a path, encoded file bytes, a uint8 array (``HxW``, ``HxWx3``, ``HxWx4``) or a
                 PIL image; see :func:`~segment_everything_client.images.prepare_image`.
-            conf: detector confidence threshold (server default 0.4).
-            iou: NMS IoU threshold between discovered boxes (server default 0.9).
-            max_prompts: at most this many objects are segmented (server default 300).
+            conf: detector confidence threshold (None: the contract's default, 0.4).
+            iou: NMS IoU threshold between discovered boxes (default 0.9).
+            max_prompts: at most this many objects are segmented (default 300).
             output: ``"rle"`` (default), ``"dense"`` or ``"logits"``.
             timings: include the server's per-stage milliseconds in ``Segmentation.timings``.
             channel_order: ``"rgb"`` or ``"bgr"`` (``cv2.imread``) for array inputs.
 
         Raises:
-            InvalidInputError, ImageNotFoundError, ServerUnavailableError,
-            ModelNotReadyError, RequestTimeoutError, ServerError.
+            InvalidInputError, ImageNotFoundError, ServerUnavailableError, OverloadedError,
+            ModelNotReadyError, DeadlineExceededError, ServerError.
         """
-        settings = SegmentSettings(
-            conf=conf, iou=iou, max_prompts=max_prompts, output=output, timings=timings
-        )
-        return self._segment(image, settings, channel_order=channel_order)
-
-    def _segment(
-        self,
-        image: ImageInput,
-        settings: SegmentSettings,
-        *,
-        channel_order: str = "rgb",
-        prompts: dict[str, Any] | None = None,
-    ) -> Segmentation:
-        prepared = prepare_image(image, channel_order=channel_order)
-        inputs, outputs = _protocol.build_request(self._mod, prepared, settings, prompts)
-        result = self._infer(inputs, outputs)
-        return _protocol.parse_response(result, settings)
+        settings = everything_settings(conf, iou, max_prompts, output, timings)
+        return self._segment(image, settings, channel_order)
 
     def segment_anything(
         self,
         image: ImageInput,
-        boxes: Any = None,
-        points: Any = None,
-        point_labels: Any = None,
+        boxes: ArrayLike | None = None,
+        points: ArrayLike | None = None,
+        point_labels: ArrayLike | None = None,
         *,
+        multimask: bool = False,
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
     ) -> Segmentation:
-        """Segment the objects you point at: one mask per box and/or per point prompt.
+        """Segment the objects you point at: one mask per box or per point prompt (SAM's SegAny).
 
         Args:
             boxes: ``(N, 4)`` xyxy boxes in original image pixels.
             points: ``(N, K, 2)`` xy points, N prompts of K points; ``(N, 2)`` = N one-point prompts.
             point_labels: ``(N, K)``; 1 = foreground (default), 0 = background.
+            multimask: three candidate masks per prompt with their predicted IoUs (a single click is
+                ambiguous: part, object, group); ``result.best_per_prompt()`` keeps the best of each.
 
-        Object discovery is skipped; ``scores`` are 1.0.
+        Object discovery is skipped; ``scores`` are 1.0. The server caches image embeddings, so further
+        calls with the same image skip the encoder (an interactive session costs one decoder call per click).
         """
-        prompts = _protocol.prompt_arrays(boxes, points, point_labels)
-        settings = SegmentSettings(output=output, timings=timings)
-        return self._segment(image, settings, channel_order=channel_order, prompts=prompts)
+        prompts = self._prompts(boxes, points, point_labels)
+        settings = SegmentSettings(output=output, timings=timings, multimask=multimask)
+        return self._segment(image, settings, channel_order, prompts)
+
+    def _segment(
+        self, image: ImageInput, settings: SegmentSettings, channel_order: str, prompts: Prompts | None = None
+    ) -> Segmentation:
+        inputs, outputs = self._prepare(image, settings, channel_order, prompts)
+        return _protocol.parse_response(self._infer(inputs, outputs), settings)
 
     def segment_everything_iter(
         self,
@@ -285,7 +270,12 @@ class SegmentEverythingClient:
         *,
         concurrency: int = 4,
         return_exceptions: bool = False,
-        **settings: Any,
+        conf: float | None = None,
+        iou: float | None = None,
+        max_prompts: int | None = None,
+        output: str = "rle",
+        timings: bool = False,
+        channel_order: str = "rgb",
     ) -> Iterator[tuple[int, Segmentation | SegmentEverythingError]]:
         """Yield ``(index, result)`` as requests complete, ``concurrency`` in flight at a time.
 
@@ -294,20 +284,19 @@ class SegmentEverythingClient:
         Leaving the loop early stops the workers after their current request.
         """
         items = list(images)
-        channel_order = settings.pop("channel_order", "rgb")
-        parsed = SegmentSettings(**settings)  # validated now, not at the first next()
+        parsed = everything_settings(conf, iou, max_prompts, output, timings)  # validated now, not at next()
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         return self._iter(items, parsed, channel_order, concurrency, return_exceptions)
 
     def _iter(
         self,
-        items: list[Any],
+        items: list[ImageInput],
         parsed: SegmentSettings,
         channel_order: str,
         concurrency: int,
         return_exceptions: bool,
-    ) -> Iterator[tuple[int, Any]]:
+    ) -> Iterator[tuple[int, Segmentation | SegmentEverythingError]]:
         if not items:
             return
         counter = itertools.count()
@@ -321,7 +310,7 @@ class SegmentEverythingClient:
                     if i >= len(items):
                         return
                     try:
-                        done.put((i, self._segment(items[i], parsed, channel_order=channel_order), True))
+                        done.put((i, self._segment(items[i], parsed, channel_order), True))
                     except BaseException as exc:
                         done.put((i, exc, False))
             finally:
@@ -351,20 +340,30 @@ class SegmentEverythingClient:
         *,
         concurrency: int = 4,
         return_exceptions: bool = False,
-        **settings: Any,
-    ) -> list[Any]:
-        """:meth:`segment_everything` over many images; results in input order.
-
-        ``settings`` are those of :meth:`segment_everything` (``conf``, ``iou``,
-        ``max_prompts``, ``output``, ``timings``, ``channel_order``).
-        """
+        conf: float | None = None,
+        iou: float | None = None,
+        max_prompts: int | None = None,
+        output: str = "rle",
+        timings: bool = False,
+        channel_order: str = "rgb",
+    ) -> list[Segmentation | SegmentEverythingError]:
+        """:meth:`segment_everything` over many images; results in input order (failed images hold their
+        error with ``return_exceptions``)."""
         items = list(images)
-        results: list[Any] = [None] * len(items)
+        results: list[Segmentation | SegmentEverythingError | None] = [None] * len(items)
         for i, value in self.segment_everything_iter(
-            items, concurrency=concurrency, return_exceptions=return_exceptions, **settings
+            items,
+            concurrency=concurrency,
+            return_exceptions=return_exceptions,
+            conf=conf,
+            iou=iou,
+            max_prompts=max_prompts,
+            output=output,
+            timings=timings,
+            channel_order=channel_order,
         ):
             results[i] = value
-        return results
+        return [r for r in results if r is not None]
 
     def is_ready(self) -> bool:
         """True when the server is up and the model is ready; never raises for transport errors."""
@@ -398,7 +397,7 @@ class SegmentEverythingClient:
             if reason is None:
                 return
             if time.monotonic() + interval > deadline:
-                if isinstance(reason, RequestTimeoutError):
+                if isinstance(reason, DeadlineExceededError):
                     raise ServerUnavailableError(f"server at {self.url} did not answer: {reason}")
                 raise reason
             time.sleep(interval)
@@ -418,9 +417,3 @@ class SegmentEverythingClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-    def __repr__(self) -> str:
-        return (
-            f"SegmentEverythingClient(url={self.url!r}, protocol={self.protocol!r}, "
-            f"model={self.model_name!r})"
-        )

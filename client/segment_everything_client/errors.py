@@ -8,12 +8,17 @@ react to one kind:
                             image bytes, out-of-range threshold, malformed prompts. Carries
                             the server's message. Never retried.
 :class:`ImageNotFoundError` an image path does not exist (raised before any request).
-:class:`ServerUnavailableError`  nothing answers, or the server is overloaded (connection
-                            refused/reset, HTTP 503/429, gRPC ``UNAVAILABLE``). Retried with
-                            exponential backoff.
+:class:`ServerUnavailableError`  nothing answers (connection refused/reset, HTTP 503/502,
+                            gRPC ``UNAVAILABLE``). Retried with jittered backoff when the
+                            server cannot have started the work.
+:class:`OverloadedError`    the server refused the request at once because its queue is full
+                            (HTTP 429/503 or gRPC ``UNAVAILABLE`` "Exceeds maximum queue
+                            size"). A :class:`ServerUnavailableError`; retried with backoff.
 :class:`ModelNotReadyError` the server answers but the model is unknown or still loading.
-:class:`RequestTimeoutError`  no answer within the client timeout (gRPC
-                            ``DEADLINE_EXCEEDED``, HTTP 408/504, socket timeouts).
+:class:`DeadlineExceededError`  no answer within the request's deadline (gRPC
+                            ``DEADLINE_EXCEEDED``, HTTP 408/504, socket timeouts, or the
+                            server's queue timeout). Not retried: the server may have worked on
+                            it. ``RequestTimeoutError`` is the same class.
 :class:`ServerError`        anything else the server reports (HTTP 5xx / gRPC ``INTERNAL``).
 ==========================  ================================================================
 
@@ -32,9 +37,11 @@ import re
 import socket
 
 __all__ = [
+    "DeadlineExceededError",
     "ImageNotFoundError",
     "InvalidInputError",
     "ModelNotReadyError",
+    "OverloadedError",
     "RequestTimeoutError",
     "SegmentEverythingError",
     "ServerError",
@@ -56,11 +63,21 @@ class SegmentEverythingError(Exception):
     #: Whether retrying the same request later may succeed.
     retryable: bool = False
 
-    def __init__(self, message: str, *, status: str | None = None, debug_details: str | None = None):
+    def __init__(
+        self,
+        message: str,
+        *,
+        status: str | None = None,
+        debug_details: str | None = None,
+        work_started: bool = True,
+    ):
         super().__init__(message)
         self.message = message
         self.status = status
         self.debug_details = debug_details
+        #: False when the server cannot have started working on the request (refused connection, full
+        #: queue): retrying it cannot run the work twice.
+        self.work_started = work_started
 
     def __str__(self) -> str:
         return self.message
@@ -80,12 +97,19 @@ class ServerUnavailableError(SegmentEverythingError):
     retryable = True
 
 
+class OverloadedError(ServerUnavailableError):
+    """The server's queue is full: the request was refused at once, nothing ran (retry later)."""
+
+
 class ModelNotReadyError(SegmentEverythingError):
     """The server is up but the model is not loaded (unknown, loading, or failed to load)."""
 
 
-class RequestTimeoutError(SegmentEverythingError):
-    """The request did not complete within the timeout."""
+class DeadlineExceededError(SegmentEverythingError):
+    """The request did not complete within its deadline (the client's ``timeout``, which travels with it)."""
+
+
+RequestTimeoutError = DeadlineExceededError
 
 
 class ServerError(SegmentEverythingError):
@@ -99,9 +123,20 @@ _MODEL_NOT_READY = re.compile(
     r"unknown model|not at ready state|no available versions|model '[^']*' is not ready",
     re.IGNORECASE,
 )
+# Triton's dynamic batcher refusing a request beyond max_queue_size: nothing ran.
+_QUEUE_FULL = re.compile(r"exceeds maximum queue size|overloaded", re.IGNORECASE)
+# The server's queue timeout (Triton: "Request timeout expired") or our pipeline's deadline check.
+_DEADLINE = re.compile(r"timeout expired|deadline exceeded|deadline of .* passed", re.IGNORECASE)
 # gRPC reports oversized messages as RESOURCE_EXHAUSTED; that is the caller's input, not load.
 _TOO_LARGE = re.compile(r"larger than max|message too large|exceeds.*(size|length)", re.IGNORECASE)
 
+_NOT_SENT_ERRNOS = {
+    errno.ECONNREFUSED,
+    errno.EHOSTUNREACH,
+    errno.ENETUNREACH,
+    errno.ENETDOWN,
+    errno.EADDRNOTAVAIL,
+}
 _NETWORK_ERRNOS = {
     errno.ECONNREFUSED,
     errno.ECONNRESET,
@@ -119,7 +154,7 @@ _GRPC_KINDS: dict[str, type[SegmentEverythingError]] = {
     "FAILED_PRECONDITION": InvalidInputError,
     "UNAVAILABLE": ServerUnavailableError,
     "RESOURCE_EXHAUSTED": ServerUnavailableError,
-    "DEADLINE_EXCEEDED": RequestTimeoutError,
+    "DEADLINE_EXCEEDED": DeadlineExceededError,
     "NOT_FOUND": ModelNotReadyError,
     "INTERNAL": ServerError,
     "UNKNOWN": ServerError,
@@ -134,8 +169,10 @@ _GRPC_KINDS: dict[str, type[SegmentEverythingError]] = {
 
 def _http_kind(code: int) -> type[SegmentEverythingError]:
     if code in (408, 504):
-        return RequestTimeoutError
-    if code in (429, 502, 503):
+        return DeadlineExceededError
+    if code == 429:
+        return OverloadedError
+    if code in (502, 503):
         return ServerUnavailableError
     if code == 404:
         return ModelNotReadyError
@@ -166,7 +203,7 @@ def from_triton_exception(exc: BaseException) -> SegmentEverythingError:
     kind: type[SegmentEverythingError] = SegmentEverythingError
     if status_str is None:
         if "failed to obtain inference response" in message:  # tritonclient's own timeout
-            kind = RequestTimeoutError
+            kind = DeadlineExceededError
     elif status_str.startswith("StatusCode."):
         code = status_str.split(".", 1)[1]
         kind = _GRPC_KINDS.get(code, ServerError)
@@ -176,7 +213,13 @@ def from_triton_exception(exc: BaseException) -> SegmentEverythingError:
         kind = _http_kind(int(status_str))
     if kind in (InvalidInputError, ServerUnavailableError, ServerError) and _MODEL_NOT_READY.search(message):
         kind = ModelNotReadyError
-    return kind(message, status=status_str, debug_details=debug)
+    if kind in (ServerUnavailableError, ServerError, SegmentEverythingError) and _QUEUE_FULL.search(message):
+        kind = OverloadedError
+    if kind in (ServerUnavailableError, ServerError, SegmentEverythingError) and _DEADLINE.search(message):
+        kind = DeadlineExceededError
+    # UNAVAILABLE / 503 / 502 / 429 mean the server did not take the request on.
+    started = kind is not ServerUnavailableError and kind is not OverloadedError
+    return kind(message, status=status_str, debug_details=debug, work_started=started)
 
 
 def map_exception(exc: BaseException) -> SegmentEverythingError | None:
@@ -200,12 +243,19 @@ def map_exception(exc: BaseException) -> SegmentEverythingError | None:
         or (cls.__name__ == "Timeout" and cls.__module__.startswith("gevent"))
         or (isinstance(exc, OSError) and exc.errno == errno.ETIMEDOUT)
     ):
-        return RequestTimeoutError(f"request timed out ({exc or cls.__name__})")
+        return DeadlineExceededError(f"request timed out ({exc or cls.__name__})")
     if (
-        isinstance(exc, (ConnectionError, socket.gaierror))
-        or "ClientConnectionError" in names  # aiohttp: refused, reset, server disconnected
+        isinstance(exc, (ConnectionRefusedError, socket.gaierror))
+        or "ClientConnectorError" in names  # aiohttp: could not connect
+        or (isinstance(exc, OSError) and exc.errno in _NOT_SENT_ERRNOS)
+    ):
+        return ServerUnavailableError(f"cannot reach the server: {exc or cls.__name__}", work_started=False)
+    if (
+        isinstance(exc, ConnectionError)
+        or "ClientConnectionError" in names  # aiohttp: reset, server disconnected
         or cls.__module__.startswith("geventhttpclient")  # parse errors on a broken connection
         or (isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS)
     ):
-        return ServerUnavailableError(f"cannot reach the server: {exc or cls.__name__}")
+        # the connection broke after the request may have been sent: the server may be working on it
+        return ServerUnavailableError(f"connection to the server broke: {exc or cls.__name__}")
     return None

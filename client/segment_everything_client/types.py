@@ -19,67 +19,68 @@ only when asked for.
 
 from __future__ import annotations
 
-import math
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, overload
 
 import numpy as np
 
-from . import rle as _rle
+import segment_everything_contract as contract
+from segment_everything_contract import rle as _rle
+
 from .errors import InvalidInputError
 
-__all__ = ["OUTPUT_FORMATS", "Instance", "SegmentSettings", "Segmentation", "palette"]
+if TYPE_CHECKING:
+    from .images import ImageInput
+
+__all__ = ["OUTPUT_FORMATS", "CocoAnnotation", "Instance", "SegmentSettings", "Segmentation", "palette"]
 
 #: ``output`` values: what the server sends back for the masks.
 #:   ``"rle"``: COCO RLE strings (small; default). ``"dense"``: full-resolution bool masks.
 #:   ``"logits"``: RLEs plus the decoder's 256x256 low-resolution logits.
-OUTPUT_FORMATS = ("rle", "dense", "logits")
+OUTPUT_FORMATS = contract.OUTPUT_FORMATS
+
+
+class CocoAnnotation(TypedDict):
+    """One instance in the COCO results format (what :meth:`Segmentation.to_coco` returns)."""
+
+    image_id: int | str
+    category_id: int
+    segmentation: _rle.RLE
+    area: int
+    bbox: list[float]
+    score: float
+    iscrowd: int
+    predicted_iou: float
 
 
 @dataclass(frozen=True)
-class SegmentSettings:
-    """Knobs of one segment-everything request; None leaves the server default.
+class SegmentSettings(contract.Settings):
+    """The contract's :class:`~segment_everything_contract.Settings` (same fields, defaults and ranges),
+    raising the client's :class:`~segment_everything_client.errors.InvalidInputError`.
 
     Args:
-        conf: detector confidence threshold for object discovery, in [0, 1] (server default 0.4).
-        iou: NMS IoU threshold between discovered boxes, in [0, 1] (server default 0.9).
-        max_prompts: at most this many boxes are turned into masks, >= 1 (server default 300).
+        conf: detector confidence threshold for object discovery, in [0, 1) (default 0.4).
+        iou: NMS IoU threshold between discovered boxes, in (0, 1] (default 0.9).
+        max_prompts: at most this many boxes are turned into masks, 1..1000 (default 300).
         output: ``"rle"``, ``"dense"`` or ``"logits"`` (see :data:`OUTPUT_FORMATS`).
         timings: ask the server for per-stage timings (``Segmentation.timings``).
+        multimask: SegAny only: three candidate masks per prompt (SAM's ambiguity output).
 
     >>> SegmentSettings(conf=0.25).conf
     0.25
     >>> SegmentSettings(iou=1.5)
     Traceback (most recent call last):
     ...
-    segment_everything_client.errors.InvalidInputError: iou must be in [0, 1], got 1.5
+    segment_everything_client.errors.InvalidInputError: iou_threshold must be in (0, 1], got 1.5
     """
 
-    conf: float | None = None
-    iou: float | None = None
-    max_prompts: int | None = None
-    output: str = "rle"
-    timings: bool = False
-
     def __post_init__(self) -> None:
-        for name in ("conf", "iou"):
-            value = getattr(self, name)
-            if value is None:
-                continue
-            if isinstance(value, bool) or not isinstance(value, (int, float, np.floating, np.integer)):
-                raise InvalidInputError(f"{name} must be a number, got {value!r}")
-            if not (0.0 <= float(value) <= 1.0) or math.isnan(float(value)):
-                raise InvalidInputError(f"{name} must be in [0, 1], got {value}")
-        mp = self.max_prompts
-        if mp is not None:
-            if isinstance(mp, bool) or not isinstance(mp, (int, np.integer)) or mp < 1:
-                raise InvalidInputError(f"max_prompts must be an integer >= 1, got {mp!r}")
-            if mp > np.iinfo(np.int32).max:
-                raise InvalidInputError(f"max_prompts is too large: {mp}")
-        if self.output not in OUTPUT_FORMATS:
-            raise InvalidInputError(f"output must be one of {', '.join(OUTPUT_FORMATS)}; got {self.output!r}")
+        try:
+            super().__post_init__()
+        except contract.ContractError as exc:
+            raise InvalidInputError(str(exc)) from None
 
 
 def palette(n: int) -> np.ndarray:
@@ -119,7 +120,7 @@ class Instance:
     _parent: Segmentation = field(repr=False)
 
     @property
-    def rle(self) -> dict[str, Any]:
+    def rle(self) -> _rle.RLE:
         return self._parent.rles[self.index]
 
     @property
@@ -134,7 +135,7 @@ class Instance:
 
 @dataclass(eq=False)
 class Segmentation:
-    """Instances found in one image.
+    """Instances found in one image; every per-instance array has one row per mask.
 
     Attributes:
         boxes: float32 ``(N, 4)`` boxes, xyxy in original image pixels.
@@ -142,17 +143,22 @@ class Segmentation:
         iou_predictions: float32 ``(N,)`` the mask decoder's own quality estimate.
         image_size: ``(h, w)`` of the original image.
         rles: N COCO RLE dicts ``{"size": [h, w], "counts": str}``.
+        prompt_index: int32 ``(N,)`` the prompt each mask answers (SegAny with ``multimask``: three masks
+            share one prompt); ``0..N-1`` otherwise.
         timings: server stage -> milliseconds when requested, else None.
         low_res_logits: float32 ``(N, 256, 256)`` with ``output="logits"``, else None.
 
     Masks are decoded lazily: ``masks`` (all, ``(N, h, w)`` bool, cached) or ``mask(i)``.
+    Like ultralytics' ``Results``, indexing with a slice, an index array or a boolean mask selects the same rows
+    of every part at once: ``seg[seg.scores > 0.5]``, ``seg[:10]``; an integer gives one :class:`Instance`.
     """
 
     boxes: np.ndarray
     scores: np.ndarray
     iou_predictions: np.ndarray
     image_size: tuple[int, int]
-    rles: list[dict[str, Any]]
+    rles: list[_rle.RLE]
+    prompt_index: np.ndarray | None = None
     timings: dict[str, float] | None = None
     low_res_logits: np.ndarray | None = field(default=None, repr=False)
     _masks: np.ndarray | None = field(default=None, repr=False)
@@ -165,11 +171,19 @@ class Segmentation:
         self.image_size = (int(self.image_size[0]), int(self.image_size[1]))
         self.rles = list(self.rles)
         n = len(self.boxes)
+        if self.prompt_index is None:
+            self.prompt_index = np.arange(n, dtype=np.int32)
+        self.prompt_index = np.asarray(self.prompt_index, dtype=np.int32).reshape(-1)
         lengths = {
             "scores": len(self.scores),
             "iou_predictions": len(self.iou_predictions),
             "rles": len(self.rles),
+            "prompt_index": len(self.prompt_index),
         }
+        if self.low_res_logits is not None:
+            lengths["low_res_logits"] = len(self.low_res_logits)
+        if self._masks is not None:
+            lengths["masks"] = len(self._masks)
         bad = {k: v for k, v in lengths.items() if v != n}
         if bad:
             raise ValueError(f"{n} boxes but {', '.join(f'{v} {k}' for k, v in bad.items())}")
@@ -180,25 +194,30 @@ class Segmentation:
     @classmethod
     def from_dense(
         cls,
-        boxes: Any,
-        scores: Any,
-        iou_predictions: Any,
+        boxes: np.ndarray | Sequence[Sequence[float]],
+        scores: np.ndarray | Sequence[float],
+        iou_predictions: np.ndarray | Sequence[float],
         masks: np.ndarray,
-        **kwargs: Any,
+        *,
+        image_size: tuple[int, int] | None = None,
+        prompt_index: np.ndarray | None = None,
+        timings: dict[str, float] | None = None,
+        low_res_logits: np.ndarray | None = None,
     ) -> Segmentation:
         """Build from full-resolution masks ``(N, h, w)``; the RLEs are computed here."""
         masks = np.asarray(masks, dtype=np.bool_)
         if masks.ndim != 3:
             raise ValueError(f"masks must be (N, h, w), got shape {masks.shape}")
-        size = kwargs.pop("image_size", masks.shape[1:])
         return cls(
-            boxes=boxes,
-            scores=scores,
-            iou_predictions=iou_predictions,
-            image_size=size,
+            boxes=np.asarray(boxes),
+            scores=np.asarray(scores),
+            iou_predictions=np.asarray(iou_predictions),
+            image_size=image_size or (masks.shape[1], masks.shape[2]),
             rles=[_rle.encode(m) for m in masks],
+            prompt_index=prompt_index,
+            timings=timings,
+            low_res_logits=low_res_logits,
             _masks=masks,
-            **kwargs,
         )
 
     # ----------------------------------------------------------------------------- access
@@ -209,12 +228,55 @@ class Segmentation:
     def __iter__(self) -> Iterator[Instance]:
         return (self[i] for i in range(len(self)))
 
-    def __getitem__(self, i: int) -> Instance:
-        n = len(self)
-        if not -n <= i < n:
-            raise IndexError(f"instance {i} out of range for {n} instances")
-        i %= n
-        return Instance(i, self.boxes[i], float(self.scores[i]), float(self.iou_predictions[i]), self)
+    @overload
+    def __getitem__(self, key: int) -> Instance: ...
+
+    @overload
+    def __getitem__(self, key: slice | np.ndarray | Sequence[int] | Sequence[bool]) -> Segmentation: ...
+
+    def __getitem__(
+        self, key: int | slice | np.ndarray | Sequence[int] | Sequence[bool]
+    ) -> Instance | Segmentation:
+        if isinstance(key, (int, np.integer)):
+            n = len(self)
+            if not -n <= key < n:
+                raise IndexError(f"instance {key} out of range for {n} instances")
+            i = int(key) % n
+            return Instance(i, self.boxes[i], float(self.scores[i]), float(self.iou_predictions[i]), self)
+        return self._apply(key)
+
+    def _apply(self, key: slice | np.ndarray | Sequence[int] | Sequence[bool]) -> Segmentation:
+        """The same rows of every part (ultralytics' ``Results._apply`` idea); lazily decoded parts follow."""
+        rows = np.arange(len(self))[key] if isinstance(key, slice) else np.asarray(key)
+        if rows.dtype == np.bool_:
+            if rows.shape != (len(self),):
+                raise IndexError(f"boolean index of shape {rows.shape} for {len(self)} instances")
+            rows = np.flatnonzero(rows)
+        rows = rows.astype(np.intp).reshape(-1)
+        subset = Segmentation(
+            boxes=self.boxes[rows],
+            scores=self.scores[rows],
+            iou_predictions=self.iou_predictions[rows],
+            image_size=self.image_size,
+            rles=[self.rles[i] for i in rows.tolist()],
+            prompt_index=self.prompt_index[rows],
+            timings=self.timings,
+            low_res_logits=None if self.low_res_logits is None else self.low_res_logits[rows],
+            _masks=None if self._masks is None else self._masks[rows],
+        )
+        if self._areas is not None:
+            subset._areas = self._areas[rows]
+        return subset
+
+    def best_per_prompt(self) -> Segmentation:
+        """One mask per prompt: the one with the highest predicted IoU (SAM's predictor picks this way among
+        its three multimask candidates). Order of the prompts is kept."""
+        if len(self) == 0:
+            return self._apply(np.zeros(0, np.intp))
+        order = np.lexsort((-self.iou_predictions, self.prompt_index))
+        first = np.ones(len(order), bool)
+        first[1:] = self.prompt_index[order][1:] != self.prompt_index[order][:-1]
+        return self._apply(order[first])
 
     @property
     def masks(self) -> np.ndarray:
@@ -242,7 +304,7 @@ class Segmentation:
 
     # ---------------------------------------------------------------------------- export
 
-    def to_coco(self, image_id: int | str = 0, category_id: int = 1) -> list[dict[str, Any]]:
+    def to_coco(self, image_id: int | str = 0, category_id: int = 1) -> list[CocoAnnotation]:
         """COCO annotations (results format), one per instance.
 
         Each has ``image_id``, ``category_id``, ``segmentation`` (compressed RLE, ``counts``
@@ -267,7 +329,7 @@ class Segmentation:
 
     def overlay(
         self,
-        image: Any,
+        image: ImageInput,
         *,
         channel_order: str = "rgb",
         alpha: float = 0.5,
@@ -300,7 +362,7 @@ class Segmentation:
             label_t = np.full((w, h), -1, dtype=np.int16 if len(self) < 2**15 - 1 else np.int32)
             flat = label_t.reshape(-1)
             for i in order.tolist():
-                counts = _rle._counts(self.rles[i])
+                counts = _rle.counts(self.rles[i])
                 ends = np.cumsum(counts)
                 for s, e in zip((ends[::2][: len(ends) // 2]).tolist(), ends[1::2].tolist(), strict=True):
                     flat[s:e] = i
@@ -316,11 +378,19 @@ class Segmentation:
                 cv2.rectangle(out, (x0, y0), (x1, y1), tuple(int(c) for c in colors[i]), thickness)
         return out
 
-    def save_overlay(self, path: str | os.PathLike, image: Any, **kwargs: Any) -> None:
+    def save_overlay(
+        self,
+        path: str | os.PathLike[str],
+        image: ImageInput,
+        *,
+        channel_order: str = "rgb",
+        alpha: float = 0.5,
+        draw_boxes: bool = True,
+    ) -> None:
         """Write :meth:`overlay` to ``path`` (format from the suffix, e.g. ``.png``, ``.jpg``)."""
         import cv2
 
-        rgb = self.overlay(image, **kwargs)
+        rgb = self.overlay(image, channel_order=channel_order, alpha=alpha, draw_boxes=draw_boxes)
         if not cv2.imwrite(str(path), np.ascontiguousarray(rgb[:, :, ::-1])):
             raise OSError(f"could not write {path}")
 

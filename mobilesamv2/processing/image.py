@@ -16,27 +16,33 @@ import cv2
 import numpy as np
 from PIL import Image
 
+from segment_everything_contract import (
+    DETECTOR_STRIDE,
+    HARD_LIMITS,
+    ContractError,
+    Limits,
+    check_image_bytes,
+    check_image_shape,
+)
+
 ENCODER_IMAGE_SIZE = 1024
 """The SAM encoders take a 1024x1024 canvas; boxes are given to the decoder in this frame."""
 
 DETECTOR_IMAGE_SIZE = 1024
 """MobileSAMv2 runs the object-aware model at imgsz=1024."""
 
-DETECTOR_STRIDE = 32
 LETTERBOX_PAD_VALUE = 114
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)
 """SAM's RGB normalisation on 0-255 pixels (applied inside the encoder graph)."""
 PIXEL_STD = (58.395, 57.12, 57.375)
 
-DEFAULT_MAX_IMAGE_PIXELS = 64_000_000
-"""Refuse images whose header announces more pixels than this, before decoding (decompression bombs)."""
-DEFAULT_MIN_IMAGE_SIDE = 8
-
-SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF")
+SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
+#: EXIF orientations (tag 0x0112) that swap width and height; OpenCV's decoder applies them, as cv2.imread does.
+_TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
-class InvalidImageError(ValueError):
+class InvalidImageError(ContractError):
     """The input is not an image this service accepts; the message says why (shown to the caller)."""
 
 
@@ -48,24 +54,31 @@ class LetterboxInfo:
     image_shape: tuple[int, int]
 
 
-def decode_image(
-    data: bytes,
-    *,
-    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
-    min_side: int = DEFAULT_MIN_IMAGE_SIDE,
-) -> np.ndarray:
-    """Decode encoded image bytes to an RGB uint8 ``HxWx3`` array.
+@dataclass(frozen=True)
+class ImageHeader:
+    """What an encoded file's header says, read without decoding pixels; ``height``/``width`` are the size
+    after the EXIF orientation (what the decoder returns)."""
 
-    The header is read first (PIL reads it lazily) so that a file announcing e.g. 30000x30000 pixels is
-    refused before any pixel is decoded. Pixels are decoded with OpenCV, as the reference (``cv2.imread``)
-    does, which also converts grayscale, RGBA and 16-bit images to 8-bit 3-channel and applies the EXIF
-    orientation.
+    format: str
+    height: int
+    width: int
+    frames: int = 1
+
+
+def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
+    """Read and check an encoded image's header: size of the file, format, dimensions, aspect ratio.
+
+    PIL parses only the header here, so that a file announcing e.g. 30000x30000 pixels is refused before any
+    pixel is decoded.
 
     Raises:
-        InvalidImageError: empty, unrecognised, truncated or corrupt data; too small or too large an image.
+        InvalidImageError: empty, too large a file, unrecognised or unsupported format, too small, too large or
+            too elongated an image.
     """
-    if not data:
-        raise InvalidImageError("image is empty (0 bytes)")
+    try:
+        check_image_bytes(len(data), limits)
+    except ContractError as exc:
+        raise InvalidImageError(str(exc)) from None
     pil_limit, Image.MAX_IMAGE_PIXELS = (
         Image.MAX_IMAGE_PIXELS,
         None,
@@ -73,10 +86,11 @@ def decode_image(
     try:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
+            frames = int(getattr(header, "n_frames", 1) or 1) if fmt == "GIF" else 1
+            orientation = _orientation(header) if fmt == "JPEG" else 1
     except Exception:
         raise InvalidImageError(
-            f"data is not a recognised image ({len(data)} bytes); expected one of "
-            f"{', '.join(SUPPORTED_FORMATS)}"
+            f"data is not a recognised image ({len(data)} bytes); expected one of {', '.join(SUPPORTED_FORMATS)}"
         ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
@@ -84,14 +98,61 @@ def decode_image(
         raise InvalidImageError(
             f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}"
         )
-    check_image_size(height, width, max_pixels=max_pixels, min_side=min_side)
-    if fmt == "JPEG" and not _jpeg_is_complete(data):
+    if orientation in _TRANSPOSING_ORIENTATIONS:
+        width, height = height, width
+    try:
+        check_image_shape(height, width, limits)
+    except ContractError as exc:
+        raise InvalidImageError(str(exc)) from None
+    return ImageHeader(fmt, height, width, frames)
+
+
+def _orientation(header: Image.Image) -> int:
+    """EXIF orientation of a JPEG (its APP1 segment is part of the header PIL has read); 1 when unreadable."""
+    try:
+        return int(header.getexif().get(0x0112, 1))
+    except Exception:
+        return 1
+
+
+def decode_image(data: bytes, header: ImageHeader | None = None, limits: Limits = HARD_LIMITS) -> np.ndarray:
+    """Decode encoded image bytes to an RGB uint8 ``HxWx3`` array (first frame of an animation).
+
+    Pixels are decoded with OpenCV, as the reference (``cv2.imread``) does, which also converts grayscale, RGBA
+    and 16-bit images to 8-bit 3-channel and applies the EXIF orientation. GIF, which this OpenCV build does not
+    read, is decoded with PIL (first frame, palette to RGB). ``header`` is :func:`probe_image`'s result when the
+    caller already has it.
+
+    Raises:
+        InvalidImageError: see :func:`probe_image`; truncated or corrupt data; pixels that disagree with the
+            header (a file whose header lies).
+    """
+    header = header or probe_image(data, limits)
+    if header.format == "JPEG" and not _jpeg_is_complete(data):
         # libjpeg decodes a truncated JPEG with only a warning, filling the rest with grey: refuse it instead.
         raise InvalidImageError("JPEG data is truncated (no end-of-image marker)")
-    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
-    if image is None:
-        raise InvalidImageError(f"{fmt} data is corrupt or truncated and could not be decoded")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if header.format == "GIF":
+        image = _decode_first_frame_with_pil(data)
+    else:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        if bgr is None:
+            raise InvalidImageError(f"{header.format} data is corrupt or truncated and could not be decoded")
+        image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    if image.shape[:2] not in ((header.height, header.width), (header.width, header.height)):
+        raise InvalidImageError(
+            f"{header.format} pixels are {image.shape[1]}x{image.shape[0]} but its header says "
+            f"{header.width}x{header.height}"
+        )
+    return image
+
+
+def _decode_first_frame_with_pil(data: bytes) -> np.ndarray:
+    try:
+        with Image.open(io.BytesIO(data)) as image:
+            image.seek(0)
+            return np.asarray(image.convert("RGB"))
+    except Exception:
+        raise InvalidImageError("GIF data is corrupt or truncated and could not be decoded") from None
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
@@ -99,26 +160,16 @@ def _jpeg_is_complete(data: bytes) -> bool:
     return data.rstrip(b"\x00 \r\n").endswith(b"\xff\xd9")
 
 
-def check_image_size(height: int, width: int, *, max_pixels: int, min_side: int) -> None:
-    """Refuse images smaller than ``min_side`` or with more than ``max_pixels`` pixels."""
-    if min(height, width) < min_side:
-        raise InvalidImageError(f"image is {width}x{height} pixels; both sides must be at least {min_side}")
-    if height * width > max_pixels:
-        raise InvalidImageError(
-            f"image is {width}x{height} = {height * width} pixels, over the limit of {max_pixels} "
-            "(server setting max_image_pixels)"
-        )
-
-
-def validate_rgb_array(
-    image: np.ndarray, *, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS, min_side: int = DEFAULT_MIN_IMAGE_SIDE
-) -> np.ndarray:
-    """Check a raw pixel input: uint8, ``HxWx3`` RGB. Returns it C-contiguous."""
+def validate_rgb_array(image: np.ndarray, limits: Limits = HARD_LIMITS) -> np.ndarray:
+    """Check a raw pixel input: uint8, ``HxWx3`` RGB, within the limits. Returns it C-contiguous."""
     if image.dtype != np.uint8:
-        raise InvalidImageError(f"raw image must be uint8, got {image.dtype}")
+        raise InvalidImageError(f"image_raw must be uint8, got {image.dtype}")
     if image.ndim != 3 or image.shape[2] != 3:
-        raise InvalidImageError(f"raw image must have shape HxWx3 (RGB), got {tuple(image.shape)}")
-    check_image_size(image.shape[0], image.shape[1], max_pixels=max_pixels, min_side=min_side)
+        raise InvalidImageError(f"image_raw must have shape HxWx3 (RGB), got {list(image.shape)}")
+    try:
+        check_image_shape(image.shape[0], image.shape[1], limits)
+    except ContractError as exc:
+        raise InvalidImageError(str(exc)) from None
     return np.ascontiguousarray(image)
 
 

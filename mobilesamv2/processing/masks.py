@@ -17,7 +17,7 @@ from collections.abc import Iterator
 import cv2
 import numpy as np
 
-from segment_everything_client import rle as rle_codec
+from segment_everything_contract import rle as rle_codec
 
 from .image import ENCODER_IMAGE_SIZE
 

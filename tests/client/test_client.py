@@ -19,15 +19,16 @@ import tritonclient.grpc as tgrpc
 import tritonclient.http as thttp
 from tritonclient.utils import InferenceServerException
 
+import segment_everything_contract as contract
 from segment_everything_client import (
     AsyncSegmentEverythingClient,
     InvalidInputError,
     SegmentEverythingClient,
     ServerError,
     ServerUnavailableError,
-    _protocol,
     rle,
 )
+from segment_everything_client import protocol as _protocol
 from segment_everything_client.cli import main as cli_main
 from segment_everything_client.images import prepare_image
 from segment_everything_client.types import SegmentSettings
@@ -87,12 +88,14 @@ def test_build_request_for_encoded_image_and_settings(mod) -> None:
         "max_prompts": "INT32",
         "output_format": "BYTES",
         "return_timings": "BOOL",
+        "multimask": "BOOL",
     }
     assert by_name["image"].shape() == [1]
     assert [o.name() for o in outputs] == [
         "boxes",
         "scores",
         "iou_predictions",
+        "prompt_index",
         "image_size",
         "masks",
         "timings",
@@ -100,22 +103,34 @@ def test_build_request_for_encoded_image_and_settings(mod) -> None:
 
 
 @pytest.mark.parametrize("mod", [thttp, tgrpc], ids=["http", "grpc"])
-def test_build_request_defaults_send_only_the_image(mod) -> None:
+def test_build_request_sends_the_contract_defaults_explicitly(mod) -> None:
     inputs, outputs = _protocol.build_request(
         mod, prepare_image(np.zeros((5, 7, 3), np.uint8)), SegmentSettings()
     )
-    (only,) = inputs
-    assert only.name() == "image_raw" and only.datatype() == "UINT8" and only.shape() == [5, 7, 3]
-    assert [o.name() for o in outputs] == ["boxes", "scores", "iou_predictions", "image_size", "masks_rle"]
-
-
-def test_build_request_with_prompts_skips_discovery_settings() -> None:
-    prompts = _protocol.prompt_arrays(boxes=[[1, 2, 3, 4], [5, 6, 7, 8]], points=[[1, 1]], point_labels=[0])
-    inputs, _ = _protocol.build_request(tgrpc, prepare_image(b"x"), SegmentSettings(conf=0.2), prompts)
     by_name = _names(inputs)
-    assert "conf_threshold" not in by_name
+    image = by_name.pop("image_raw")
+    assert image.datatype() == "UINT8" and image.shape() == [5, 7, 3]
+    assert set(by_name) == {s.name for s in contract.PIPELINE_INPUTS[2:8]}  # every setting, no prompts
+    assert [o.name() for o in outputs] == [
+        "boxes",
+        "scores",
+        "iou_predictions",
+        "prompt_index",
+        "image_size",
+        "masks_rle",
+    ]
+
+
+def test_build_request_with_box_and_point_prompts() -> None:
+    boxes = _protocol.prompt_arrays(boxes=[[1, 2, 3, 4], [5, 6, 7, 8]])
+    inputs, _ = _protocol.build_request(tgrpc, prepare_image(b"x"), SegmentSettings(conf=0.2), boxes)
+    by_name = _names(inputs)
     assert by_name["boxes"].shape() == [2, 4] and by_name["boxes"].datatype() == "FP32"
+    assert "points" not in by_name
+    points = _protocol.prompt_arrays(points=[[1, 1]], point_labels=[0])
+    by_name = _names(_protocol.build_request(tgrpc, prepare_image(b"x"), SegmentSettings(), points)[0])
     assert by_name["points"].shape() == [1, 1, 2] and by_name["point_labels"].datatype() == "INT32"
+    assert "boxes" not in by_name
 
 
 def test_logits_requests_rle_and_logits() -> None:
@@ -129,6 +144,8 @@ def test_logits_requests_rle_and_logits() -> None:
         ({}, "give boxes"),
         ({"boxes": [[1, 2, 3]]}, "boxes must have shape"),
         ({"boxes": [[1, 2, 3, float("nan")]]}, "NaN"),
+        ({"boxes": [[1, 2, 3, 4]], "points": [[1, 2]]}, "not both"),
+        ({"points": np.zeros((1, 33, 2))}, "at most 32 points per prompt"),
         ({"points": [[[1, 2, 3]]]}, "points must have shape"),
         ({"points": [[1, 2]], "point_labels": [[1, 1]]}, "point_labels must have shape"),
         ({"points": [[1, 2]], "point_labels": [2]}, "1 \\(foreground\\) or 0"),
@@ -141,9 +158,9 @@ def test_prompt_validation(kwargs: dict, match: str) -> None:
 
 
 def test_prompt_shapes() -> None:
-    p = _protocol.prompt_arrays(boxes=[1, 2, 3, 4], points=[[[1, 2], [3, 4]]])
-    assert p["boxes"].shape == (1, 4)
-    assert p["points"].shape == (1, 2, 2) and p["point_labels"].tolist() == [[1, 1]]
+    assert _protocol.prompt_arrays(boxes=[1, 2, 3, 4]).boxes.shape == (1, 4)
+    p = _protocol.prompt_arrays(points=[[[1, 2], [3, 4]]])
+    assert p.points.shape == (1, 2, 2) and p.point_labels.tolist() == [[1, 1]]
 
 
 # ------------------------------------------------------------------------ response parsing
@@ -265,14 +282,17 @@ def test_invalid_argument_is_not_retried(monkeypatch) -> None:
     assert fake.calls == 1
 
 
-def test_backoff_is_exponential(monkeypatch) -> None:
+def test_backoff_is_jittered_and_exponentially_bounded(monkeypatch) -> None:
     sleeps: list[float] = []
     monkeypatch.setattr(time, "sleep", sleeps.append)
     fake = FakeTriton([unavailable()] * 3)
     client = SegmentEverythingClient(retries=3, backoff=0.5)
+    client._rng = random.Random(7)
     monkeypatch.setattr(client, "_new_triton_client", lambda: fake)
     client.segment_everything(b"img")
-    assert sleeps == [0.5, 1.0, 2.0]
+    assert len(sleeps) == 3
+    assert all(0.0 <= wait <= cap for wait, cap in zip(sleeps, [0.5, 1.0, 2.0], strict=True))
+    assert len(set(sleeps)) == 3  # jittered: no two clients retry in lockstep
 
 
 def test_many_keeps_order_and_uses_one_transport_per_thread(monkeypatch) -> None:
@@ -396,7 +416,7 @@ def test_cli_bad_setting_exits_2(tmp_path: Path, capsys) -> None:
     img = tmp_path / "a.png"
     cv2.imwrite(str(img), np.zeros((4, 4, 3), np.uint8))
     assert cli_main(["segment", str(img), "--conf", "3", "--out", str(tmp_path)]) == 2
-    assert "conf must be in" in capsys.readouterr().err
+    assert "conf_threshold must be in [0, 1)" in capsys.readouterr().err
 
 
 def test_cli_health_dead_server_exits_1(capsys) -> None:

@@ -13,6 +13,7 @@ from segment_everything_client.errors import (
     ImageNotFoundError,
     InvalidInputError,
     ModelNotReadyError,
+    OverloadedError,
     RequestTimeoutError,
     SegmentEverythingError,
     ServerError,
@@ -43,8 +44,9 @@ def test_http_503_is_unavailable() -> None:
     assert type(from_triton_exception(triton("Service Unavailable", "503"))) is ServerUnavailableError
 
 
-def test_http_429_is_unavailable() -> None:
-    assert type(from_triton_exception(triton("Exceeds maximum queue size", "429"))) is ServerUnavailableError
+def test_http_429_is_overloaded_and_nothing_ran() -> None:
+    err = from_triton_exception(triton("Too Many Requests", "429"))
+    assert type(err) is OverloadedError and err.retryable and not err.work_started
 
 
 def test_http_502_is_unavailable() -> None:

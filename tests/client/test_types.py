@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
+import segment_everything_contract as contract
 from segment_everything_client import rle
 from segment_everything_client.errors import InvalidInputError
 from segment_everything_client.types import Instance, Segmentation, SegmentSettings, palette
@@ -182,14 +184,16 @@ def test_palette_is_deterministic_and_distinct() -> None:
 @pytest.mark.parametrize(
     "kwargs, match",
     [
-        ({"conf": 1.5}, "conf must be in"),
-        ({"conf": -0.1}, "conf must be in"),
-        ({"iou": float("nan")}, "iou must be in"),
-        ({"conf": "0.4"}, "conf must be a number"),
+        ({"conf": 1.5}, "conf_threshold must be in"),
+        ({"conf": 1.0}, "conf_threshold must be in"),
+        ({"conf": -0.1}, "conf_threshold must be in"),
+        ({"iou": float("nan")}, "iou_threshold must be finite"),
+        ({"iou": 0.0}, "iou_threshold must be in"),
+        ({"conf": "0.4"}, "conf_threshold must be a number"),
         ({"max_prompts": 0}, "max_prompts"),
-        ({"max_prompts": 2.5}, "max_prompts"),
-        ({"max_prompts": 2**40}, "too large"),
-        ({"output": "png"}, "output must be one of"),
+        ({"max_prompts": 2.5}, "max_prompts must be an integer"),
+        ({"max_prompts": 2**40}, "max_prompts must be in \\[1, 1000\\]"),
+        ({"output": "png"}, "output_format must be one of"),
     ],
 )
 def test_settings_validation(kwargs: dict, match: str) -> None:
@@ -197,6 +201,7 @@ def test_settings_validation(kwargs: dict, match: str) -> None:
         SegmentSettings(**kwargs)
 
 
-def test_settings_defaults_leave_server_defaults() -> None:
+def test_settings_defaults_are_the_contracts() -> None:
     s = SegmentSettings()
-    assert (s.conf, s.iou, s.max_prompts, s.output, s.timings) == (None, None, None, "rle", False)
+    assert (s.conf, s.iou, s.max_prompts, s.output, s.timings) == (0.4, 0.9, 300, "rle", False)
+    assert dataclasses.astuple(s) == dataclasses.astuple(contract.Settings())

@@ -9,29 +9,13 @@ import zlib
 import cv2
 import numpy as np
 import pytest
-import tritonclient.grpc as grpcclient
-import tritonclient.http as httpclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
 pytestmark = pytest.mark.server
 
+MODEL = "segment_everything"
 OUTPUTS = ["boxes", "scores", "masks_rle", "image_size"]
-
-
-def _send(url: str, inputs: dict[str, tuple[np.ndarray, str]], protocol: str = "http"):
-    lib = httpclient if protocol == "http" else grpcclient
-    client = lib.InferenceServerClient(url)
-    try:
-        tensors = []
-        for name, (array, dtype) in inputs.items():
-            t = lib.InferInput(name, list(array.shape), dtype)
-            t.set_data_from_numpy(array)
-            tensors.append(t)
-        outputs = [lib.InferRequestedOutput(o) for o in OUTPUTS]
-        return client.infer("segment_everything", tensors, outputs=outputs)
-    finally:
-        client.close()
 
 
 def _image(data: bytes) -> dict:
@@ -45,11 +29,6 @@ def _encoded(image: np.ndarray, ext: str) -> bytes:
     ok, data = cv2.imencode(ext, image)
     assert ok
     return data.tobytes()
-
-
-@pytest.fixture(scope="module")
-def bus_bytes(sample_images) -> bytes:
-    return next(p for p in sample_images if p.name == "bus.jpg").read_bytes()
 
 
 def _huge_png_header() -> bytes:
@@ -115,23 +94,22 @@ BAD_REQUESTS = {
 
 @pytest.mark.parametrize("protocol", ["http", "grpc"])
 @pytest.mark.parametrize("case", list(BAD_REQUESTS))
-def test_bad_input_is_invalid_arg_with_a_message(triton_server, bus_bytes, case, protocol):
+def test_bad_input_is_invalid_arg_with_a_message(triton_server, raw_infer, bus_bytes, case, protocol):
     make, message = BAD_REQUESTS[case]
-    url = triton_server.http_url if protocol == "http" else triton_server.grpc_url
     with pytest.raises(InferenceServerException) as info:
-        _send(url, make(bus_bytes), protocol)
+        raw_infer(triton_server, MODEL, make(bus_bytes), OUTPUTS, protocol=protocol)
     status = str(info.value.status())
     assert status in ("400", "StatusCode.INVALID_ARGUMENT"), (status, str(info.value))
     assert re.search(message, str(info.value), re.IGNORECASE), str(info.value)
 
 
-def test_server_keeps_serving_after_bad_input(triton_server, bus_bytes):
+def test_server_keeps_serving_after_bad_input(triton_server, raw_infer, bus_bytes):
     for make, _ in BAD_REQUESTS.values():
         with pytest.raises(InferenceServerException):
-            _send(triton_server.http_url, make(bus_bytes))
-    result = _send(triton_server.http_url, _image(bus_bytes))
-    assert len(result.as_numpy("boxes")) == 2
-    assert list(result.as_numpy("image_size")) == [1080, 810]
+            raw_infer(triton_server, MODEL, make(bus_bytes), OUTPUTS)
+    result = raw_infer(triton_server, MODEL, _image(bus_bytes), OUTPUTS)
+    assert len(result["boxes"]) == 2
+    assert list(result["image_size"]) == [1080, 810]
 
 
 @pytest.mark.parametrize(
@@ -143,22 +121,19 @@ def test_server_keeps_serving_after_bad_input(triton_server, bus_bytes):
     ],
     ids=["grayscale", "rgba", "16-bit"],
 )
-def test_png_variants_are_converted_not_refused(triton_server, sample_images, convert):
+def test_png_variants_are_converted_not_refused(triton_server, raw_infer, sample_images, convert):
     bgr = cv2.imread(str(sample_images[1]))
-    plain = _send(triton_server.http_url, _image(_encoded(bgr, ".png")))
-    variant = _send(triton_server.http_url, _image(_encoded(convert(bgr), ".png")))
-    assert list(variant.as_numpy("image_size")) == list(bgr.shape[:2])
+    plain = raw_infer(triton_server, MODEL, _image(_encoded(bgr, ".png")), OUTPUTS)
+    variant = raw_infer(triton_server, MODEL, _image(_encoded(convert(bgr), ".png")), OUTPUTS)
+    assert list(variant["image_size"]) == list(bgr.shape[:2])
     if convert(bgr).dtype == np.uint16 or (convert(bgr).ndim == 3 and convert(bgr).shape[2] == 4):
-        np.testing.assert_array_equal(variant.as_numpy("boxes"), plain.as_numpy("boxes"))
+        np.testing.assert_array_equal(variant["boxes"], plain["boxes"])
 
 
-def test_zero_detections_is_an_empty_result(triton_server, bus_bytes):
-    result = _send(
-        triton_server.grpc_url,
-        {**_image(bus_bytes), "conf_threshold": (np.array([0.9999], np.float32), "FP32")},
-        "grpc",
-    )
-    assert result.as_numpy("boxes").shape == (0, 4)
-    assert result.as_numpy("scores").shape == (0,)
-    assert len(result.as_numpy("masks_rle")) == 0
-    assert list(result.as_numpy("image_size")) == [1080, 810]
+def test_zero_detections_is_an_empty_result(triton_server, raw_infer, bus_bytes):
+    inputs = {**_image(bus_bytes), "conf_threshold": (np.array([0.9999], np.float32), "FP32")}
+    result = raw_infer(triton_server, MODEL, inputs, OUTPUTS, protocol="grpc")
+    assert result["boxes"].shape == (0, 4)
+    assert result["scores"].shape == (0,)
+    assert len(result["masks_rle"]) == 0
+    assert list(result["image_size"]) == [1080, 810]

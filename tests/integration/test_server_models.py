@@ -10,7 +10,6 @@ import cv2
 import numpy as np
 import pytest
 import torch
-import tritonclient.http as httpclient
 
 from mobilesamv2.processing import boxes as box_ops
 from mobilesamv2.processing.image import detector_input, encoder_canvas
@@ -24,26 +23,6 @@ def read_rgb(path) -> np.ndarray:
     return cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)
 
 
-def _infer(server, model: str, inputs: dict[str, np.ndarray], outputs: list[str]) -> dict[str, np.ndarray]:
-    client = httpclient.InferenceServerClient(server.http_url, network_timeout=600)
-    try:
-        tensors = []
-        for name, value in inputs.items():
-            t = httpclient.InferInput(name, list(value.shape), _dtype(value))
-            t.set_data_from_numpy(value)
-            tensors.append(t)
-        result = client.infer(model, tensors, outputs=[httpclient.InferRequestedOutput(o) for o in outputs])
-        return {o: result.as_numpy(o) for o in outputs}
-    finally:
-        client.close()
-
-
-def _dtype(value: np.ndarray) -> str:
-    return {np.uint8: "UINT8", np.int32: "INT32", np.float32: "FP32", np.object_: "BYTES", np.bool_: "BOOL"}[
-        value.dtype.type
-    ]
-
-
 def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
     union = np.logical_or(a, b).sum()
     return 1.0 if union == 0 else float(np.logical_and(a, b).sum() / union)
@@ -54,10 +33,10 @@ def images(sample_images):
     return {p.name: read_rgb(p) for p in sample_images}
 
 
-def test_image_encoder_equals_pytorch(triton_server, reference_pipeline, images):
+def test_image_encoder_equals_pytorch(triton_server, raw_infer, reference_pipeline, images):
     image = images["bus.jpg"]
     canvas, size = encoder_canvas(image)
-    served = _infer(
+    served = raw_infer(
         triton_server,
         "image_encoder",
         {"image": canvas[None], "image_size": size[None]},
@@ -70,13 +49,13 @@ def test_image_encoder_equals_pytorch(triton_server, reference_pipeline, images)
     np.testing.assert_allclose(served["image_embeddings"], expected, atol=1e-3, rtol=0)
 
 
-def test_prompt_decoder_equals_pytorch_box_path(triton_server, reference_pipeline, images):
+def test_prompt_decoder_equals_pytorch_box_path(triton_server, raw_infer, reference_pipeline, images):
     embedding = reference_pipeline.encode(images["zidane.jpg"])
     rng = np.random.default_rng(0)
     xy = rng.uniform(0, 700, (7, 2)).astype(np.float32)
     boxes = np.concatenate([xy, xy + rng.uniform(10, 300, (7, 2)).astype(np.float32)], 1)
     coords, labels = box_ops.boxes_to_prompts(boxes)
-    served = _infer(
+    served = raw_infer(
         triton_server,
         "prompt_decoder",
         {"image_embeddings": embedding.numpy(), "point_coords": coords, "point_labels": labels},
@@ -89,9 +68,11 @@ def test_prompt_decoder_equals_pytorch_box_path(triton_server, reference_pipelin
 
 
 @pytest.mark.parametrize("name", ["bus.jpg", "zidane.jpg"])
-def test_object_discovery_equals_reference_candidates(triton_server, reference_pipeline, images, name):
+def test_object_discovery_equals_reference_candidates(
+    triton_server, raw_infer, reference_pipeline, images, name
+):
     boxed, _ = detector_input(images[name])
-    served = _infer(triton_server, "object_discovery", {"images": boxed}, ["boxes", "scores", "classes"])
+    served = raw_infer(triton_server, "object_discovery", {"images": boxed}, ["boxes", "scores", "classes"])
     with torch.no_grad():
         prediction = reference_pipeline.detector(
             torch.from_numpy(boxed).permute(2, 0, 1)[None].float() / 255
@@ -125,7 +106,7 @@ def test_pipeline_equals_reference(
     )
 
 
-def test_pipeline_hits_the_300_box_cap_in_one_decoder_call(triton_server, sample_images):
+def test_pipeline_hits_the_300_box_cap_in_one_decoder_call(triton_server, raw_infer, sample_images):
     with SegmentEverythingClient(triton_server.grpc_url, timeout=900) as client:
         result = client.segment_everything(sample_images[0], conf=0.05, timings=True)
     assert len(result) == 300
@@ -133,7 +114,7 @@ def test_pipeline_hits_the_300_box_cap_in_one_decoder_call(triton_server, sample
     assert {"encoder", "discovery", "nms", "decoder", "postprocess", "total"} <= set(result.timings)
 
 
-def test_raw_array_equals_encoded_png(triton_server, images):
+def test_raw_array_equals_encoded_png(triton_server, raw_infer, images):
     image = images["zidane.jpg"]
     _, png = cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR))
     with SegmentEverythingClient(triton_server.http_url, protocol="http", timeout=600) as client:
@@ -143,7 +124,7 @@ def test_raw_array_equals_encoded_png(triton_server, images):
     assert from_raw.rles == from_png.rles
 
 
-def test_output_formats_agree(triton_server, sample_images):
+def test_output_formats_agree(triton_server, raw_infer, sample_images):
     with SegmentEverythingClient(triton_server.grpc_url, timeout=600) as client:
         rle = client.segment_everything(sample_images[1], max_prompts=4)
         dense = client.segment_everything(sample_images[1], max_prompts=4, output="dense")

@@ -31,6 +31,9 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
+from mobilesamv2.server import glue
+from segment_everything_contract import ContractError
+
 _ORT_TO_NUMPY: dict[str, type] = {
     "tensor(float)": np.float32,
     "tensor(float16)": np.float16,
@@ -46,62 +49,10 @@ _ORT_TO_NUMPY: dict[str, type] = {
     "tensor(bool)": np.bool_,
     "tensor(string)": np.object_,
 }
-_GRAPH_LEVELS = {
-    0: ort.GraphOptimizationLevel.ORT_DISABLE_ALL,
-    1: ort.GraphOptimizationLevel.ORT_ENABLE_BASIC,
-    2: ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
-    99: ort.GraphOptimizationLevel.ORT_ENABLE_ALL,
-}
 
 
-class BadRequest(ValueError):
+class BadRequest(ContractError):
     """A request whose inputs do not fit the model; answered with INVALID_ARG."""
-
-
-def _param(config: dict[str, Any], key: str, default: str | None = None) -> str | None:
-    value = config.get("parameters", {}).get(key, {}).get("string_value", "")
-    return value.strip() if value.strip() else default
-
-
-def _flag(value: str) -> bool:
-    return value.lower() in ("1", "true", "yes", "on")
-
-
-def _session_options(config: dict[str, Any]) -> tuple[ort.SessionOptions, dict[str, Any]]:
-    """SessionOptions from the config parameters, plus the effective settings for the log."""
-    settings = {
-        "intra_op_thread_count": int(
-            _param(config, "intra_op_thread_count", os.environ.get("OMP_NUM_THREADS", "0"))
-        ),
-        "inter_op_thread_count": int(_param(config, "inter_op_thread_count", "0")),
-        "execution_mode": int(_param(config, "execution_mode", "0")),
-        "graph_optimization_level": int(_param(config, "graph_optimization_level", "99")),
-        "enable_mem_pattern": _flag(_param(config, "enable_mem_pattern", "true")),
-        "enable_cpu_mem_arena": _flag(_param(config, "enable_cpu_mem_arena", "true")),
-        "allow_spinning": _flag(_param(config, "allow_spinning", "true")),
-        "disabled_optimizers": [
-            o.strip() for o in (_param(config, "disabled_optimizers", "") or "").split(",") if o.strip()
-        ],
-    }
-    if settings["graph_optimization_level"] not in _GRAPH_LEVELS:
-        raise ValueError(f"graph_optimization_level must be one of {sorted(_GRAPH_LEVELS)}")
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = settings["intra_op_thread_count"]
-    options.inter_op_num_threads = settings["inter_op_thread_count"]
-    options.execution_mode = (
-        ort.ExecutionMode.ORT_PARALLEL
-        if settings["execution_mode"] == 1
-        else ort.ExecutionMode.ORT_SEQUENTIAL
-    )
-    options.graph_optimization_level = _GRAPH_LEVELS[settings["graph_optimization_level"]]
-    options.enable_mem_pattern = settings["enable_mem_pattern"]
-    options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
-    # Spinning intra-op threads busy-wait between ops; when several models share few cores (encoder and
-    # discovery run concurrently) they steal the cores the other model needs.
-    options.add_session_config_entry(
-        "session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0"
-    )
-    return options, settings
 
 
 def _error(message: str, code: int) -> pb_utils.InferenceResponse:
@@ -121,19 +72,19 @@ class TritonPythonModel:
         if not os.path.isfile(path):
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
 
-        options, settings = _session_options(config)
+        params = glue.Parameters.from_config(config)
+        settings = glue.ort_settings(params)
         self.session = ort.InferenceSession(
             path,
-            sess_options=options,
+            sess_options=glue.ort_session_options(settings),
             providers=["CPUExecutionProvider"],
             disabled_optimizers=settings["disabled_optimizers"] or None,
         )
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self._check_io(config)
 
-        self.max_rows_per_run = int(_param(config, "max_rows_per_run", "0"))
-        sliced = _param(config, "sliced_inputs")
-        self.sliced_inputs = [n.strip() for n in sliced.split(",")] if sliced else []
+        self.max_rows_per_run = params.int("max_rows_per_run", 0)
+        self.sliced_inputs = params.list("sliced_inputs")
         if self.max_rows_per_run > 0 and not self.sliced_inputs:
             if self.max_batch_size == 0:
                 raise pb_utils.TritonModelException(

@@ -1,0 +1,177 @@
+"""What the sync and async clients share: options, request preparation, deadlines and the retry policy.
+
+Like tritonclient's ``http``/``grpc`` and their ``aio`` twins, the two clients mirror each other over this one
+base; only the transport calls (blocking vs awaited) differ, so a fix here lands in both.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Any
+
+from numpy.typing import ArrayLike
+
+from segment_everything_contract import Prompts
+
+from . import protocol as _protocol
+from .errors import SegmentEverythingError
+from .images import ImageInput, prepare_image
+from .types import SegmentSettings
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """When and how long to wait before trying a request again.
+
+    Only failures that cannot have run the work are retried: the server was unreachable, its queue was full
+    (overloaded) or it answered ``UNAVAILABLE``. A timeout or a connection broken mid-request is retried only
+    with ``retry_started_work`` (for callers whose requests are safe to run twice). Waits are "full jitter"
+    exponential backoff (``uniform(0, min(max_backoff, backoff * 2**attempt))``), and never run past the
+    request's overall deadline.
+    """
+
+    retries: int = 3
+    backoff: float = 0.5
+    max_backoff: float = 8.0
+    retry_started_work: bool = False
+
+    def __post_init__(self) -> None:
+        if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
+            raise ValueError("retries, backoff and max_backoff must be >= 0")
+
+    def delay(
+        self, error: SegmentEverythingError, attempt: int, deadline: float, rng: random.Random
+    ) -> float | None:
+        """Seconds to wait before attempt ``attempt + 1``, or None to give up with ``error``."""
+        if attempt >= self.retries or not error.retryable:
+            return None
+        if error.work_started and not self.retry_started_work:
+            return None
+        wait = rng.uniform(0.0, min(self.max_backoff, self.backoff * 2**attempt))
+        if time.monotonic() + wait >= deadline:
+            return None
+        return wait
+
+
+def everything_settings(
+    conf: float | None = None,
+    iou: float | None = None,
+    max_prompts: int | None = None,
+    output: str = "rle",
+    timings: bool = False,
+) -> SegmentSettings:
+    """SegEvery settings; None takes the contract's default."""
+    given = {"conf": conf, "iou": iou, "max_prompts": max_prompts}
+    return SegmentSettings(
+        output=output, timings=timings, **{k: v for k, v in given.items() if v is not None}
+    )
+
+
+class ClientBase:
+    """Options and request preparation of both clients (see :class:`SegmentEverythingClient` for the args)."""
+
+    def __init__(
+        self,
+        url: str | None = None,
+        protocol: str = "grpc",
+        *,
+        timeout: float = 60.0,
+        ssl: bool = False,
+        root_certificates: str | None = None,
+        private_key: str | None = None,
+        certificate_chain: str | None = None,
+        headers: dict[str, str] | None = None,
+        retries: int = 3,
+        backoff: float = 0.5,
+        max_backoff: float = 8.0,
+        retry_started_work: bool = False,
+        model_name: str = _protocol.DEFAULT_MODEL_NAME,
+        model_version: str = "",
+        verbose: bool = False,
+        transport: dict[str, Any] | None = None,
+    ) -> None:
+        self.url, self.ssl = _protocol.normalize_url(url, protocol, ssl)
+        self.protocol = protocol
+        if not timeout > 0:
+            raise ValueError("timeout must be > 0 seconds")
+        self.timeout = float(timeout)
+        self.headers = dict(headers) if headers else None
+        self.retry = RetryPolicy(retries, backoff, max_backoff, retry_started_work)
+        self.model_name = model_name
+        self.model_version = model_version
+        self.verbose = verbose
+        tls = {
+            "root_certificates": root_certificates,
+            "private_key": private_key,
+            "certificate_chain": certificate_chain,
+        }
+        given_tls = {k: v for k, v in tls.items() if v is not None}
+        if given_tls and protocol != "grpc":
+            raise TypeError(
+                f"{', '.join(given_tls)} apply to gRPC (Triton's HTTP endpoint has no TLS of its own; "
+                "terminate TLS in front of it and pass ssl=True with the HTTP TLS options)"
+            )
+        if given_tls:
+            self.ssl = True
+        self._transport = {
+            **given_tls,
+            **{k: v for k, v in (transport or {}).items() if v not in (None, False)},
+        }
+        self._rng = random.Random()
+        if protocol == "http":
+            import tritonclient.http as mod
+        else:
+            import tritonclient.grpc as mod
+        self._mod: ModuleType = (
+            mod  # tensors are built with the sync module's InferInput, as tritonclient does
+        )
+
+    @property
+    def retries(self) -> int:
+        return self.retry.retries
+
+    # -- requests --------------------------------------------------------------------------------------------
+
+    def _prepare(
+        self, image: ImageInput, settings: SegmentSettings, channel_order: str, prompts: Prompts | None = None
+    ) -> tuple[list[Any], list[Any]]:
+        prepared = prepare_image(image, channel_order=channel_order)
+        return _protocol.build_request(self._mod, prepared, settings, prompts)
+
+    @staticmethod
+    def _prompts(
+        boxes: ArrayLike | None, points: ArrayLike | None, point_labels: ArrayLike | None
+    ) -> Prompts:
+        return _protocol.prompt_arrays(boxes, points, point_labels)
+
+    def _deadline(self) -> float:
+        return time.monotonic() + self.timeout
+
+    def _attempt_kwargs(self, deadline: float) -> dict[str, Any]:
+        """Per-attempt call options: the remaining time travels with the request (Triton's ``timeout``
+        parameter, microseconds, which the pipeline turns into its own deadline) and bounds the gRPC call."""
+        remaining = max(0.001, deadline - time.monotonic())
+        kwargs: dict[str, Any] = {"headers": self.headers, "timeout": int(remaining * 1e6)}
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = remaining
+        return kwargs
+
+    def _call_kwargs(self) -> dict[str, Any]:
+        """Options of the non-inference calls (health, metadata)."""
+        kwargs: dict[str, Any] = {"headers": self.headers}
+        if self.protocol == "grpc":
+            kwargs["client_timeout"] = self.timeout
+        return kwargs
+
+    def _check_transport(self, http_only: tuple[str, ...], grpc_only: tuple[str, ...]) -> None:
+        wrong = [k for k in self._transport if k in (grpc_only if self.protocol == "http" else http_only)]
+        if wrong:
+            raise TypeError(f"{', '.join(wrong)} do not apply to protocol={self.protocol!r}")
+
+    def __repr__(self) -> str:
+        return (
+            f"{type(self).__name__}(url={self.url!r}, protocol={self.protocol!r}, model={self.model_name!r})"
+        )

@@ -1,0 +1,399 @@
+"""SegEvery and SegAny orchestration as plain Python, with the model calls injected.
+
+    request tensors -> SegmentRequest (contract checks, image decoded last)
+        SegEvery: (encoder || discovery) -> NMS, border snap, un-letterbox -> boxes as prompts
+        SegAny:   encoder; the caller's boxes or points as prompts
+    -> ONE decoder call for all prompts (split only above ``decoder_max_prompts_per_call``)
+    -> upsample, threshold -> COCO RLE / dense masks / logits -> SegmentResult -> response tensors
+
+Nothing here imports Triton: the BLS model (``model_repository/segment_everything/1/model.py``) passes three async
+callables that run its sub-models, and the tests pass in-process fakes or ONNX Runtime sessions. Pre- and
+post-processing come from :mod:`mobilesamv2.processing`, the one implementation shared with the reference.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+import segment_everything_contract as contract
+from segment_everything_contract import ContractError, Limits, Prompts, Settings
+
+from .processing import boxes as box_ops
+from .processing.image import (
+    DETECTOR_CHANNEL_ORDER,
+    decode_image,
+    detector_input,
+    encoder_canvas,
+    encoder_input_size,
+    probe_image,
+    validate_rgb_array,
+)
+from .processing.masks import DEFAULT_CHUNK_BYTES, mask_boxes, masks_to_rles, rle_boxes, upsample_masks
+
+LOW_RES_BYTES = 256 * 256 * 4
+"""One mask's 256x256 float32 logits."""
+
+
+# ------------------------------------------------------------------------------------------------ the models
+
+Embedding = Any
+"""Whatever ``encode`` returns and ``decode`` takes (a numpy array, or a Triton tensor left where it is)."""
+
+
+@dataclass(frozen=True)
+class Models:
+    """The three networks as async callables (the pipeline never knows how they run).
+
+    Attributes:
+        encode: ``(canvas (1, 1024, 1024, 3) uint8, size (1, 2) int32) -> embedding``.
+        discover: ``(letterboxed (H, W, 3) uint8, conf) -> (boxes (K, 4) letterbox xyxy, scores (K,),
+            classes (K,))``: the candidates above ``conf``, before NMS.
+        decode: ``(embedding, coords (N, P, 2) float32, labels (N, P) float32, multimask) -> (logits (N, M,
+            256, 256), iou_predictions (N, M))`` with M = 3 when ``multimask`` else 1.
+    """
+
+    encode: Callable[[np.ndarray, np.ndarray], Awaitable[Embedding]]
+    discover: Callable[[np.ndarray, float], Awaitable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
+    decode: Callable[[Embedding, np.ndarray, np.ndarray, bool], Awaitable[tuple[Any, Any]]]
+
+
+class MaskPostprocessor(Protocol):
+    """Low-res logits -> what the response carries. The host implementation is :class:`HostPostprocessor`."""
+
+    def rles(self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]) -> list[dict]: ...
+
+    def dense(self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray: ...
+
+    def to_host(self, logits: Any) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class HostPostprocessor:
+    """numpy/OpenCV on the host, in cache-sized chunks (``processing.masks``)."""
+
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES
+
+    def rles(self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]) -> list[dict]:
+        return masks_to_rles(self.to_host(logits), input_size, image_size, chunk_bytes=self.chunk_bytes)
+
+    def dense(self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]) -> np.ndarray:
+        return upsample_masks(self.to_host(logits), input_size, image_size, chunk_bytes=self.chunk_bytes)
+
+    def to_host(self, logits: Any) -> np.ndarray:
+        return np.asarray(logits, dtype=np.float32)
+
+
+class StageError(RuntimeError):
+    """A model the pipeline called failed; ``code`` is its Triton error code name when known."""
+
+    def __init__(self, stage: str, message: str, code: str | None = None) -> None:
+        super().__init__(f"{stage}: {message}")
+        self.stage = stage
+        self.code = code
+
+
+class ResponseTooLarge(ContractError):
+    """The response would exceed ``max_response_bytes``; the message says which setting to lower."""
+
+
+# ----------------------------------------------------------------------------------------------- the request
+
+
+@dataclass(frozen=True)
+class SegmentRequest:
+    """One validated request: RGB image, settings, and SegAny prompts (None = SegEvery)."""
+
+    image: np.ndarray
+    settings: Settings = field(default_factory=Settings)
+    prompts: Prompts | None = None
+    decode_ms: float = 0.0
+
+    @classmethod
+    def from_inputs(
+        cls, inputs: Mapping[str, np.ndarray | None], limits: Limits = contract.HARD_LIMITS
+    ) -> SegmentRequest:
+        """Parse the request tensors. Cheap checks (settings, prompts, the image header) run before the image is
+        decoded; every refusal is a :class:`ContractError` naming the input."""
+        started = time.perf_counter()
+        settings = Settings.from_inputs(inputs)
+        prompts = Prompts.from_inputs(inputs, limits)
+        if settings.multimask and prompts is None:
+            raise ContractError(
+                "multimask applies to SegAny prompts (boxes or points), not to segment-everything"
+            )
+        encoded, raw = inputs.get(contract.IMAGE.name), inputs.get(contract.IMAGE_RAW.name)
+        if (encoded is None) == (raw is None):
+            raise ContractError(
+                "give exactly one of 'image' (encoded bytes) or 'image_raw' (uint8 HxWx3 RGB)"
+            )
+        if raw is not None:
+            image = validate_rgb_array(raw, limits)
+            prompts = _prompts_inside(prompts, image.shape[:2])
+        else:
+            data = _single_bytes(encoded)
+            header = probe_image(data, limits)
+            _prompts_inside(prompts, (header.height, header.width))  # refuse before decoding
+            image = decode_image(data, header)
+            prompts = _prompts_inside(prompts, image.shape[:2])
+        return cls(image, settings, prompts, (time.perf_counter() - started) * 1e3)
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.image.shape[0]), int(self.image.shape[1])
+
+
+def _single_bytes(array: np.ndarray) -> bytes:
+    array = np.asarray(array)
+    if array.size != 1:
+        raise ContractError(f"'image' must hold one encoded image, got {array.size} elements")
+    data = array.reshape(-1)[0]
+    if not isinstance(data, bytes):
+        raise ContractError(f"'image' must be BYTES, got {type(data).__name__}")
+    return data
+
+
+def _prompts_inside(prompts: Prompts | None, shape: tuple[int, int]) -> Prompts | None:
+    if prompts is None:
+        return None
+    clipped = contract.check_prompts_inside(prompts.boxes, prompts.points, shape)
+    if clipped is None:
+        return prompts
+    return Prompts(boxes=clipped)
+
+
+# ------------------------------------------------------------------------------------------------ the result
+
+
+@dataclass
+class SegmentResult:
+    """Masks of one image, one row per mask in every array; ``prompt_index`` says which prompt made it."""
+
+    boxes: np.ndarray
+    scores: np.ndarray
+    iou_predictions: np.ndarray
+    prompt_index: np.ndarray
+    image_size: tuple[int, int]
+    rles: list[dict] | None = None
+    masks: np.ndarray | None = None
+    low_res_logits: np.ndarray | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.boxes)
+
+    def to_outputs(self, names: set[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
+        """The response tensors (only ``names`` when given, e.g. ``Settings.outputs()``: timings are sent only when
+        asked for), dtypes as in the contract."""
+        from segment_everything_contract import rle as rle_codec
+
+        out: dict[str, np.ndarray] = {
+            contract.BOXES_OUT.name: self.boxes.astype(np.float32).reshape(-1, 4),
+            contract.SCORES.name: self.scores.astype(np.float32),
+            contract.IOU_PREDICTIONS.name: self.iou_predictions.astype(np.float32),
+            contract.PROMPT_INDEX.name: self.prompt_index.astype(np.int32),
+            contract.IMAGE_SIZE.name: np.array(self.image_size, np.int32),
+        }
+        if self.rles is not None:
+            out[contract.MASKS_RLE.name] = np.array([rle_codec.dumps(r) for r in self.rles], dtype=np.object_)
+        if self.masks is not None:
+            out[contract.MASKS.name] = self.masks
+        if self.low_res_logits is not None:
+            out[contract.LOW_RES_LOGITS.name] = self.low_res_logits.astype(np.float32)
+        if self.timings:
+            out[contract.TIMINGS.name] = np.array([json.dumps(self.timings).encode()], dtype=np.object_)
+        return {k: v for k, v in out.items() if names is None or k in names}
+
+
+def predicted_response_bytes(count: int, image_size: tuple[int, int], output: str) -> int:
+    """The response size known before decoding: dense masks and logits (RLE is measured afterwards)."""
+    h, w = image_size
+    per_mask = 4 * 4 + 4 + 4 + 4  # box, score, iou, prompt index
+    if output == "dense":
+        per_mask += h * w
+    elif output == "logits":
+        per_mask += LOW_RES_BYTES
+    return count * per_mask
+
+
+def check_response_budget(size: int, limits: Limits, output: str, measured: bool = False) -> None:
+    if size <= limits.max_response_bytes:
+        return
+    advice = {
+        "dense": "use output_format 'rle' or lower max_prompts",
+        "logits": "use output_format 'rle' or lower max_prompts",
+        "rle": "lower max_prompts",
+    }[output]
+    what = "is" if measured else "would be"
+    raise ResponseTooLarge(
+        f"the response {what} {size / 2**20:.0f} MiB, over the limit of {limits.max_response_bytes / 2**20:.0f} "
+        f"MiB (max_response_bytes): {advice}"
+    )
+
+
+# -------------------------------------------------------------------------------------------------- pipeline
+
+Checkpoint = Callable[[str], None]
+"""Called before each stage with its name; raising aborts the request (cancellation, deadline)."""
+
+
+def _no_checkpoint(stage: str) -> None:
+    return None
+
+
+@dataclass
+class Pipeline:
+    """MobileSAMv2's SegEvery (and SegAny) over injected models.
+
+    Args:
+        models: the three networks.
+        limits: the deployment's limits (at most the contract's).
+        channel_order: the detector's input channel order (``"bgr"`` reproduces the reference's quirk).
+        decoder_max_prompts_per_call: prompts per decoder call; more are split into several calls.
+        overlap: run the encoder and discovery concurrently (GPU) or one after the other (CPU: both already
+            use every core, so overlapping only makes each slower).
+        postprocess: logits -> masks, on the host or where the logits are.
+    """
+
+    models: Models
+    limits: Limits = contract.HARD_LIMITS
+    channel_order: str = DETECTOR_CHANNEL_ORDER
+    decoder_max_prompts_per_call: int = 320
+    overlap: bool = True
+    postprocess: MaskPostprocessor = field(default_factory=HostPostprocessor)
+
+    async def run(self, request: SegmentRequest, checkpoint: Checkpoint = _no_checkpoint) -> SegmentResult:
+        timings: dict[str, float] = {"decode_image": request.decode_ms}
+        started = time.perf_counter()
+        image, settings, prompts = request.image, request.settings, request.prompts
+        shape = request.image_size
+
+        if prompts is None:  # SegEvery
+            if self.overlap:
+                embedding, (boxes, scores) = await asyncio.gather(
+                    self._encode(image, timings, checkpoint),
+                    self._discover(image, settings, timings, checkpoint),
+                )
+            else:
+                boxes, scores = await self._discover(image, settings, timings, checkpoint)
+                embedding = await self._encode(image, timings, checkpoint) if len(boxes) else None
+            coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, shape))
+        else:
+            embedding = await self._encode(image, timings, checkpoint)
+            if prompts.boxes is not None:
+                boxes = prompts.boxes
+                coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, shape))
+            else:
+                boxes = None  # from the masks, once they exist
+                coords, labels = box_ops.points_to_prompts(
+                    box_ops.points_to_encoder_frame(prompts.points, shape), prompts.point_labels
+                )
+            scores = np.ones(len(coords), np.float32)
+
+        multimask = settings.multimask
+        per_prompt = 3 if multimask else 1
+        count = len(coords) * per_prompt
+        check_response_budget(
+            predicted_response_bytes(count, shape, settings.output), self.limits, settings.output
+        )
+        if len(coords):
+            logits, ious = await self._decode(embedding, coords, labels, multimask, timings, checkpoint)
+        else:  # nothing found: an empty result, not an error
+            logits, ious = np.zeros((0, 256, 256), np.float32), np.zeros(0, np.float32)
+
+        checkpoint("postprocess")
+        start = time.perf_counter()
+        prompt_index = np.repeat(np.arange(len(coords), dtype=np.int32), per_prompt)
+        result = SegmentResult(
+            boxes=np.zeros((count, 4), np.float32) if boxes is None else np.repeat(boxes, per_prompt, axis=0),
+            scores=np.repeat(scores, per_prompt),
+            iou_predictions=ious,
+            prompt_index=prompt_index,
+            image_size=shape,
+            timings=timings,
+        )
+        input_size = encoder_input_size(*shape)
+        if settings.output == "dense":
+            result.masks = self.postprocess.dense(logits, input_size, shape)
+        else:
+            result.rles = self.postprocess.rles(logits, input_size, shape)
+            rle_bytes = sum(len(r["counts"]) + 32 for r in result.rles)
+            size = predicted_response_bytes(count, shape, settings.output) + rle_bytes
+            check_response_budget(size, self.limits, settings.output, measured=True)
+        if boxes is None:  # point prompts have no box: report each mask's tight box
+            result.boxes = mask_boxes(result.masks) if result.rles is None else rle_boxes(result.rles)
+        if settings.output == "logits":
+            result.low_res_logits = self.postprocess.to_host(logits)
+        timings["postprocess"] = (time.perf_counter() - start) * 1e3
+        timings["total"] = request.decode_ms + (time.perf_counter() - started) * 1e3
+        return result
+
+    # --- stages ------------------------------------------------------------------------------------------------
+
+    async def _encode(self, image: np.ndarray, timings: dict, checkpoint: Checkpoint) -> Embedding:
+        checkpoint("encoder")
+        start = time.perf_counter()
+        canvas, size = encoder_canvas(image)
+        embedding = await self.models.encode(canvas[None], size[None])
+        timings["encoder"] = (time.perf_counter() - start) * 1e3
+        return embedding
+
+    async def _discover(
+        self, image: np.ndarray, settings: Settings, timings: dict, checkpoint: Checkpoint
+    ) -> tuple[np.ndarray, np.ndarray]:
+        checkpoint("discovery")
+        start = time.perf_counter()
+        boxed, info = detector_input(image, self.channel_order)
+        boxes, scores, classes = await self.models.discover(boxed, settings.conf)
+        timings["discovery"] = (time.perf_counter() - start) * 1e3
+        start = time.perf_counter()
+        boxes, scores = box_ops.finalize_detections(
+            np.asarray(boxes, np.float32).reshape(-1, 4),
+            np.asarray(scores, np.float32).reshape(-1),
+            np.asarray(classes, np.int32).reshape(-1),
+            info,
+            settings.iou,
+            min(settings.max_prompts, self.limits.max_prompts),  # a deployment's lower cap caps SegEvery too
+        )
+        timings["nms"] = (time.perf_counter() - start) * 1e3
+        return boxes, scores
+
+    async def _decode(
+        self,
+        embedding: Embedding,
+        coords: np.ndarray,
+        labels: np.ndarray,
+        multimask: bool,
+        timings: dict,
+        checkpoint: Checkpoint,
+    ) -> tuple[Any, np.ndarray]:
+        """All prompts in one decoder call (several only above the per-call cap)."""
+        logits, ious = [], []
+        start = time.perf_counter()
+        step = self.decoder_max_prompts_per_call
+        for first in range(0, len(coords), step):
+            checkpoint("decoder")
+            part_logits, part_ious = await self.models.decode(
+                embedding,
+                np.ascontiguousarray(coords[first : first + step]),
+                np.ascontiguousarray(labels[first : first + step]),
+                multimask,
+            )
+            logits.append(part_logits)
+            ious.append(np.asarray(part_ious, np.float32))
+        timings["decoder"] = (time.perf_counter() - start) * 1e3
+        flat_ious = np.concatenate(ious).reshape(-1)
+        if len(logits) == 1:
+            return _flatten_masks(logits[0]), flat_ious
+        return _flatten_masks(np.concatenate([self.postprocess.to_host(x) for x in logits])), flat_ious
+
+
+def _flatten_masks(logits: Any) -> Any:
+    """(N, M, 256, 256) -> (N*M, 256, 256) for numpy arrays and tensors alike."""
+    return logits.reshape(-1, *logits.shape[-2:])

@@ -1,0 +1,270 @@
+"""What the project's Triton Python models have in common: config parameters, request tensors, error answers,
+ONNX Runtime session options.
+
+Used by ``model_repository/*/1/model.py`` and the Python-based ``onnxruntime`` backend. Everything but
+:func:`error_response`, :func:`read_inputs` and :func:`tensors` is pure Python and unit-tested without Triton;
+those three import ``triton_python_backend_utils``, which exists only inside a Triton stub process.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from segment_everything_contract import ContractError, TensorSpec
+
+FALSE_WORDS = ("0", "false", "no", "off")
+TRUE_WORDS = ("1", "true", "yes", "on")
+
+
+class Parameters(Mapping[str, str]):
+    """A model config's ``parameters`` as strings, with typed getters; an empty value counts as absent.
+
+    >>> p = Parameters.from_config({"parameters": {"n": {"string_value": " 4 "}, "e": {"string_value": ""}}})
+    >>> p.int("n", 1), p.int("e", 7), p.flag("x", True), "e" in p
+    (4, 7, True, False)
+    """
+
+    def __init__(self, values: Mapping[str, str]) -> None:
+        self._values = {k: v.strip() for k, v in values.items() if v and v.strip()}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> Parameters:
+        return cls({k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()})
+
+    def __getitem__(self, key: str) -> str:
+        return self._values[key]
+
+    def __iter__(self):
+        return iter(self._values)
+
+    def __len__(self) -> int:
+        return len(self._values)
+
+    def str(self, key: str, default: str) -> str:
+        return self._values.get(key, default)
+
+    def int(self, key: str, default: int) -> int:
+        try:
+            return int(self._values[key]) if key in self._values else default
+        except ValueError:
+            raise ValueError(f"parameter {key} must be an integer, got {self._values[key]!r}") from None
+
+    def float(self, key: str, default: float) -> float:
+        try:
+            return float(self._values[key]) if key in self._values else default
+        except ValueError:
+            raise ValueError(f"parameter {key} must be a number, got {self._values[key]!r}") from None
+
+    def flag(self, key: str, default: bool) -> bool:
+        value = self._values.get(key)
+        if value is None:
+            return default
+        if value.lower() in TRUE_WORDS:
+            return True
+        if value.lower() in FALSE_WORDS:
+            return False
+        raise ValueError(f"parameter {key} must be true or false, got {value!r}")
+
+    def list(self, key: str) -> list[str]:
+        return [item.strip() for item in self._values.get(key, "").split(",") if item.strip()]
+
+
+# ------------------------------------------------------------------------------------------------------ errors
+
+
+@dataclass(frozen=True)
+class ErrorAnswer:
+    """How one failure is answered: a Triton error code name, the caller's message and the log line."""
+
+    code: str  # INVALID_ARG | UNAVAILABLE | INTERNAL | CANCELLED | ...
+    message: str
+    log: str | None = None
+
+
+def classify_error(exc: BaseException, model: str, request_id: str) -> ErrorAnswer:
+    """Caller errors keep their message (it names the input); anything else is logged in full and answered
+    with the request id only, never library internals."""
+    if isinstance(exc, ContractError):
+        return ErrorAnswer("INVALID_ARG", str(exc))
+    code = getattr(exc, "code", None)
+    if isinstance(code, str) and code in ("INVALID_ARG", "UNAVAILABLE", "CANCELLED", "UNSUPPORTED"):
+        # a sub-model's own verdict (e.g. the decoder refusing its inputs) passes through as it was
+        return ErrorAnswer(
+            code, str(exc), None if code == "INVALID_ARG" else f"{model} [{request_id}]: {exc}"
+        )
+    return ErrorAnswer(
+        "INTERNAL",
+        f"{model}: internal error (request id {request_id}); the server log has the details",
+        f"{model} [{request_id}]: {type(exc).__name__}: {exc}",
+    )
+
+
+ERROR_CODES = (
+    "INVALID_ARG",
+    "UNAVAILABLE",
+    "CANCELLED",
+    "UNSUPPORTED",
+    "INTERNAL",
+    "NOT_FOUND",
+    "ALREADY_EXISTS",
+)
+
+
+def error_code_name(code: int) -> str | None:
+    """The name of a ``pb_utils.TritonError`` code (the stub defines the constants only once it runs)."""
+    import triton_python_backend_utils as pb_utils
+
+    return next((n for n in ERROR_CODES if getattr(pb_utils.TritonError, n, None) == code), None)
+
+
+def request_id(request: Any) -> str:
+    """The caller's request id when it set one, else a fresh short one (for the log and the message)."""
+    given = ""
+    try:
+        given = request.request_id() or ""
+    except Exception:
+        given = ""
+    return given[:64] if given else uuid.uuid4().hex[:12]
+
+
+def error_response(exc: BaseException, model: str, request: Any) -> Any:
+    """An error ``InferenceResponse`` for ``exc`` (see :func:`classify_error`); logs what the caller does not see."""
+    import triton_python_backend_utils as pb_utils
+
+    answer = classify_error(exc, model, request_id(request))
+    if answer.log:
+        pb_utils.Logger.log_error(answer.log)
+    code = getattr(pb_utils.TritonError, answer.code, pb_utils.TritonError.INTERNAL)
+    return pb_utils.InferenceResponse(error=pb_utils.TritonError(answer.message, code))
+
+
+# ----------------------------------------------------------------------------------------------------- tensors
+
+
+def read_inputs(request: Any, specs: Iterable[TensorSpec], model: str) -> dict[str, np.ndarray | None]:
+    """The request's inputs as numpy arrays (None when absent), each checked against its contract dtype."""
+    import triton_python_backend_utils as pb_utils
+
+    arrays: dict[str, np.ndarray | None] = {}
+    for spec in specs:
+        tensor = pb_utils.get_input_tensor_by_name(request, spec.name)
+        if tensor is None:
+            if not spec.optional:
+                raise ContractError(f"{model}: missing input '{spec.name}'")
+            arrays[spec.name] = None
+            continue
+        array = tensor.as_numpy()
+        check_dtype(array, spec, model)
+        arrays[spec.name] = array
+    return arrays
+
+
+def check_dtype(array: np.ndarray, spec: TensorSpec, model: str) -> None:
+    if array.dtype != spec.numpy_dtype:
+        raise ContractError(f"{model}: input '{spec.name}' must be {spec.datatype}, got {array.dtype}")
+
+
+def check_shape(array: np.ndarray, spec: TensorSpec, model: str) -> None:
+    """Rank and fixed dims as declared (variable dims are the model's own business)."""
+    ok = array.ndim == len(spec.dims) and all(
+        d in (-1, a) for d, a in zip(spec.dims, array.shape, strict=True)
+    )
+    if not ok:
+        raise ContractError(
+            f"{model}: input '{spec.name}' must have shape {list(spec.dims)}, got {list(array.shape)}"
+        )
+
+
+def tensors(outputs: Mapping[str, np.ndarray]) -> list[Any]:
+    import triton_python_backend_utils as pb_utils
+
+    return [pb_utils.Tensor(name, array) for name, array in outputs.items()]
+
+
+# ------------------------------------------------------------------------------------------------ onnxruntime
+
+GRAPH_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED", 99: "ORT_ENABLE_ALL"}
+
+
+def ort_settings(params: Parameters, default_threads: int = 0) -> dict[str, Any]:
+    """ONNX Runtime settings from config parameters (the names of NVIDIA's onnxruntime backend where it has
+    them), with their defaults; ``default_threads`` is the intra-op pool when the config leaves it unset."""
+    env_threads = os.environ.get("OMP_NUM_THREADS", "")
+    settings = {
+        "intra_op_thread_count": params.int("intra_op_thread_count", int(env_threads or default_threads)),
+        "inter_op_thread_count": params.int("inter_op_thread_count", 0),
+        "execution_mode": params.int("execution_mode", 0),
+        "graph_optimization_level": params.int("graph_optimization_level", 99),
+        "enable_mem_pattern": params.flag("enable_mem_pattern", True),
+        "enable_cpu_mem_arena": params.flag("enable_cpu_mem_arena", True),
+        "allow_spinning": params.flag("allow_spinning", True),
+        "disabled_optimizers": params.list("disabled_optimizers"),
+    }
+    if settings["graph_optimization_level"] not in GRAPH_LEVELS:
+        raise ValueError(f"graph_optimization_level must be one of {sorted(GRAPH_LEVELS)}")
+    return settings
+
+
+def ort_session_options(settings: Mapping[str, Any]) -> Any:
+    """``onnxruntime.SessionOptions`` for :func:`ort_settings`."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = settings["intra_op_thread_count"]
+    options.inter_op_num_threads = settings["inter_op_thread_count"]
+    options.execution_mode = (
+        ort.ExecutionMode.ORT_PARALLEL
+        if settings["execution_mode"] == 1
+        else ort.ExecutionMode.ORT_SEQUENTIAL
+    )
+    options.graph_optimization_level = getattr(
+        ort.GraphOptimizationLevel, GRAPH_LEVELS[settings["graph_optimization_level"]]
+    )
+    options.enable_mem_pattern = settings["enable_mem_pattern"]
+    options.enable_cpu_mem_arena = settings["enable_cpu_mem_arena"]
+    # Spinning intra-op threads busy-wait between ops; when models share few cores they steal each other's.
+    options.add_session_config_entry(
+        "session.intra_op.allow_spinning", "1" if settings["allow_spinning"] else "0"
+    )
+    return options
+
+
+def ort_providers(params: Parameters, args: Mapping[str, str]) -> list[Any]:
+    """Execution providers from the ``execution_provider`` parameter (``cpu`` default, or ``cuda``).
+
+    CUDA runs on the GPU of this model instance (``model_instance_device_id``, not always GPU 0), with a bounded
+    cuDNN algorithm search: the default exhaustive search reruns on every new input shape, and each letterbox
+    aspect ratio is a new shape. There is no CPU fall-back: :func:`check_providers` refuses a session that
+    silently runs on the CPU.
+    """
+    kind = params.str("execution_provider", "cpu").lower()
+    if kind == "cpu":
+        return ["CPUExecutionProvider"]
+    if kind != "cuda":
+        raise ValueError(f"parameter execution_provider must be cpu or cuda, got {kind!r}")
+    options = {
+        "device_id": int(args.get("model_instance_device_id") or 0),
+        "cudnn_conv_algo_search": params.str("cudnn_conv_algo_search", "HEURISTIC"),
+        "arena_extend_strategy": "kSameAsRequested",
+    }
+    limit_mb = params.int("gpu_mem_limit_mb", 0)
+    if limit_mb > 0:
+        options["gpu_mem_limit"] = limit_mb << 20
+    return [("CUDAExecutionProvider", options)]
+
+
+def check_providers(session: Any, providers: list[Any], model: str) -> None:
+    """Fail loudly when ONNX Runtime did not get the first provider asked for (e.g. CUDA libraries missing)."""
+    wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
+    got = session.get_providers()[0]
+    if got != wanted:
+        raise RuntimeError(
+            f"{model}: ONNX Runtime runs on {got}, not {wanted} (CUDA/cuDNN libraries missing or not matching "
+            "onnxruntime-gpu?); refusing to serve on the wrong device"
+        )

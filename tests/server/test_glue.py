@@ -1,0 +1,92 @@
+"""The Triton glue shared by the Python models, without Triton: parameters, error answers, ONNX Runtime options."""
+
+from __future__ import annotations
+
+import pytest
+
+from mobilesamv2.pipeline import StageError
+from mobilesamv2.server import glue
+from segment_everything_contract import ContractError
+
+
+def params(**values: str) -> glue.Parameters:
+    return glue.Parameters.from_config({"parameters": {k: {"string_value": v} for k, v in values.items()}})
+
+
+def test_parameters_typed_getters_and_errors():
+    p = params(n="4", f="0.5", yes="On", no="false", names=" a, b ,,c ", empty="  ")
+    assert (p.int("n", 0), p.float("f", 0.0), p.flag("yes", False), p.flag("no", True)) == (
+        4,
+        0.5,
+        True,
+        False,
+    )
+    assert p.list("names") == ["a", "b", "c"] and p.list("missing") == []
+    assert p.int("empty", 9) == 9 and "empty" not in p
+    with pytest.raises(ValueError, match="parameter n must be true or false"):
+        p.flag("n", False)
+    with pytest.raises(ValueError, match="parameter yes must be an integer"):
+        p.int("yes", 0)
+
+
+def test_caller_errors_keep_their_message_and_internal_errors_hide_details():
+    invalid = glue.classify_error(ContractError("boxes must be finite"), "m", "rid1")
+    assert invalid == glue.ErrorAnswer("INVALID_ARG", "boxes must be finite", None)
+    internal = glue.classify_error(ZeroDivisionError("onnxruntime node /Div_3 failed"), "m", "rid2")
+    assert internal.code == "INTERNAL"
+    assert (
+        "rid2" in internal.message and "Div" not in internal.message and "onnxruntime" not in internal.message
+    )
+    assert "ZeroDivisionError" in internal.log and "/Div_3" in internal.log and "rid2" in internal.log
+
+
+def test_sub_model_verdicts_pass_through():
+    refused = glue.classify_error(StageError("prompt_decoder", "too many prompts", "INVALID_ARG"), "m", "r")
+    assert refused.code == "INVALID_ARG" and "too many prompts" in refused.message
+    busy = glue.classify_error(
+        StageError("image_encoder", "Exceeds maximum queue size", "UNAVAILABLE"), "m", "r"
+    )
+    assert busy.code == "UNAVAILABLE" and busy.log
+    crashed = glue.classify_error(
+        StageError("image_encoder", "stub died: segfault at 0x0", "INTERNAL"), "m", "r"
+    )
+    assert crashed.code == "INTERNAL" and "segfault" not in crashed.message
+
+
+def test_ort_settings_defaults_and_overrides(monkeypatch):
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    defaults = glue.ort_settings(params())
+    assert defaults["intra_op_thread_count"] == 0 and defaults["graph_optimization_level"] == 99
+    tuned = glue.ort_settings(
+        params(graph_optimization_level="2", disabled_optimizers="A,B", allow_spinning="0")
+    )
+    assert (tuned["graph_optimization_level"], tuned["disabled_optimizers"], tuned["allow_spinning"]) == (
+        2,
+        ["A", "B"],
+        False,
+    )
+    with pytest.raises(ValueError, match="graph_optimization_level"):
+        glue.ort_settings(params(graph_optimization_level="5"))
+    options = glue.ort_session_options(tuned)
+    assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
+
+
+def test_cuda_provider_uses_the_instance_gpu_and_a_bounded_search():
+    assert glue.ort_providers(params(), {}) == ["CPUExecutionProvider"]
+    ((name, options),) = glue.ort_providers(
+        params(execution_provider="cuda"), {"model_instance_device_id": "3"}
+    )
+    assert name == "CUDAExecutionProvider"
+    assert options["device_id"] == 3 and options["cudnn_conv_algo_search"] == "HEURISTIC"
+    with pytest.raises(ValueError, match="execution_provider"):
+        glue.ort_providers(params(execution_provider="tpu"), {})
+
+
+def test_a_session_on_the_wrong_provider_is_refused():
+    class Session:
+        def get_providers(self):
+            return ["CPUExecutionProvider"]
+
+    with pytest.raises(RuntimeError, match="runs on CPUExecutionProvider, not CUDAExecutionProvider"):
+        glue.check_providers(Session(), [("CUDAExecutionProvider", {})], "object_discovery")
+    glue.check_providers(Session(), ["CPUExecutionProvider"], "object_discovery")
