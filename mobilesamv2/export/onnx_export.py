@@ -85,7 +85,52 @@ def _export(
             external_data=False,
             verbose=False,
         )
+    cast_uint8_inputs_first(path)
     return time.perf_counter() - start
+
+
+#: Ops that read only the shape of a tensor: they may read the Cast's output instead of the uint8 input.
+_SHAPE_ONLY_OPS = ("Shape", "Size")
+
+
+def cast_uint8_inputs_first(path: Path) -> bool:
+    """Make every uint8 graph input feed only Cast nodes, rewriting the file when needed; True if rewritten.
+
+    TensorRT accepts a uint8 network input only as the direct input of a Cast (NVIDIA/TensorRT#3985, #2809).
+    The modules cast first, but the exporter still reads dynamic dimensions with ``Shape`` on the input
+    itself; such shape-only readers are moved to the Cast's output (same shape), and the Cast to the top of
+    the graph.
+    Any other consumer means the module computes on uint8, which must be fixed in the module.
+    """
+    import onnx
+
+    model = onnx.load(str(path))
+    graph = model.graph
+    changed = False
+    for value in graph.input:
+        if value.type.tensor_type.elem_type != onnx.TensorProto.UINT8:
+            continue
+        consumers = [n for n in graph.node if value.name in n.input]
+        casts = [n for n in consumers if n.op_type == "Cast"]
+        others = [n for n in consumers if n.op_type != "Cast"]
+        if not others:
+            continue
+        bad = sorted({n.op_type for n in others if n.op_type not in _SHAPE_ONLY_OPS})
+        if bad or not casts:
+            raise ValueError(
+                f"{path.name}: uint8 input {value.name!r} feeds {', '.join(bad) or 'no Cast'}; "
+                "cast it to float before any other op"
+            )
+        cast = casts[0]
+        for node in others:
+            node.input[:] = [cast.output[0] if name == value.name else name for name in node.input]
+        graph.node.remove(cast)
+        graph.node.insert(0, cast)  # before its new readers (its only input is the graph input)
+        changed = True
+    if changed:
+        onnx.checker.check_model(model)
+        onnx.save(model, str(path))
+    return changed
 
 
 def ort_session(path: Path, threads: int = 0):
@@ -219,7 +264,8 @@ class DetectorGraph(nn.Module):
         self.network = network
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.network(images.permute(0, 3, 1, 2).float() / 255.0)
+        # Cast before anything else reads the uint8 tensor (TensorRT accepts uint8 only as a Cast's input).
+        return self.network(images.float().permute(0, 3, 1, 2) / 255.0)
 
 
 def export_detector(

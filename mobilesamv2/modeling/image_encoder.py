@@ -27,7 +27,9 @@ class ImageEncoderGraph(nn.Module):
         self.register_buffer("positions", torch.arange(ENCODER_IMAGE_SIZE), persistent=False)
 
     def forward(self, image: torch.Tensor, image_size: torch.Tensor) -> torch.Tensor:
-        x = (image.permute(0, 3, 1, 2).float() - self.pixel_mean) / self.pixel_std
+        # Cast first: TensorRT takes a uint8 input only as the direct input of a Cast (NVIDIA/TensorRT#3985),
+        # so the graph must read uint8 -> Cast -> Transpose, not uint8 -> Transpose -> Cast.
+        x = (image.float().permute(0, 3, 1, 2) - self.pixel_mean) / self.pixel_std
         rows = self.positions.unsqueeze(0) < image_size[:, 0:1]
         cols = self.positions.unsqueeze(0) < image_size[:, 1:2]
         # SAM pads *after* normalising, so the padding is exactly zero
