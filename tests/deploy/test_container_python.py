@@ -16,6 +16,8 @@ ENTRY_FILES = [
 PACKAGE_ROOTS = {
     "mobilesamv2": REPO_ROOT / "mobilesamv2",
     "segment_everything_client": REPO_ROOT / "client" / "segment_everything_client",
+    # the wire contract, installed into the image with the package (pyproject's packages.find)
+    "segment_everything_contract": REPO_ROOT / "client" / "segment_everything_contract",
 }
 #: Third-party modules the image provides: deploy/docker/requirements.txt, and Triton's own.
 IMAGE_MODULES = {"numpy", "cv2", "PIL", "onnxruntime", "onnx", "triton_python_backend_utils"}
@@ -59,8 +61,9 @@ def imports(path: Path, tree: ast.Module) -> set[str]:
         if path.is_relative_to(PACKAGE_ROOTS["mobilesamv2"])
         else None
     )
-    if path.is_relative_to(PACKAGE_ROOTS["segment_everything_client"]):
-        package = "segment_everything_client"
+    for name in ("segment_everything_client", "segment_everything_contract"):
+        if path.is_relative_to(PACKAGE_ROOTS[name]):
+            package = name
     names = set()
     for node in import_nodes(tree, everywhere=path in ENTRY_FILES):
         if isinstance(node, ast.Import):
