@@ -4,10 +4,15 @@ Only what a GPU needs changes (tests/deploy/test_gpu_config.py pins the list):
 
 - ONNX models (``backend: "onnxruntime"``: image encoder, prompt decoder) become TensorRT engines
   (``backend="tensorrt"``, the default: ``platform: "tensorrt_plan"`` plus ``engine_build_*`` parameters that
-  the container's entrypoint turns into a ``trtexec`` build on the GPU it runs on) or stay ONNX Runtime models
-  with the TensorRT execution accelerator (``backend="onnxruntime-trt"``: FP16, LayerNorm FP32 fallback,
-  optimisation profile; ONNX Runtime cannot keep LiteMLA in FP32, so prefer ``tensorrt`` for EfficientViT).
-  The decoder's optimisation profile covers 1..``max_prompts`` prompts.
+  the container's entrypoint turns into a ``trtexec`` build on the GPU it runs on, and checks against ONNX
+  Runtime before serving) or stay ONNX Runtime models with the TensorRT execution accelerator
+  (``backend="onnxruntime-trt"``: LayerNorm FP32 fallback, optimisation profile; ONNX Runtime cannot keep
+  LiteMLA in FP32, so prefer ``tensorrt`` for EfficientViT).
+  Precision: the image encoder is FP32 with TF32 math (``encoder_precision="tf32"``; FP16 only on request:
+  EfficientViT-SAM-L2 was reported to give NaN in FP16, mit-han-lab/efficientvit#184), the decoder FP16 with
+  its LayerNorms in FP32 (``decoder_precision``); the entrypoint refuses an engine that disagrees with ONNX
+  Runtime FP32. The decoder's optimisation profile covers 1..``max_prompts`` prompts of
+  1..``DECODER_MAX_POINTS`` points (the contract's largest point prompt plus SAM's padding point).
 - ``instance_group`` becomes ``KIND_GPU`` with ``instances_per_gpu`` instances on every visible GPU for the
   ONNX models and the object-discovery Python model (which switches ONNX Runtime to its CUDA provider through
   its ``execution_provider`` parameter); the BLS model stays on CPU, it only orchestrates.
@@ -30,13 +35,27 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+import segment_everything_contract as contract
+
 from .tensorrt import DEFAULT_WORKSPACE_MB, EngineBuild, format_shapes
 
 BACKENDS = ("tensorrt", "onnxruntime-trt")
 PLAIN_ONNX = "plain.onnx"  # written by the build next to a model.onnx whose formulation is tuned for CPU
 DEFAULT_MAX_PROMPTS = 320  # the reference decodes in batches of 320 (and keeps at most 300 boxes)
 DEFAULT_OPT_PROMPTS = 64
-DEFAULT_POINTS_PER_PROMPT = (1, 2, 4)  # min / opt (a box is 2 corner points) / max points per prompt
+#: min / opt (a box is 2 corner points) / max points per decoder prompt. The max is the contract's: its
+#: largest point prompt plus the padding point SAM appends (``processing.boxes.points_to_prompts``).
+DEFAULT_POINTS_PER_PROMPT = (1, 2, contract.DECODER_MAX_POINTS)
+#: Engine precisions (``tensorrt.PRECISIONS``, lower case on the command line).
+PRECISIONS = ("tf32", "fp32", "fp16")
+#: FP32 storage with TF32 tensor-core math (TensorRT's default for FP32): FP16 EfficientViT-SAM-L2 engines
+#: were reported to produce NaN (mit-han-lab/efficientvit#184), and the FP32 layer list of an FP16 engine is
+#: matched by ONNX node names, which TensorRT gives only to the first layer it makes of a node.
+DEFAULT_ENCODER_PRECISION = "tf32"
+#: FP16 with LayerNorm in FP32; the entrypoint checks the engine against ONNX Runtime FP32 before serving it.
+DEFAULT_DECODER_PRECISION = "fp16"
+#: Precision of ONNX models that are neither the encoder nor the decoder.
+DEFAULT_OTHER_PRECISION = "tf32"
 #: Where ONNX Runtime's TensorRT provider keeps its engines (``backend="onnxruntime-trt"``); the Helm chart
 #: mounts the engine cache volume there.
 DEFAULT_ORT_ENGINE_CACHE = "/var/cache/mobilesamv2/engines/onnxruntime"
@@ -152,6 +171,16 @@ def _warmup_for(config: mc.ModelConfig) -> mc.ModelWarmup | None:
     return warmup
 
 
+def model_precision(model: str, encoder_precision: str, decoder_precision: str) -> str:
+    """The engine precision of one model (lower case, one of :data:`PRECISIONS`)."""
+    precision = {contract.ENCODER_MODEL: encoder_precision, contract.DECODER_MODEL: decoder_precision}.get(
+        model, DEFAULT_OTHER_PRECISION
+    )
+    if precision not in PRECISIONS:
+        raise ValueError(f"{model}: precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+    return precision
+
+
 def gpu_model_config(
     cpu_config_text: str,
     *,
@@ -161,7 +190,8 @@ def gpu_model_config(
     opt_prompts: int = DEFAULT_OPT_PROMPTS,
     points_per_prompt: Sequence[int] = DEFAULT_POINTS_PER_PROMPT,
     backend: str = "tensorrt",
-    fp16: bool = True,
+    encoder_precision: str = DEFAULT_ENCODER_PRECISION,
+    decoder_precision: str = DEFAULT_DECODER_PRECISION,
     preferred_batch_sizes: Sequence[int] | None = None,
     max_queue_delay_us: int | None = None,
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
@@ -171,7 +201,8 @@ def gpu_model_config(
 
     ``instances_per_gpu`` instances run on each GPU in ``gpus`` (default: every GPU the server sees).
     ``preferred_batch_sizes`` defaults to powers of two up to ``max_batch_size``; ``max_queue_delay_us``
-    ``None`` keeps the CPU config's delay.
+    ``None`` keeps the CPU config's delay. ``encoder_precision`` / ``decoder_precision``: see
+    :data:`PRECISIONS` and the defaults' comments.
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {BACKENDS}, got {backend!r}")
@@ -180,6 +211,8 @@ def gpu_model_config(
     config = text_format.Parse(cpu_config_text, mc.ModelConfig())
 
     if _is_onnx_model(config):
+        precision = model_precision(config.name, encoder_precision, decoder_precision)
+        fp16 = precision == "fp16"
         _drop_parameters(config, CPU_ONLY_PARAMETERS)
         _gpu_instances(config, instances_per_gpu, gpus)
         preferred = list(preferred_batch_sizes or default_preferred_batch_sizes(config.max_batch_size))
@@ -194,7 +227,7 @@ def gpu_model_config(
             _drop_parameters(config, ORT_PARAMETERS)
             config.backend, config.platform = "tensorrt", "tensorrt_plan"
             build = EngineBuild(
-                fp16=fp16,
+                precision=precision.upper(),
                 fp32_layers="auto" if fp16 else "none",
                 workspace_mb=workspace_mb,
                 shapes={k: (tuple(a), tuple(b), tuple(c)) for k, (a, b, c) in shapes.items()},
@@ -299,7 +332,25 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--opt-prompts", type=int, default=DEFAULT_OPT_PROMPTS)
     parser.add_argument("--preferred-batch-sizes", type=_int_list, default=None, help="e.g. 2,4")
     parser.add_argument("--max-queue-delay-us", type=int, default=None)
-    parser.add_argument("--fp32", action="store_true", help="build FP32 engines instead of FP16")
+    parser.add_argument(
+        "--encoder-precision",
+        choices=PRECISIONS,
+        default=DEFAULT_ENCODER_PRECISION,
+        help="image encoder engine: tf32 (FP32 tensors, TF32 math; default), fp32 (no TF32) or fp16 "
+        "(opt-in: EfficientViT-SAM-L2 was reported to give NaN in FP16; the entrypoint refuses an engine "
+        "that disagrees with ONNX Runtime)",
+    )
+    parser.add_argument(
+        "--decoder-precision",
+        choices=PRECISIONS,
+        default=DEFAULT_DECODER_PRECISION,
+        help="prompt decoder engine (default fp16, LayerNorm in FP32; checked at container start)",
+    )
+    parser.add_argument(
+        "--fp32",
+        action="store_true",
+        help="FP32 engines (TF32 math) for every model: overrides the two above",
+    )
     parser.add_argument("--workspace-mb", type=int, default=DEFAULT_WORKSPACE_MB)
     args = parser.parse_args(argv)
     written = write_gpu_repository(
@@ -312,7 +363,8 @@ def main(argv: list[str] | None = None) -> None:
         opt_prompts=args.opt_prompts,
         preferred_batch_sizes=args.preferred_batch_sizes,
         max_queue_delay_us=args.max_queue_delay_us,
-        fp16=not args.fp32,
+        encoder_precision="tf32" if args.fp32 else args.encoder_precision,
+        decoder_precision="tf32" if args.fp32 else args.decoder_precision,
         workspace_mb=args.workspace_mb,
     )
     for path in written:

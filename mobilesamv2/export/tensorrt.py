@@ -8,6 +8,13 @@ over every token, divided with an epsilon of 1e-15) overflow or underflow, and t
 autocast; a TensorRT engine does the same with per-layer precision constraints. TensorRT names layers after
 the ONNX node names, so the list is computed from the ONNX graph that the engine is built from.
 
+That protection is partial: TensorRT's ONNX parser gives a node's name only to the first layer it makes of it
+(the others get generated names the list cannot match), and EfficientViT-SAM-L2 was reported to give NaN in
+FP16 even with LiteMLA in FP32 (mit-han-lab/efficientvit#184). The GPU repository therefore builds the
+image encoder in FP32 (``TF32``: FP32 storage, TF32 tensor-core math, TensorRT's default) and FP16 only on
+request, and the entrypoint checks every engine against ONNX Runtime before serving it
+(``mobilesamv2.export.verify``).
+
 Imported by the entrypoint inside NVIDIA's container (Python 3.10, ``onnx`` installed; no torch): keep this
 module free of torch and of Python 3.11-only features.
 """
@@ -216,6 +223,7 @@ def trtexec_command(
     fp16: bool = True,
     fp32_layers: Sequence[str] = (),
     shapes: Mapping[str, ShapeRange] | None = None,
+    tf32: bool = True,
     workspace_mb: int = DEFAULT_WORKSPACE_MB,
     timing_cache: str | os.PathLike[str] | None = None,
     trtexec: str = "trtexec",
@@ -226,7 +234,8 @@ def trtexec_command(
     FP16 engines keep ``fp32_layers`` in FP32 with ``--precisionConstraints=obey --layerPrecisions=...:fp32``
     (``obey`` makes the build fail rather than silently ignore a constraint). trtexec has no option that reads
     the layer list from a file, so a list longer than one argv string allows raises :class:`LayerListTooLong`
-    (the EfficientViT-SAM-L2 encoder needs about 150 names, ~2 KB).
+    (the EfficientViT-SAM-L2 encoder needs about 150 names, ~2 KB). ``tf32=False`` forbids TF32 tensor-core
+    math in FP32 layers (``--noTF32``; TensorRT allows it by default on Ampere and newer).
     """
     if workspace_mb < 1:
         raise ValueError("workspace_mb must be positive")
@@ -248,6 +257,8 @@ def trtexec_command(
                     f"(limit {MAX_ARGUMENT_BYTES})"
                 )
             command += ["--precisionConstraints=obey", argument]
+    if not tf32:
+        command.append("--noTF32")
     if shapes:
         command += shapes_arguments(shapes)
     if timing_cache is not None:
@@ -260,7 +271,7 @@ def trtexec_command(
 
 #: ``config.pbtxt`` parameters the GPU repository writes for TensorRT models and the entrypoint reads. The
 #: TensorRT backend ignores parameters it does not know.
-PARAM_PRECISION = "engine_build_precision"  # "FP16" | "FP32"
+PARAM_PRECISION = "engine_build_precision"  # one of PRECISIONS
 PARAM_FP32_LAYERS = "engine_build_fp32_layers"  # "auto" (fp32_layer_names) | "none"
 PARAM_WORKSPACE_MB = "engine_build_workspace_mb"
 PARAM_MIN_SHAPES = "engine_build_min_shapes"  # "input:1x2x2,other:1x2"
@@ -268,6 +279,9 @@ PARAM_OPT_SHAPES = "engine_build_opt_shapes"
 PARAM_MAX_SHAPES = "engine_build_max_shapes"
 ONNX_FILENAME = "model.onnx"
 PLAN_FILENAME = "model.plan"
+#: Engine precisions: ``FP16`` (FP16 kernels allowed, the ``fp32_layers`` kept in FP32), ``TF32`` (FP32
+#: tensors, TF32 tensor-core math allowed: TensorRT's default) and ``FP32`` (``--noTF32``).
+PRECISIONS = ("FP16", "TF32", "FP32")
 
 
 def format_shapes(shapes: Mapping[str, Sequence[int]]) -> str:
@@ -288,16 +302,24 @@ def parse_shapes(text: str) -> dict[str, tuple[int, ...]]:
 class EngineBuild:
     """How one model's engine is built: everything that changes the plan besides the ONNX file and the GPU."""
 
-    fp16: bool = True
+    precision: str = "FP16"  # one of PRECISIONS
     fp32_layers: str = "auto"  # "auto" | "none"
     workspace_mb: int = DEFAULT_WORKSPACE_MB
     shapes: dict[str, ShapeRange] = field(default_factory=dict)
 
+    def __post_init__(self) -> None:
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {', '.join(PRECISIONS)}, got {self.precision!r}")
+
+    @property
+    def fp16(self) -> bool:
+        return self.precision == "FP16"
+
     @classmethod
     def from_parameters(cls, parameters: Mapping[str, str]) -> EngineBuild:
         precision = parameters.get(PARAM_PRECISION, "FP16").upper()
-        if precision not in ("FP16", "FP32"):
-            raise ValueError(f"{PARAM_PRECISION} must be FP16 or FP32, got {precision!r}")
+        if precision not in PRECISIONS:
+            raise ValueError(f"{PARAM_PRECISION} must be one of {', '.join(PRECISIONS)}, got {precision!r}")
         fp32_layers = parameters.get(PARAM_FP32_LAYERS, "auto").lower()
         if fp32_layers not in ("auto", "none"):
             raise ValueError(f"{PARAM_FP32_LAYERS} must be 'auto' or 'none', got {fp32_layers!r}")
@@ -308,7 +330,7 @@ class EngineBuild:
         if not (low.keys() == opt.keys() == high.keys()):
             raise ValueError("engine_build_{min,opt,max}_shapes must name the same inputs")
         return cls(
-            fp16=precision == "FP16",
+            precision=precision,
             fp32_layers=fp32_layers,
             workspace_mb=int(parameters.get(PARAM_WORKSPACE_MB, DEFAULT_WORKSPACE_MB)),
             shapes={name: (low[name], opt[name], high[name]) for name in low},
@@ -316,7 +338,7 @@ class EngineBuild:
 
     def to_parameters(self) -> dict[str, str]:
         params = {
-            PARAM_PRECISION: "FP16" if self.fp16 else "FP32",
+            PARAM_PRECISION: self.precision,
             PARAM_FP32_LAYERS: self.fp32_layers,
             PARAM_WORKSPACE_MB: str(self.workspace_mb),
         }
@@ -335,6 +357,7 @@ class EngineBuild:
             fp16=self.fp16,
             fp32_layers=layers,
             shapes=self.shapes or None,
+            tf32=self.precision != "FP32",
             workspace_mb=self.workspace_mb,
             timing_cache=timing_cache,
             trtexec=trtexec,

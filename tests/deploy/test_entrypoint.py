@@ -124,12 +124,15 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(entrypoint, 
         f"--onnx={layout['repo']}/image_encoder/1/model.onnx",
     ]
     assert f"--saveEngine={layout['cache']}/image_encoder/{encoder['key']}/model.plan" in command
-    assert {"--fp16", "--precisionConstraints=obey", "--layerPrecisions=node_layer_norm:fp32"} <= set(command)
+    # the encoder is FP32 with TF32 math by default: no FP16, no per-layer constraints
+    assert not any(a.startswith(("--fp16", "--precisionConstraints", "--layerPrecisions")) for a in command)
     assert "--minShapes=image:1x1024x1024x3,image_size:1x2" in command
     assert "--maxShapes=image:4x1024x1024x3,image_size:4x2" in command
     assert any(a.startswith("--timingCacheFile=") for a in command)
     decoder = plan["engines"][1]["command"]
-    assert "--maxShapes=image_embeddings:1x256x64x64,point_coords:320x4x2,point_labels:320x4" in decoder
+    # FP16 with its LayerNorm in FP32; up to 32 points per prompt plus SAM's padding point
+    assert {"--fp16", "--precisionConstraints=obey", "--layerPrecisions=node_layer_norm:fp32"} <= set(decoder)
+    assert "--maxShapes=image_embeddings:1x256x64x64,point_coords:320x33x2,point_labels:320x33" in decoder
     assert plan["tritonserver"] == [
         "tritonserver",
         f"--model-repository={layout['runtime']}",

@@ -4,12 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
 from google.protobuf import json_format, text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+import segment_everything_contract as contract
 from mobilesamv2.export import gpu
 from mobilesamv2.export.tensorrt import EngineBuild, config_string_parameters, parse_shapes
+from mobilesamv2.processing.boxes import boxes_to_prompts, points_to_prompts
 
 CPU_REPO = Path(__file__).resolve().parents[2] / "model_repository"
 MODELS = sorted(p.parent.name for p in CPU_REPO.glob("*/config.pbtxt"))
@@ -66,7 +69,8 @@ def test_image_encoder_becomes_a_batched_tensorrt_engine_and_nothing_else_change
     assert [(g.kind, g.count) for g in config.instance_group] == [(mc.ModelInstanceGroup.KIND_GPU, 2)]
     assert list(config.dynamic_batching.preferred_batch_size) == [2, 4]
     build = EngineBuild.from_parameters(config_string_parameters(text))
-    assert build.fp16 and build.fp32_layers == "auto"
+    # FP32 tensors with TF32 math by default: FP16 is an explicit opt-in for the encoder
+    assert (build.precision, build.fp16, build.fp32_layers) == ("TF32", False, "none")
     assert build.shapes["image"] == ((1, 1024, 1024, 3), (4, 1024, 1024, 3), (4, 1024, 1024, 3))
     assert build.shapes["image_size"] == ((1, 2), (4, 2), (4, 2))
 
@@ -142,14 +146,14 @@ def test_settings_are_applied():
         preferred_batch_sizes=[4],
         max_queue_delay_us=500,
         gpus=[0, 1],
-        fp16=False,
+        encoder_precision="fp32",
     )
     config = _parse(text)
     assert list(config.dynamic_batching.preferred_batch_size) == [4]
     assert config.dynamic_batching.max_queue_delay_microseconds == 500
     assert list(config.instance_group[0].gpus) == [0, 1]
     assert EngineBuild.from_parameters(config_string_parameters(text)) == EngineBuild(
-        fp16=False,
+        precision="FP32",
         fp32_layers="none",
         shapes={
             "image": ((1, 1024, 1024, 3), (4, 1024, 1024, 3), (4, 1024, 1024, 3)),
@@ -158,7 +162,85 @@ def test_settings_are_applied():
     )
 
 
-@pytest.mark.parametrize("kwargs", [{"backend": "openvino"}, {"instances_per_gpu": 0}, {"max_prompts": 0}])
+def _build(model: str, **kwargs) -> EngineBuild:
+    return EngineBuild.from_parameters(
+        config_string_parameters(gpu.gpu_model_config(cpu_config(model), **kwargs))
+    )
+
+
+def test_engine_precisions_default_to_tf32_encoder_and_fp16_decoder_and_fp16_encoder_is_opt_in():
+    assert (_build("image_encoder").precision, _build("prompt_decoder").precision) == ("TF32", "FP16")
+    assert _build("prompt_decoder").fp32_layers == "auto"  # LayerNorm stays FP32 in the FP16 decoder
+    encoder = _build("image_encoder", encoder_precision="fp16")
+    assert (encoder.precision, encoder.fp32_layers) == ("FP16", "auto")
+    assert _build("image_encoder", decoder_precision="fp32").precision == "TF32"  # each setting is per model
+    decoder = _build("prompt_decoder", decoder_precision="fp32")
+    assert (decoder.precision, decoder.fp32_layers) == ("FP32", "none")
+    ort = _parse(gpu.gpu_model_config(cpu_config("image_encoder"), backend="onnxruntime-trt"))
+    assert (
+        ort.optimization.execution_accelerators.gpu_execution_accelerator[0].parameters["precision_mode"]
+        == "FP32"
+    )
+
+
+def test_precision_on_the_command_line(tmp_path):
+    def built(*argv) -> tuple[str, str]:
+        out = tmp_path / "gpu"
+        gpu.main(["--cpu-repo", str(CPU_REPO), "--out", str(out), *argv])
+        return tuple(
+            EngineBuild.from_parameters(
+                config_string_parameters((out / model / "config.pbtxt").read_text())
+            ).precision
+            for model in ("image_encoder", "prompt_decoder")
+        )
+
+    assert built() == ("TF32", "FP16")
+    assert built("--encoder-precision", "fp16") == ("FP16", "FP16")
+    assert built("--encoder-precision", "fp32", "--decoder-precision", "tf32") == ("FP32", "TF32")
+    assert built("--fp32") == ("TF32", "TF32")
+    with pytest.raises(SystemExit):
+        built("--encoder-precision", "int8")
+
+
+def test_decoder_profile_admits_the_largest_prompt_of_the_contract_with_its_padding_point():
+    params = config_string_parameters(gpu.gpu_model_config(cpu_config("prompt_decoder")))
+    low, high = (
+        parse_shapes(params["engine_build_min_shapes"]),
+        parse_shapes(params["engine_build_max_shapes"]),
+    )
+    opt = parse_shapes(params["engine_build_opt_shapes"])
+    assert high["point_coords"][1] == high["point_labels"][1] == contract.DECODER_MAX_POINTS
+    assert opt["point_coords"][1] == 2  # a box: the common case
+
+    def admitted(coords: np.ndarray, labels: np.ndarray) -> bool:
+        return all(
+            a <= d <= b
+            for name, shape in (("point_coords", coords.shape), ("point_labels", labels.shape))
+            for a, d, b in zip(low[name], shape, high[name], strict=True)
+        )
+
+    largest = contract.HARD_LIMITS.max_points_per_prompt
+    points = np.zeros((3, largest, 2), np.float32)
+    coords, labels = points_to_prompts(points, np.ones((3, largest), np.int32))
+    assert coords.shape == (3, contract.DECODER_MAX_POINTS, 2) and labels[0, -1] == -1  # the padding point
+    assert admitted(coords, labels)
+    assert admitted(*points_to_prompts(points[:, :1], np.ones((3, 1), np.int32)))  # one point + padding
+    assert admitted(*boxes_to_prompts(np.array([[0, 0, 10, 10]] * 320, np.float32)))  # a full call of boxes
+    too_many = points_to_prompts(
+        np.zeros((1, largest + 1, 2), np.float32), np.ones((1, largest + 1), np.int32)
+    )
+    assert not admitted(*too_many)  # the contract refuses such a prompt before it reaches the decoder
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"backend": "openvino"},
+        {"instances_per_gpu": 0},
+        {"max_prompts": 0},
+        {"decoder_precision": "int8"},
+    ],
+)
 def test_bad_settings_are_refused(kwargs):
     with pytest.raises(ValueError):
         gpu.gpu_model_config(cpu_config("prompt_decoder"), **kwargs)

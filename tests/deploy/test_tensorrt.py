@@ -149,6 +149,37 @@ def test_trtexec_command_fp32_engine_has_no_precision_flags():
     assert not any(a.startswith(("--fp16", "--precisionConstraints", "--layerPrecisions")) for a in command)
 
 
+def test_trtexec_command_strict_fp32_forbids_tf32():
+    assert "--noTF32" in trt.trtexec_command("m.onnx", "m.plan", fp16=False, tf32=False)
+    assert "--noTF32" not in trt.trtexec_command(
+        "m.onnx", "m.plan", fp16=False
+    )  # TensorRT's default: TF32 on
+
+
+@pytest.mark.parametrize(
+    "precision, flags",
+    [
+        ("FP16", {"--fp16", "--precisionConstraints=obey", "--layerPrecisions"}),
+        ("TF32", set()),
+        ("FP32", {"--noTF32"}),
+    ],
+)
+def test_engine_build_precisions(tmp_path, precision, flags):
+    path = tmp_path / "model.onnx"
+    onnx.save(small_encoder_graph(), path)
+    build = trt.EngineBuild(precision=precision)
+    assert build.fp16 is (precision == "FP16")
+    command = build.command(path, tmp_path / "model.plan")
+    assert {a.split("=")[0] if a.startswith("--layer") else a for a in command[5:]} == flags
+    assert trt.EngineBuild.from_parameters(build.to_parameters()) == build
+    assert build.to_parameters()[trt.PARAM_PRECISION] == precision
+    assert (
+        len({trt.EngineBuild(precision=p).fingerprint() for p in trt.PRECISIONS}) == 3
+    )  # distinct cache keys
+    with pytest.raises(ValueError, match="precision must be one of"):
+        trt.EngineBuild(precision="BF16")
+
+
 def test_trtexec_command_refuses_a_layer_list_longer_than_one_argument():
     names = [f"node_{i:06d}_with_a_long_exporter_name" for i in range(5000)]
     with pytest.raises(trt.LayerListTooLong):
