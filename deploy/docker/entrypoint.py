@@ -7,6 +7,14 @@ model's config. A complete cached engine is reused; a missing, foreign or damage
 is in ``engine.json``) is rebuilt. Builds of one GPU type hold a lock in the cache, so pods that share the
 volume build each engine once.
 
+Every engine, built or reused, is then run once on a fixed probe input of its model (``trtexec --loadEngine
+--loadInputs --exportOutput``) and compared with ONNX Runtime FP32 on the ONNX file it was built from
+(``mobilesamv2.export.verify``): an engine whose outputs are NaN, or differ by more than the tolerance of
+its precision (``--verify-max-diff-fp32`` / ``--verify-max-diff-fp16``, scaled by the output's magnitude), or
+whose masks (logits > 0) overlap ONNX Runtime's by less than ``--verify-min-mask-iou``, is not served: the
+entrypoint prints the numbers and exits with status 3. The numbers of the last check are kept in the entry's
+``engine.json`` (``verification``).
+
 Triton then serves a runtime repository (``--runtime-repository``, a writable scratch folder) that links the
 models of ``--model-repository`` and the cached plans.
 
@@ -28,8 +36,9 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,6 +57,14 @@ from mobilesamv2.export.tensorrt import (
     parse_tensorrt_version,
     sha256_file,
     strip_build_parameters,
+)
+from mobilesamv2.export.verify import (
+    OnnxRuntimeRunner,
+    TensorRunner,
+    Tolerances,
+    TrtexecRunner,
+    Verification,
+    verify_engine,
 )
 
 DEFAULT_MODEL_REPOSITORY = "/opt/mobilesamv2/model_repository"
@@ -71,6 +88,14 @@ Runner = Callable[[Sequence[str]], "subprocess.CompletedProcess[str]"]
 
 class EntrypointError(RuntimeError):
     """A condition the container cannot start under; the message says what to change."""
+
+
+class EngineVerificationError(EntrypointError):
+    """An engine disagrees with ONNX Runtime on its probe input (or could not be run): it is not served."""
+
+
+EXIT_ERROR = 2
+EXIT_VERIFICATION_FAILED = 3
 
 
 def run_captured(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -319,6 +344,72 @@ def ensure_engines(
             job.state = "hit"
 
 
+# --- verification: every engine against ONNX Runtime FP32 before serving -----------------------------------
+
+
+def record_verification(entry: Path, verification: Verification) -> None:
+    """Keep the numbers in the entry's ``engine.json`` (replaced atomically: other pods read it)."""
+    meta_path = entry / ENGINE_META
+    try:
+        meta = json.loads(meta_path.read_text())
+        meta["verification"] = {
+            **verification.to_json(),
+            "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+            "host": socket.gethostname(),
+        }
+        handle, scratch = tempfile.mkstemp(prefix=".engine-", suffix=".json", dir=entry)
+        with os.fdopen(handle, "w") as out:
+            json.dump(meta, out, indent=2)
+        os.replace(scratch, meta_path)
+    except (OSError, ValueError) as exc:
+        print(f"[entrypoint] warning: could not record the verification in {meta_path}: {exc}", flush=True)
+
+
+def verify_engines(
+    jobs: Sequence[EngineJob],
+    engine_runner: TensorRunner,
+    reference_runner: TensorRunner,
+    tolerances: Tolerances,
+) -> list[Verification]:
+    """Check every engine; raise :class:`EngineVerificationError` naming each one that fails, with its
+    numbers and tolerances, after all were checked."""
+    results, failed = [], []
+    for job in jobs:
+        name = f"{job.model}/{job.version}"
+        started = time.monotonic()
+        try:
+            verification = verify_engine(
+                name,
+                job.onnx,
+                job.plan,
+                job.build.precision,
+                job.build.shapes,
+                engine_runner,
+                reference_runner,
+                tolerances,
+            )
+        except Exception as exc:  # ONNX Runtime or onnx failing on the model: it cannot be served
+            raise EntrypointError(f"cannot check the engine of {name} against ONNX Runtime: {exc}") from exc
+        record_verification(job.entry, verification)
+        print(f"[entrypoint] {verification.summary()} ({time.monotonic() - started:.0f} s)", flush=True)
+        results.append(verification)
+        if not verification.passed:
+            failed.append(verification)
+    if failed:
+        lines = []
+        for verification in failed:
+            lines.append(f"engine {verification.model} ({verification.precision}) refused:")
+            lines += [f"    {line}" for line in verification.failures()]
+        raise EngineVerificationError(
+            "\n".join(lines) + "\nAn engine that disagrees with ONNX Runtime FP32 on the probe input is not "
+            "served. Build it in a wider precision (python -m mobilesamv2.export.gpu --encoder-precision / "
+            "--decoder-precision tf32 or fp32) or, if the difference is acceptable, raise the tolerance "
+            "(--verify-max-diff-fp32, --verify-max-diff-fp16, --verify-min-mask-iou). Numbers: engine.json "
+            "in the engine cache entry."
+        )
+    return results
+
+
 # --- the repository Triton serves, and the server command ---------------------------------------------------
 
 
@@ -372,8 +463,10 @@ def tritonserver_command(
 # --- main ---------------------------------------------------------------------------------------------------
 
 
-def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str]]:
-    env = os.environ
+def parse_args(
+    argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
+) -> tuple[argparse.Namespace, list[str]]:
+    env = os.environ if environ is None else environ
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], allow_abbrev=False)
     parser.add_argument(
         "--model-repository", type=Path, default=Path(env.get("MODEL_REPOSITORY", DEFAULT_MODEL_REPOSITORY))
@@ -391,7 +484,28 @@ def parse_args(argv: Sequence[str] | None) -> tuple[argparse.Namespace, list[str
         "--dry-run", action="store_true", help="print decisions and commands as JSON; run nothing"
     )
     mode.add_argument(
-        "--build-only", action="store_true", help="build the engines, then exit (cache warm-up job)"
+        "--build-only",
+        action="store_true",
+        help="build and verify the engines, then exit (cache warm-up job)",
+    )
+    defaults = Tolerances()
+    parser.add_argument(
+        "--verify-max-diff-fp32",
+        type=float,
+        default=env.get("ENGINE_VERIFY_MAX_DIFF_FP32", str(defaults.max_scaled_diff_fp32)),
+        help="largest difference (scaled by the output's magnitude) of an FP32/TF32 engine from ONNX Runtime",
+    )
+    parser.add_argument(
+        "--verify-max-diff-fp16",
+        type=float,
+        default=env.get("ENGINE_VERIFY_MAX_DIFF_FP16", str(defaults.max_scaled_diff_fp16)),
+        help="the same for FP16 engines",
+    )
+    parser.add_argument(
+        "--verify-min-mask-iou",
+        type=float,
+        default=env.get("ENGINE_VERIFY_MIN_MASK_IOU", str(defaults.min_mask_iou)),
+        help="lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per prompt",
     )
     return parser.parse_known_args(argv)
 
@@ -410,9 +524,21 @@ def main(
     which: Callable[[str], str | None] = shutil.which,
     execv: Callable[[str, list[str]], object] = os.execvp,
     environ: dict[str, str] | None = None,
+    engine_runner: TensorRunner | None = None,
+    reference_runner: TensorRunner | None = None,
 ) -> int:
-    args, server_args = parse_args(argv)
+    """``engine_runner`` (default: trtexec through ``run_query``) and ``reference_runner`` (default: ONNX
+    Runtime's CPU provider) run the engines and their ONNX files for the verification."""
     environ = dict(os.environ if environ is None else environ)
+    args, server_args = parse_args(argv, environ)
+    try:
+        tolerances = Tolerances(
+            args.verify_max_diff_fp32, args.verify_max_diff_fp16, args.verify_min_mask_iou
+        )
+    except ValueError as exc:
+        print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    reference_runner = reference_runner or OnnxRuntimeRunner()
     try:
         if not args.model_repository.is_dir():
             raise EntrypointError(f"model repository {args.model_repository} not found")
@@ -423,6 +549,7 @@ def main(
             trtexec = find_trtexec(which)
             trt_version = query_tensorrt_version(trtexec, run_query, environ)
             jobs = plan_engines(args.model_repository, args.engine_cache, gpu, trt_version, trtexec)
+            engine_runner = engine_runner or TrtexecRunner(trtexec, run_query)
         command = tritonserver_command(args.runtime_repository, server_args)
         if args.dry_run:
             print(
@@ -431,6 +558,11 @@ def main(
                         "gpu": {"name": gpu.name, "compute_capability": gpu.compute_capability},
                         "tensorrt": trt_version,
                         "engines": [j.to_json() for j in jobs],
+                        "verification": {
+                            "engine_runner": engine_runner.name if engine_runner else None,
+                            "reference": reference_runner.name,
+                            "tolerances": tolerances.to_json(),
+                        },
                         "tritonserver": command,
                     },
                     indent=2,
@@ -444,12 +576,16 @@ def main(
         )
         if jobs:
             ensure_engines(jobs, args.engine_cache, gpu, trt_version, run_build)
+            verify_engines(jobs, engine_runner, reference_runner, tolerances)
         if args.build_only:
             return 0
         assemble_runtime_repository(args.model_repository, args.runtime_repository, jobs)
+    except EngineVerificationError as exc:
+        print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_VERIFICATION_FAILED
     except EntrypointError as exc:
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return EXIT_ERROR
     print(f"[entrypoint] exec {' '.join(command)}", flush=True)
     execv(command[0], command)
     return 0  # only reached when execv is a test double

@@ -1,5 +1,6 @@
-"""The container entrypoint's decisions (engine cache hit / miss / rebuild) and the commands it runs, with the
-GPU, trtexec and tritonserver replaced by test doubles."""
+"""The container entrypoint's decisions (engine cache hit / miss / rebuild), the commands it runs and its
+check of every engine against ONNX Runtime, with the GPU, trtexec and tritonserver replaced by test doubles
+(the "engines" are small ONNX graphs run by ONNX Runtime behind a fake ``trtexec --loadEngine``)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,9 @@ import json
 import subprocess
 from pathlib import Path
 
-import onnx
+import numpy as np
 import pytest
-from onnx import TensorProto, helper
+from tiny_engines import FakeTrtexecInference, decoder_onnx, encoder_onnx
 
 from mobilesamv2.export.gpu import write_gpu_repository
 
@@ -20,30 +21,19 @@ TRT_10_5 = "&&&& RUNNING TensorRT.trtexec [TensorRT v100500] # trtexec --help\n=
 TRT_10_6 = TRT_10_5.replace("v100500", "v100600")
 
 
-def tiny_onnx(path: Path, scale: float = 1.0) -> None:
-    """A graph with a LayerNormalization (kept FP32) and a Relu (free to run in FP16)."""
-    x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
-    y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    nodes = [
-        helper.make_node("LayerNormalization", ["x", "g", "b"], ["n"], name="node_layer_norm"),
-        helper.make_node("Relu", ["n"], ["y"], name="node_relu"),
-    ]
-    inits = [
-        helper.make_tensor("g", TensorProto.FLOAT, [4], [scale] * 4),
-        helper.make_tensor("b", TensorProto.FLOAT, [4], [0.0] * 4),
-    ]
-    model = helper.make_model(
-        helper.make_graph(nodes, "tiny", [x], [y], inits), opset_imports=[helper.make_opsetid("", 18)]
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)  # version folders hold only built files: absent in a clone
-    onnx.save(model, path)
-
-
 class FakeMachine:
-    """nvidia-smi, trtexec and the exec of tritonserver, recording what the entrypoint asks for."""
+    """nvidia-smi, trtexec (builds and inference) and the exec of tritonserver, recording what the entrypoint
+    asks for."""
 
-    def __init__(self, gpus: str = A100, trt_banner: str = TRT_10_5, build_rc: int = 0) -> None:
+    def __init__(
+        self,
+        gpus: str = A100,
+        trt_banner: str = TRT_10_5,
+        build_rc: int = 0,
+        inference: FakeTrtexecInference | None = None,
+    ) -> None:
         self.gpus, self.trt_banner, self.build_rc = gpus, trt_banner, build_rc
+        self.inference = inference or FakeTrtexecInference()
         self.queries: list[list[str]] = []
         self.builds: list[list[str]] = []
         self.exec_args: list[str] | None = None
@@ -54,6 +44,8 @@ class FakeMachine:
             if self.gpus is None:
                 raise FileNotFoundError("nvidia-smi")
             return subprocess.CompletedProcess(command, 0, self.gpus, "")
+        if any(arg.startswith("--loadEngine=") for arg in command):
+            return self.inference(command)
         if command[-1] == "--help":
             return subprocess.CompletedProcess(command, 1, self.trt_banner, "")
         return subprocess.CompletedProcess(command, 1, "", "ModuleNotFoundError: No module named 'tensorrt'")
@@ -76,8 +68,8 @@ class FakeMachine:
 def layout(tmp_path):
     repo = tmp_path / "models"
     write_gpu_repository(CPU_REPO, repo)
-    tiny_onnx(repo / "image_encoder" / "1" / "model.onnx")
-    tiny_onnx(repo / "prompt_decoder" / "1" / "model.onnx")
+    encoder_onnx(repo / "image_encoder" / "1" / "model.onnx")
+    decoder_onnx(repo / "prompt_decoder" / "1" / "model.onnx")
     return {"repo": repo, "cache": tmp_path / "cache", "runtime": tmp_path / "runtime"}
 
 
@@ -133,6 +125,11 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(entrypoint, 
     # FP16 with its LayerNorm in FP32; up to 32 points per prompt plus SAM's padding point
     assert {"--fp16", "--precisionConstraints=obey", "--layerPrecisions=node_layer_norm:fp32"} <= set(decoder)
     assert "--maxShapes=image_embeddings:1x256x64x64,point_coords:320x33x2,point_labels:320x33" in decoder
+    assert plan["verification"]["tolerances"] == {
+        "max_scaled_diff_fp32": 0.01,
+        "max_scaled_diff_fp16": 0.05,
+        "min_mask_iou": 0.98,
+    }
     assert plan["tritonserver"] == [
         "tritonserver",
         f"--model-repository={layout['runtime']}",
@@ -189,7 +186,7 @@ def test_a_different_gpu_tensorrt_onnx_or_build_is_a_miss(entrypoint, layout, ca
         gpus=L4 if change == "gpu" else A100, trt_banner=TRT_10_6 if change == "tensorrt" else TRT_10_5
     )
     if change == "onnx":
-        tiny_onnx(layout["repo"] / "image_encoder" / "1" / "model.onnx", scale=2.0)
+        encoder_onnx(layout["repo"] / "image_encoder" / "1" / "model.onnx", scale=2.0)
     if change == "build settings":
         config = layout["repo"] / "image_encoder" / "config.pbtxt"
         config.write_text(config.read_text().replace('string_value: "4096"', 'string_value: "2048"'))
@@ -310,3 +307,107 @@ def test_a_prebuilt_plan_without_onnx_is_served_as_it_is(entrypoint, layout, cap
     assert [e["model"] for e in plan["engines"]] == ["image_encoder"]
     assert start(entrypoint, layout, FakeMachine()) == 0
     assert (layout["runtime"] / "prompt_decoder" / "1" / "model.plan").read_bytes() == b"prebuilt"
+
+
+# --- every engine is checked against ONNX Runtime before it is served ---------------------------------------
+
+
+def _verification(layout, model: str) -> dict:
+    [meta] = [json.loads(p.read_text()) for p in layout["cache"].glob(f"{model}/*/engine.json")]
+    return meta["verification"]
+
+
+def test_every_engine_is_verified_against_onnxruntime_and_the_numbers_are_recorded(
+    entrypoint, layout, capsys
+):
+    machine = FakeMachine()
+    assert start(entrypoint, layout, machine) == 0
+    assert machine.exec_args is not None
+    runs = machine.inference.commands
+    # the encoder once (2 canvases in one batch), the decoder twice (boxes; points with padding)
+    assert [c[1].split("/")[-3] for c in runs] == ["image_encoder", "prompt_decoder", "prompt_decoder"]
+    assert any(a.startswith("--shapes=image:2x1024x1024x3,image_size:2x2") for a in runs[0])
+    assert any(a.startswith("--shapes=image_embeddings:1x256x64x64,point_coords:3x33x2,") for a in runs[2])
+    encoder, decoder = _verification(layout, "image_encoder"), _verification(layout, "prompt_decoder")
+    assert encoder["passed"] and decoder["passed"]
+    assert (encoder["precision"], decoder["precision"]) == ("TF32", "FP16")
+    assert 0 <= encoder["max_scaled_diff"] <= 1e-5  # trtexec's 6 significant digits
+    assert encoder["min_mask_iou"] is None and decoder["min_mask_iou"] == 1.0
+    assert encoder["reference"].startswith("onnxruntime CPUExecutionProvider")
+    assert {c["output"] for c in decoder["checks"]} == {"low_res_masks", "iou_predictions"}
+    assert decoder["cases"]["3 point prompts of 33 points (with padding)"]["point_labels"] == [3, 33]
+    out = capsys.readouterr().out
+    assert "image_encoder/1 (TF32) vs ONNX Runtime FP32: max scaled difference" in out
+    assert "prompt_decoder/1 (FP16) vs ONNX Runtime FP32" in out and "lowest mask IoU 1.0000" in out
+
+
+def test_a_reused_engine_is_verified_again(entrypoint, layout):
+    start(entrypoint, layout, FakeMachine())
+    machine = FakeMachine()
+    assert start(entrypoint, layout, machine) == 0
+    assert machine.builds == [] and len(machine.inference.commands) == 3
+
+
+def test_an_engine_with_nan_outputs_is_refused(entrypoint, layout, capsys):
+    def nan_embeddings(model, output, array):
+        if model == "image_encoder":
+            array[0, :2] = np.nan
+        return array
+
+    machine = FakeMachine(inference=FakeTrtexecInference(nan_embeddings))
+    assert start(entrypoint, layout, machine) == 3
+    assert machine.exec_args is None and not layout["runtime"].exists()
+    err = capsys.readouterr().err
+    assert "engine image_encoder/1 (TF32) refused" in err
+    assert "image_embeddings, max scaled difference nan > tolerance 0.01" in err
+    assert "128 of 512 values are NaN or infinite" in err
+    assert "prompt_decoder" not in err  # the decoder agreed
+    verification = _verification(layout, "image_encoder")
+    assert verification["passed"] is False and verification["max_scaled_diff"] == "nan"
+    assert _verification(layout, "prompt_decoder")["passed"] is True  # both were checked
+
+
+def test_an_engine_that_disagrees_is_refused_with_its_numbers(entrypoint, layout, capsys):
+    def flipped_masks(model, output, array):
+        return -array if output == "low_res_masks" else array
+
+    assert start(entrypoint, layout, FakeMachine(inference=FakeTrtexecInference(flipped_masks))) == 3
+    err = capsys.readouterr().err
+    assert "engine prompt_decoder/1 (FP16) refused" in err
+    assert "5 box prompts: low_res_masks, max scaled difference" in err and "> tolerance 0.05" in err
+    assert "mask IoU (logits > 0) 0.0000 < 0.98" in err
+    assert "--decoder-precision" in err  # what to do about it
+    checks = _verification(layout, "prompt_decoder")["checks"]
+    assert {c["output"]: c["ok"] for c in checks} == {"low_res_masks": False, "iou_predictions": True}
+
+
+def test_small_differences_pass_and_tolerances_are_settings(entrypoint, layout, capsys):
+    def shifted(model, output, array):
+        return array + np.float32(0.1) if model == "image_encoder" else array
+
+    machine = FakeMachine(inference=FakeTrtexecInference(shifted))
+    assert start(entrypoint, layout, machine) == 3  # 0.1 / max|embedding| ~ 0.04 > the FP32/TF32 default
+    assert "> tolerance 0.01" in capsys.readouterr().err
+    layout["runtime"] = layout["runtime"].with_name("runtime-2")
+    assert start(entrypoint, layout, machine, "--verify-max-diff-fp32=0.05") == 0
+    assert _verification(layout, "image_encoder")["tolerances"]["max_scaled_diff_fp32"] == 0.05
+    environ = {"ENGINE_VERIFY_MAX_DIFF_FP32": "0.05"}
+    assert start(entrypoint, layout, machine, environ=environ) == 0  # the variable the chart can set
+    assert "--verify-max-diff-fp32=0.05" not in machine.exec_args  # not a tritonserver option
+
+
+def test_an_engine_trtexec_cannot_run_is_refused(entrypoint, layout, capsys):
+    machine = FakeMachine(inference=FakeTrtexecInference(returncode=1))
+    assert start(entrypoint, layout, machine) == 3
+    err = capsys.readouterr().err
+    assert "trtexec could not run" in err and "engine mismatch" in err and machine.exec_args is None
+
+
+def test_build_only_verifies_too(entrypoint, layout):
+    machine = FakeMachine(inference=FakeTrtexecInference(lambda model, output, array: array * 2))
+    assert start(entrypoint, layout, machine, "--build-only") == 3
+
+
+def test_bad_tolerances_are_refused(entrypoint, layout, capsys):
+    assert start(entrypoint, layout, FakeMachine(), "--verify-min-mask-iou=1.5") == 2
+    assert "min_mask_iou must be in [0, 1]" in capsys.readouterr().err
