@@ -296,3 +296,28 @@ def test_prometheus_adapter_rule_serves_the_metric_the_hpa_reads():
     assert "nv_inference_queue_duration_us" in rule["seriesQuery"]
     assert set(rule["resources"]["overrides"]) == {"namespace", "pod"}
     assert "nv_inference_request_success" in rule["metricsQuery"] and "<<.GroupBy>>" in rule["metricsQuery"]
+
+
+def _bytes(quantity: str) -> int:
+    """A Kubernetes quantity with a binary or decimal suffix (Ki, Mi, Gi; k, M, G) in bytes."""
+    number, suffix = re.fullmatch(r"(\d+)([KMG]i?|k)?", str(quantity)).groups()
+    scale = {None: 1, "k": 10**3, "M": 10**6, "G": 10**9, "Ki": 2**10, "Mi": 2**20, "Gi": 2**30}[suffix]
+    return int(number) * scale
+
+
+@pytest.mark.parametrize("shm_size", [None, "4Gi"])
+def test_dev_shm_is_a_sized_memory_backed_volume(shm_size):
+    """Triton's Python backend moves every tensor between the server and the model processes through
+    /dev/shm; container runtimes give 64 MiB. One SegEvery request in flight carries ~83 MB there (300 x 256 x
+    256 float32 logits + the 4 MB embedding), so the chart mounts a RAM-backed emptyDir of at least 1 GiB."""
+    values = {"server": {"shmSize": shm_size}} if shm_size else {}
+    pod = one(render(values), "Deployment")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    [mount] = [m for m in container["volumeMounts"] if m["mountPath"] == "/dev/shm"]
+    volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+    assert volume["emptyDir"]["medium"] == "Memory"
+    size = volume["emptyDir"]["sizeLimit"]
+    assert size == (shm_size or "2Gi")
+    assert _bytes(size) >= 2**30
+    # memory-backed: it counts against the container's memory limit, which must leave room for it
+    assert _bytes(container["resources"]["limits"]["memory"]) >= 4 * _bytes(size)
