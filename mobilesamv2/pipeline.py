@@ -99,6 +99,27 @@ class StageError(RuntimeError):
         self.code = code
 
 
+class RequestCancelled(RuntimeError):
+    """The caller went away (its connection closed or its gRPC deadline passed): no further work is launched."""
+
+    code = "CANCELLED"
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"request cancelled by the caller before {stage}; dropped")
+        self.stage = stage
+
+
+class DeadlineExceeded(RuntimeError):
+    """The request's own deadline (Triton's ``timeout`` parameter, the client's timeout) passed: the work left is
+    dropped instead of computing an answer nobody waits for."""
+
+    code = "UNAVAILABLE"
+
+    def __init__(self, stage: str) -> None:
+        super().__init__(f"deadline exceeded before {stage}; dropped (the request's timeout passed)")
+        self.stage = stage
+
+
 class ResponseTooLarge(ContractError):
     """The response would exceed ``max_response_bytes``; the message says which setting to lower."""
 
@@ -245,6 +266,20 @@ Checkpoint = Callable[[str], None]
 
 def _no_checkpoint(stage: str) -> None:
     return None
+
+
+def request_checkpoint(
+    is_cancelled: Callable[[], bool], deadline: float | None, clock: Callable[[], float] = time.monotonic
+) -> Checkpoint:
+    """A checkpoint that stops a request its caller abandoned or whose deadline (``clock()`` seconds) passed."""
+
+    def checkpoint(stage: str) -> None:
+        if is_cancelled():
+            raise RequestCancelled(stage)
+        if deadline is not None and clock() >= deadline:
+            raise DeadlineExceeded(stage)
+
+    return checkpoint
 
 
 @dataclass

@@ -22,6 +22,9 @@ from .images import ImageInput, prepare_image
 from .types import SegmentSettings
 
 
+INTERACTIVE_PRIORITY = 1
+
+
 @dataclass(frozen=True)
 class RetryPolicy:
     """When and how long to wait before trying a request again.
@@ -146,6 +149,12 @@ class ClientBase:
         boxes: ArrayLike | None, points: ArrayLike | None, point_labels: ArrayLike | None
     ) -> Prompts:
         return _protocol.prompt_arrays(boxes, points, point_labels)
+
+    @staticmethod
+    def _priority(prompts: Prompts | None) -> int:
+        """Triton queue priority: SegAny calls (interactive clicks) 1, ahead of SegEvery (0 = the model's
+        default level, 2); see the ``dynamic_batching`` of ``segment_everything``."""
+        return INTERACTIVE_PRIORITY if prompts is not None else 0
 
     def _deadline(self) -> float:
         return time.monotonic() + self.timeout

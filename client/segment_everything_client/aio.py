@@ -124,7 +124,7 @@ class AsyncSegmentEverythingClient(ClientBase):
                 ) from exc
         return self._client
 
-    async def _infer(self, inputs: list[Any], outputs: list[Any]) -> Any:
+    async def _infer(self, inputs: list[Any], outputs: list[Any], priority: int = 0) -> Any:
         """See :meth:`SegmentEverythingClient._infer`."""
         deadline = self._deadline()
         attempt = 0
@@ -135,6 +135,7 @@ class AsyncSegmentEverythingClient(ClientBase):
                     inputs,
                     model_version=self.model_version,
                     outputs=outputs,
+                    priority=priority,
                     **self._attempt_kwargs(deadline),
                 )
             except asyncio.CancelledError:
@@ -155,7 +156,7 @@ class AsyncSegmentEverythingClient(ClientBase):
         self, image: ImageInput, settings: SegmentSettings, channel_order: str, prompts: Prompts | None = None
     ) -> Segmentation:
         inputs, outputs = self._prepare(image, settings, channel_order, prompts)
-        return _protocol.parse_response(await self._infer(inputs, outputs), settings)
+        return _protocol.parse_response(await self._infer(inputs, outputs, self._priority(prompts)), settings)
 
     # ------------------------------------------------------------------------- public API
 

@@ -173,7 +173,7 @@ class SegmentEverythingClient(ClientBase):
         with contextlib.suppress(Exception):
             client.close()
 
-    def _infer(self, inputs: list[Any], outputs: list[Any]) -> Any:
+    def _infer(self, inputs: list[Any], outputs: list[Any], priority: int = 0) -> Any:
         """One inference with the retry policy, all attempts within the client's deadline."""
         deadline = self._deadline()
         attempt = 0
@@ -184,6 +184,7 @@ class SegmentEverythingClient(ClientBase):
                     inputs,
                     model_version=self.model_version,
                     outputs=outputs,
+                    priority=priority,
                     **self._attempt_kwargs(deadline),
                 )
             except BaseException as exc:
@@ -262,7 +263,7 @@ class SegmentEverythingClient(ClientBase):
         self, image: ImageInput, settings: SegmentSettings, channel_order: str, prompts: Prompts | None = None
     ) -> Segmentation:
         inputs, outputs = self._prepare(image, settings, channel_order, prompts)
-        return _protocol.parse_response(self._infer(inputs, outputs), settings)
+        return _protocol.parse_response(self._infer(inputs, outputs, self._priority(prompts)), settings)
 
     def segment_everything_iter(
         self,

@@ -33,6 +33,8 @@ WORK_DIR = REPO_ROOT / "work"
 BACKENDS_SOURCE = Path(__file__).resolve().parent / "backends"
 DEFAULT_BACKEND_DIR = WORK_DIR / "triton" / "backends"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
+DEFAULT_CACHE_MB = 256
+"""Response cache (image embeddings, 4 MiB each: about 60 recent images)."""
 
 
 def find_pytriton() -> Path:
@@ -110,6 +112,7 @@ class TritonServer:
         exit_timeout_s: int = 10,
         log_path: str | os.PathLike[str] | None = None,
         backend_directory: str | os.PathLike[str] | None = None,
+        cache_mb: int = DEFAULT_CACHE_MB,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -130,6 +133,7 @@ class TritonServer:
             log_path or WORK_DIR / "logs" / f"tritonserver-{stamp}-{self.http_port}.log"
         ).resolve()
         self.backend_directory = Path(backend_directory or DEFAULT_BACKEND_DIR).resolve()
+        self.cache_mb = cache_mb
         self._process: subprocess.Popen[bytes] | None = None
 
     # -- endpoints ---------------------------------------------------------------------------------------
@@ -173,8 +177,17 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
+            *self.cache_args(),
             *self.extra_args,
         ]
+
+    def cache_args(self) -> list[str]:
+        """Triton's local response cache (models opt in with ``response_cache``; ``image_encoder`` does, so a
+        repeated image skips the encoder: the interactive SegAny case)."""
+        if self.cache_mb <= 0:
+            return []
+        caches = find_pytriton() / "tritonserver" / "caches"
+        return [f"--cache-directory={caches}", f"--cache-config=local,size={self.cache_mb << 20}"]
 
     def environment(self) -> dict[str, str]:
         """Environment of the server and, through it, of every Python stub."""
@@ -305,6 +318,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--log-file", type=Path, default=None, help="server log (default: work/logs/...)")
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--exit-timeout-secs", type=int, default=10, help="how long SIGTERM drains requests")
+    parser.add_argument(
+        "--cache-mb", type=int, default=DEFAULT_CACHE_MB, help="response cache for image embeddings (0: off)"
+    )
     args = parser.parse_args(argv)
 
     repository = args.model_repository.resolve()
@@ -323,6 +339,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         startup_timeout=args.startup_timeout,
         exit_timeout_s=args.exit_timeout_secs,
         log_path=args.log_file,
+        cache_mb=args.cache_mb,
     )
     try:
         server.start()

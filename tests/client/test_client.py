@@ -22,6 +22,7 @@ from tritonclient.utils import InferenceServerException
 import segment_everything_contract as contract
 from segment_everything_client import (
     AsyncSegmentEverythingClient,
+    SegmentEverythingError,
     InvalidInputError,
     SegmentEverythingClient,
     ServerError,
@@ -225,6 +226,7 @@ class FakeTriton:
 
     def infer(self, model_name, inputs, **kwargs):
         self.calls += 1
+        self.kwargs = kwargs
         self.threads.add(threading.get_ident())
         if self.failures:
             raise self.failures.pop(0)
@@ -254,6 +256,60 @@ def raw_images(n: int) -> list[np.ndarray]:
 
 def unavailable() -> InferenceServerException:
     return InferenceServerException("connection refused", status="StatusCode.UNAVAILABLE")
+
+
+def test_the_deadline_and_priority_travel_with_each_call(monkeypatch) -> None:
+    fake = FakeTriton()
+    client = SegmentEverythingClient(timeout=7.0)
+    monkeypatch.setattr(client, "_new_triton_client", lambda: fake)
+    client.segment_everything(b"img")
+    assert 6.0 < fake.kwargs["client_timeout"] <= 7.0  # gRPC deadline of this attempt
+    assert (
+        6e6 < fake.kwargs["timeout"] <= 7e6
+    )  # Triton's timeout parameter (microseconds): the server drops it
+    assert fake.kwargs["priority"] == 0
+    client.segment_anything(b"img", points=[[1, 1]])
+    assert fake.kwargs["priority"] == 1  # interactive clicks go ahead of SegEvery in the server's queue
+
+
+@pytest.mark.parametrize(
+    "failure, retried",
+    [
+        (InferenceServerException("Exceeds maximum queue size", status="StatusCode.UNAVAILABLE"), True),
+        (InferenceServerException("Too Many Requests", status="429"), True),
+        (ConnectionRefusedError(111, "Connection refused"), True),
+        (InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED"), False),
+        (ConnectionResetError(104, "Connection reset by peer"), False),  # the server may have started it
+        (InferenceServerException("internal error (request id 1)", status="StatusCode.INTERNAL"), False),
+    ],
+)
+def test_only_work_that_cannot_have_started_is_retried(monkeypatch, failure, retried) -> None:
+    fake = FakeTriton([failure])
+    client = SegmentEverythingClient(retries=1, backoff=0.0)
+    monkeypatch.setattr(client, "_new_triton_client", lambda: fake)
+    if retried:
+        assert len(client.segment_everything(b"img")) == 1
+    else:
+        with pytest.raises(SegmentEverythingError):
+            client.segment_everything(b"img")
+    assert fake.calls == (2 if retried else 1)
+
+
+def test_retry_started_work_when_the_caller_allows_it(monkeypatch) -> None:
+    fake = FakeTriton([InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED")])
+    client = SegmentEverythingClient(retries=1, backoff=0.0, retry_started_work=True)
+    monkeypatch.setattr(client, "_new_triton_client", lambda: fake)
+    assert len(client.segment_everything(b"img")) == 1 and fake.calls == 2
+
+
+def test_retries_stop_at_the_overall_deadline(monkeypatch) -> None:
+    fake = FakeTriton([unavailable()] * 50)
+    client = SegmentEverythingClient(retries=50, backoff=0.2, max_backoff=0.2, timeout=0.5)
+    monkeypatch.setattr(client, "_new_triton_client", lambda: fake)
+    start = time.monotonic()
+    with pytest.raises(ServerUnavailableError):
+        client.segment_everything(b"img")
+    assert time.monotonic() - start < 0.6 and fake.calls < 50
 
 
 def test_unavailable_is_retried_then_succeeds(monkeypatch) -> None:

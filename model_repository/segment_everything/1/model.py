@@ -10,24 +10,41 @@ copy through numpy). Tensor names, defaults and limits: ``segment_everything_con
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
+import time
 from pathlib import Path
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import segment_everything_contract as contract
-from mobilesamv2.pipeline import HostPostprocessor, Models, Pipeline, SegmentRequest, StageError
+from mobilesamv2.pipeline import (
+    HostPostprocessor,
+    Models,
+    Pipeline,
+    SegmentRequest,
+    StageError,
+    request_checkpoint,
+)
 from mobilesamv2.processing.image import DETECTOR_CHANNEL_ORDER
 from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES
 from mobilesamv2.server import glue
+from mobilesamv2.server.metrics import PipelineMetrics
 
 MODEL = contract.PIPELINE_MODEL
+#: The deadline (``time.monotonic()``) of the request being served in this task: sub-requests carry what is
+#: left of it as their own timeout (honoured by sub-models with a queue policy: ``image_encoder``).
+DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 
 async def _infer(model: str, inputs: list, outputs: list[str]) -> list:
     """One BLS request; a failed sub-model becomes a :class:`StageError` carrying its error code."""
-    request = pb_utils.InferenceRequest(model_name=model, inputs=inputs, requested_output_names=outputs)
+    deadline = DEADLINE.get()
+    timeout_us = 0 if deadline is None else max(1, int((deadline - time.monotonic()) * 1e6))
+    request = pb_utils.InferenceRequest(
+        model_name=model, inputs=inputs, requested_output_names=outputs, timeout=timeout_us
+    )
     response = await request.async_exec()
     if response.has_error():
         error = response.error()
@@ -87,23 +104,35 @@ class TritonPythonModel:
             pb_utils.Logger.log_warn(
                 f"{MODEL}: this repository was built from RANDOM WEIGHTS; its masks are meaningless"
             )
-        pb_utils.Logger.log_info(f"{MODEL}: encoder {info.get('encoder', '?')}, {self.pipeline}")
+        pb_utils.Logger.log_info(
+            f"{MODEL}: encoder {info.get('encoder', '?')}, limits {self.pipeline.limits}, overlap "
+            f"{self.pipeline.overlap}, decoder cap {self.pipeline.decoder_max_prompts_per_call} prompts/call"
+        )
+        self.metrics = PipelineMetrics(MODEL)
 
     async def _respond(self, request) -> pb_utils.InferenceResponse:
+        timeout_us = request.timeout()  # the caller's deadline (its client timeout); 0 when it sent none
+        deadline = time.monotonic() + timeout_us / 1e6 if timeout_us else None
+        DEADLINE.set(deadline)
         try:
             inputs = glue.read_inputs(request, contract.PIPELINE_INPUTS, MODEL)
             segment = SegmentRequest.from_inputs(inputs, self.pipeline.limits)
-            result = await self.pipeline.run(segment)
-            timings = result.timings
+            result = await self.pipeline.run(segment, request_checkpoint(request.is_cancelled, deadline))
             pb_utils.Logger.log_info(
                 f"{MODEL}: {len(result)} masks, {segment.image_size[1]}x{segment.image_size[0]}, "
-                + ", ".join(f"{k} {v:.1f} ms" for k, v in timings.items())
+                + ", ".join(f"{k} {v:.1f} ms" for k, v in result.timings.items())
             )
             wanted = set(segment.settings.outputs())
             requested = set(request.requested_output_names())
-            return pb_utils.InferenceResponse(glue.tensors(result.to_outputs(wanted & requested or wanted)))
-        except Exception as exc:
+            response = pb_utils.InferenceResponse(
+                glue.tensors(result.to_outputs(wanted & requested or wanted))
+            )
+            self.metrics.record(None, len(result), result.timings)
+            return response
+        except Exception as exc:  # noqa: BLE001 - every request gets an answer; the stub keeps serving
+            self.metrics.record(exc)
             return glue.error_response(exc, MODEL, request)
 
     async def execute(self, requests: list) -> list:
-        return list(await asyncio.gather(*(self._respond(r) for r in requests)))
+        # each request in its own task, so that each has its own DEADLINE context
+        return list(await asyncio.gather(*(asyncio.ensure_future(self._respond(r)) for r in requests)))
