@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import segment_everything_contract as contract
 import torch
 from torch import nn
 from torch.export import Dim
@@ -28,10 +29,11 @@ DECODER_OPSET = (
     20  # GELU is one ONNX op from opset 20 (a fused kernel in ONNX Runtime), not Erf + 4 elementwise ops
 )
 
-ENCODER_INPUTS = ("image", "image_size")
-ENCODER_OUTPUTS = ("image_embeddings",)
-DECODER_INPUTS = ("image_embeddings", "point_coords", "point_labels")
-DECODER_OUTPUTS = ("low_res_masks", "iou_predictions")
+# Tensor names of the served graphs: the contract's (the detector graph is wrapped by object_discovery).
+ENCODER_INPUTS = tuple(t.name for t in contract.ENCODER_INPUTS)
+ENCODER_OUTPUTS = tuple(t.name for t in contract.ENCODER_OUTPUTS)
+DECODER_INPUTS = tuple(t.name for t in contract.DECODER_INPUTS)
+DECODER_OUTPUTS = tuple(t.name for t in contract.DECODER_OUTPUTS)
 DETECTOR_INPUTS = ("images",)
 DETECTOR_OUTPUTS = ("predictions",)
 
