@@ -12,10 +12,24 @@ Files (source; licence):
 - mobile_sam.pt: github.com/ChaoningZhang/MobileSAM (weights/); Apache-2.0
 - sam_vit_h_4b8939.pth: dl.fbaipublicfiles.com/segment_anything; Apache-2.0 (SAM)
 
-Checksums: the publishers do not state SHA-256 sums. Each file is verified against ``weights/SHA256SUMS`` when
-that file lists it (commit yours, or pass ``--sha256 NAME=HEX``); otherwise its sum is recorded there on first
-download (trust on first use) and every later build verifies it. Files are written atomically (``.part`` then
-rename), so an interrupted download never leaves a truncated checkpoint behind.
+Checksums: the publishers' READMEs state no checksum for these files. Where independent public projects that
+download the same official file state its SHA-256, that value is pinned in ``OFFICIAL_FILES`` (the comment
+next to it cites the source):
+
+- ``sam_vit_h_4b8939.pth``: pinned. Its name's ``4b8939`` is not a SHA-256 prefix but the start of the file's
+  MD5 (``4b8939a88964f0f4ff5f5b2642c598a6``, as third-party download registries state).
+- ``mobile_sam.pt``: pinned.
+- ``ObjectAwareModel.pt`` (inside a Google Drive zip), ``Prompt_guided_Mask_Decoder.pt`` (the GitHub
+  repository gives only its git blob id, a SHA-1 of a header plus the content) and ``l2.pt`` (Hugging Face
+  shows LFS SHA-256s on its file pages, but no source we could read states the one of
+  ``han-cai/efficientvit-sam`` ``l2.pt``; the SHA-256 CompressAI-Vision pins is for
+  ``mit-han-lab/efficientvit-sam``'s ``efficientvit_sam_l2.pt``, another repository and file name): no public
+  SHA-256 found, not pinned.
+
+``--sha256 NAME=HEX`` or else the pinned sum is checked first; otherwise a file is verified against
+``weights/SHA256SUMS`` when that file lists it (commit yours), or its sum is recorded there on first download
+(trust on first use) and every later build verifies it. Files are written atomically (``.part`` then rename),
+so an interrupted download never leaves a truncated checkpoint behind.
 """
 
 from __future__ import annotations
@@ -53,10 +67,25 @@ OFFICIAL_FILES: dict[str, WeightFile] = {
         ),
         WeightFile("l2.pt", "https://huggingface.co/han-cai/efficientvit-sam/resolve/main/l2.pt"),
         WeightFile(
-            "mobile_sam.pt", "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt"
+            "mobile_sam.pt",
+            "https://github.com/ChaoningZhang/MobileSAM/raw/master/weights/mobile_sam.pt",
+            # micro-sam pins this SHA-256 for MobileSAM's ViT-T checkpoint in its pooch registry ("vit_t",
+            # "the model with vit tiny backend fom https://github.com/ChaoningZhang/MobileSAM"), which it
+            # downloads from its own mirror: https://github.com/computational-cell-analytics/micro-sam/blob/
+            # 00006fc6a86d4f6888f7ef333cf070987ffabb51/micro_sam/util.py. MobileSAM's weights/mobile_sam.pt
+            # is unchanged since its commit a509aac (2023-06-29).
+            sha256="6dbb90523a35330fedd7f1d3dfc66f995213d81b29a5ca8108dbcdd4e37d6c2f",
         ),
         WeightFile(
-            "sam_vit_h_4b8939.pth", "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth"
+            "sam_vit_h_4b8939.pth",
+            "https://dl.fbaipublicfiles.com/segment_anything/sam_vit_h_4b8939.pth",
+            # Stated for this URL by micro-sam's pooch registry ("vit_h"), which checks downloads with it:
+            # https://github.com/computational-cell-analytics/micro-sam/blob/
+            # 00006fc6a86d4f6888f7ef333cf070987ffabb51/micro_sam/util.py, and by CompressAI-Vision's weight
+            # list checked with `sha256sum --check` ("<sum>  segment_anything/sam_vit_h_4b8939.pth  <URL>"):
+            # https://github.com/InterDigitalInc/CompressAI-Vision/blob/
+            # 012d084b763dc378675ad58a636b083c7d493f1b/scripts/install.sh
+            sha256="a7bf3b02f3ebf1267aba913ff637d9a2d5c33d3173bb679e46d9f338c26f262e",
         ),
     )
 }
