@@ -55,13 +55,36 @@ class Models:
         encode: ``(canvas (1, 1024, 1024, 3) uint8, size (1, 2) int32) -> embedding``.
         discover: ``(letterboxed (H, W, 3) uint8, conf) -> (boxes (K, 4) letterbox xyxy, scores (K,),
             classes (K,))``: the candidates above ``conf``, before NMS.
-        decode: ``(embedding, coords (N, P, 2) float32, labels (N, P) float32, multimask) -> (logits (N, M,
-            256, 256), iou_predictions (N, M))`` with M = 3 when ``multimask`` else 1.
+        decode: ``(embedding, coords (N, P, 2) float32, labels (N, P) float32, multimask, mask_input (N, 256,
+            256) float32 or None) -> (logits (N, M, 256, 256), iou_predictions (N, M))`` with M = 3 when
+            ``multimask`` (SAM's mask tokens 1-3) else 1 (token 0).
     """
 
     encode: Callable[[np.ndarray, np.ndarray], Awaitable[Embedding]]
     discover: Callable[[np.ndarray, float], Awaitable[tuple[np.ndarray, np.ndarray, np.ndarray]]]
-    decode: Callable[[Embedding, np.ndarray, np.ndarray, bool], Awaitable[tuple[Any, Any]]]
+    decode: Callable[[Embedding, np.ndarray, np.ndarray, bool, np.ndarray | None], Awaitable[tuple[Any, Any]]]
+
+
+def uses_interactive_decoder(multimask: bool, mask_input: np.ndarray | None) -> bool:
+    """SegEvery's decoder (token 0, no mask input, image side shared) unless SAM's full decoder is needed."""
+    return multimask or mask_input is not None
+
+
+def interactive_decoder_inputs(
+    coords: np.ndarray, labels: np.ndarray, mask_input: np.ndarray | None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """``(point_coords, point_labels, mask_input (N, 1, 256, 256), has_mask_input (N,))`` of the interactive
+    decoder; zeros and 0 where no previous mask is given (SAM's ONNX convention)."""
+    n = len(coords)
+    if mask_input is None:
+        return coords, labels, np.zeros((n, 1, 256, 256), np.float32), np.zeros(n, np.float32)
+    return coords, labels, np.ascontiguousarray(mask_input[:, None], np.float32), np.ones(n, np.float32)
+
+
+def select_mask_tokens(logits: Any, ious: Any, multimask: bool) -> tuple[Any, Any]:
+    """The interactive decoder's four tokens -> SAM's predictor output: tokens 1-3 with ``multimask``, else 0."""
+    tokens = contract.MULTIMASK_TOKENS if multimask else slice(0, 1)
+    return logits[:, tokens], ious[:, tokens]
 
 
 class MaskPostprocessor(Protocol):
@@ -337,8 +360,11 @@ class Pipeline:
         check_response_budget(
             predicted_response_bytes(count, shape, settings.output), self.limits, settings.output
         )
+        mask_input = None if prompts is None else prompts.mask_input
         if len(coords):
-            logits, ious = await self._decode(embedding, coords, labels, multimask, timings, checkpoint)
+            logits, ious = await self._decode(
+                embedding, coords, labels, multimask, mask_input, timings, checkpoint
+            )
         else:  # nothing found: an empty result, not an error
             logits, ious = np.zeros((0, 256, 256), np.float32), np.zeros(0, np.float32)
 
@@ -405,6 +431,7 @@ class Pipeline:
         coords: np.ndarray,
         labels: np.ndarray,
         multimask: bool,
+        mask_input: np.ndarray | None,
         timings: dict,
         checkpoint: Checkpoint,
     ) -> tuple[Any, np.ndarray]:
@@ -419,6 +446,7 @@ class Pipeline:
                 np.ascontiguousarray(coords[first : first + step]),
                 np.ascontiguousarray(labels[first : first + step]),
                 multimask,
+                None if mask_input is None else mask_input[first : first + step],
             )
             logits.append(part_logits)
             ious.append(np.asarray(part_ious, np.float32))

@@ -19,10 +19,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+
 from .modeling.checkpoints import DEFAULT_ENCODER, encoder_spec, load_image_encoder, load_prompt_decoder
 from .modeling.detector import ObjectAwareNetwork, load_object_aware_model
-from .modeling.sam import PromptDecoder
-from .pipeline import Models
+from .modeling.sam import InteractiveDecoder, PromptDecoder
+from .pipeline import Models, interactive_decoder_inputs, select_mask_tokens, uses_interactive_decoder
 from .processing import boxes as box_ops
 from .processing.image import (
     DETECTOR_CHANNEL_ORDER,
@@ -157,10 +158,11 @@ class ReferencePipeline:
 
     def as_models(self) -> Models:
         """The same networks as the pipeline core's injected models (``mobilesamv2.pipeline.Models``), run in
-        PyTorch in-process through this class's own stages: the core over these must reproduce :meth:`__call__`
-        exactly (a test of the orchestration, and a Triton-free baseline for the benchmarks)."""
+        PyTorch in-process through this class's own stages: the core over these must reproduce
+        :meth:`__call__` exactly (a test of the orchestration, and a Triton-free baseline for the
+        benchmarks). Point prompts, multimask output and refinement use SAM's full decoder."""
 
-        decoder = PromptDecoder(self.prompt_encoder, self.mask_decoder).eval()
+        interactive = InteractiveDecoder(PromptDecoder(self.prompt_encoder, self.mask_decoder)).eval()
 
         async def encode(canvas: np.ndarray, size: np.ndarray) -> torch.Tensor:
             (h, w), (image,) = size[0], canvas  # the canvas holds the resized image at its top-left
@@ -172,26 +174,21 @@ class ReferencePipeline:
                 return box_ops.select_candidates(self.detector(x)[0].numpy(), conf)
 
         async def decode(
-            embedding: torch.Tensor, coords: np.ndarray, labels: np.ndarray, multimask: bool
+            embedding: torch.Tensor,
+            coords: np.ndarray,
+            labels: np.ndarray,
+            multimask: bool,
+            mask_input: np.ndarray | None,
         ) -> tuple[np.ndarray, np.ndarray]:
-            if (
-                not multimask and (labels == np.array([2, 3], np.float32)).all()
-            ):  # box prompts: the reference's path
+            boxes = bool((labels == np.array([2, 3], np.float32)).all())
+            if boxes and not uses_interactive_decoder(multimask, mask_input):  # MobileSAMv2's own path
                 logits, ious = self.decode_boxes(embedding, coords.reshape(-1, 4))
                 return logits[:, None], ious[:, None]
+            inputs = interactive_decoder_inputs(coords, labels, mask_input)
             with torch.inference_mode():
-                coords_t, labels_t = torch.from_numpy(coords), torch.from_numpy(labels)
-                if multimask:
-                    sparse = decoder.embed_points(coords_t, labels_t)
-                    dense = self.prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1).expand(
-                        1, -1, *embedding.shape[-2:]
-                    )
-                    masks, iou = self.mask_decoder.predict_masks(
-                        embedding, self.prompt_encoder.get_dense_pe(), sparse, dense
-                    )
-                    return masks[:, 1:].numpy(), iou[:, 1:].numpy()
-                masks, iou = decoder(embedding, coords_t, labels_t)
-                return masks.numpy(), iou.numpy()
+                logits, ious = interactive(embedding, *(torch.from_numpy(a) for a in inputs))
+            logits, ious = select_mask_tokens(logits, ious, multimask)
+            return logits.numpy(), ious.numpy()
 
         return Models(encode, discover, decode)
 

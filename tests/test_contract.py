@@ -49,6 +49,11 @@ def expected(specs, optional: bool = True) -> dict[str, tuple[str, list[int], bo
         (contract.ENCODER_MODEL, contract.ENCODER_INPUTS, contract.ENCODER_OUTPUTS),
         (contract.DECODER_MODEL, contract.DECODER_INPUTS, contract.DECODER_OUTPUTS),
         (contract.DISCOVERY_MODEL, contract.DISCOVERY_INPUTS, contract.DISCOVERY_OUTPUTS),
+        (
+            contract.INTERACTIVE_DECODER_MODEL,
+            contract.INTERACTIVE_DECODER_INPUTS,
+            contract.INTERACTIVE_DECODER_OUTPUTS,
+        ),
     ],
 )
 def test_configs_declare_exactly_the_contract(model, inputs, outputs):

@@ -28,6 +28,7 @@ def test_build_report_records_parity_of_every_graph(built_repository):
         "image_encoder",
         "prompt_decoder",
         "prompt_decoder (plain)",
+        "interactive_decoder",
         "detector",
     }
     for export in info["exports"]:

@@ -49,6 +49,7 @@ class FakeModels:
     candidates: tuple[np.ndarray, np.ndarray, np.ndarray]
     calls: list[str] = field(default_factory=list)
     decode_sizes: list[int] = field(default_factory=list)
+    mask_inputs: list = field(default_factory=list)
     delay: float = 0.0
 
     def models(self) -> Models:
@@ -75,9 +76,12 @@ class FakeModels:
         keep = scores > conf
         return boxes[keep], scores[keep], classes[keep]
 
-    async def decode(self, embedding, coords: np.ndarray, labels: np.ndarray, multimask: bool):
+    async def decode(
+        self, embedding, coords: np.ndarray, labels: np.ndarray, multimask: bool, mask_input=None
+    ):
         assert embedding == "embedding-handle"  # passed through untouched
         self.calls.append("decode")
+        self.mask_inputs.append(mask_input)
         self.decode_sizes.append(len(coords))
         if (labels[:, :2] == [2, 3]).all():
             logits = box_logits(coords)
@@ -262,6 +266,30 @@ def test_segany_points_report_mask_boxes_and_multimask_rows():
     np.testing.assert_allclose(multi.iou_predictions, [0.5, 0.9, 0.7] * 2)
     areas = [rle_codec.area(r) for r in multi.rles]
     assert areas[0] < areas[1] < areas[2]  # three candidates per click, as decoded
+
+
+def test_segany_previous_masks_reach_the_decoder_with_their_prompts():
+    img = image()
+    fake = FakeModels(candidates_for(img, BOXES, SCORES))
+    previous = np.random.default_rng(3).normal(size=(3, 256, 256)).astype(np.float32)
+    request = SegmentRequest(img, Settings(), Prompts(boxes=BOXES, mask_input=previous))
+    run(Pipeline(fake.models(), decoder_max_prompts_per_call=2), request)
+    assert fake.decode_sizes == [2, 1]
+    np.testing.assert_array_equal(np.concatenate(fake.mask_inputs), previous)  # each with its own prompt
+
+
+def test_interactive_decoder_inputs_and_token_selection():
+    from mobilesamv2.pipeline import interactive_decoder_inputs, select_mask_tokens, uses_interactive_decoder
+
+    coords, labels = np.zeros((2, 2, 2), np.float32), np.ones((2, 2), np.float32)
+    _, _, masks, has = interactive_decoder_inputs(coords, labels, None)
+    assert masks.shape == (2, 1, 256, 256) and not masks.any() and has.tolist() == [0, 0]
+    _, _, masks, has = interactive_decoder_inputs(coords, labels, np.ones((2, 256, 256), np.float32))
+    assert masks.shape == (2, 1, 256, 256) and masks.all() and has.tolist() == [1, 1]
+    logits, ious = np.arange(2 * 4).reshape(2, 4, 1, 1), np.arange(8).reshape(2, 4)
+    assert select_mask_tokens(logits, ious, True)[1].tolist() == [[1, 2, 3], [5, 6, 7]]
+    assert select_mask_tokens(logits, ious, False)[1].tolist() == [[0], [4]]
+    assert not uses_interactive_decoder(False, None) and uses_interactive_decoder(True, None)
 
 
 # ----------------------------------------------------------------------------------------- request parsing

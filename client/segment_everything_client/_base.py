@@ -146,9 +146,12 @@ class ClientBase:
 
     @staticmethod
     def _prompts(
-        boxes: ArrayLike | None, points: ArrayLike | None, point_labels: ArrayLike | None
+        boxes: ArrayLike | None,
+        points: ArrayLike | None,
+        point_labels: ArrayLike | None,
+        mask_input: ArrayLike | None = None,
     ) -> Prompts:
-        return _protocol.prompt_arrays(boxes, points, point_labels)
+        return _protocol.prompt_arrays(boxes, points, point_labels, mask_input)
 
     @staticmethod
     def _priority(prompts: Prompts | None) -> int:

@@ -183,12 +183,13 @@ class AsyncSegmentEverythingClient(ClientBase):
         point_labels: ArrayLike | None = None,
         *,
         multimask: bool = False,
+        mask_input: ArrayLike | None = None,
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
     ) -> Segmentation:
         """See :meth:`SegmentEverythingClient.segment_anything`."""
-        prompts = self._prompts(boxes, points, point_labels)
+        prompts = self._prompts(boxes, points, point_labels, mask_input)
         settings = SegmentSettings(output=output, timings=timings, multimask=multimask)
         return await self._segment(image, settings, channel_order, prompts)
 

@@ -239,6 +239,7 @@ class SegmentEverythingClient(ClientBase):
         point_labels: ArrayLike | None = None,
         *,
         multimask: bool = False,
+        mask_input: ArrayLike | None = None,
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
@@ -251,11 +252,13 @@ class SegmentEverythingClient(ClientBase):
             point_labels: ``(N, K)``; 1 = foreground (default), 0 = background.
             multimask: three candidate masks per prompt with their predicted IoUs (a single click is
                 ambiguous: part, object, group); ``result.best_per_prompt()`` keeps the best of each.
+            mask_input: ``(N, 256, 256)``, each prompt's low-res logits from an earlier answer (ask for
+                ``output="logits"``): SAM refines that mask with the new points.
 
         Object discovery is skipped; ``scores`` are 1.0. The server caches image embeddings, so further
         calls with the same image skip the encoder (an interactive session costs one decoder call per click).
         """
-        prompts = self._prompts(boxes, points, point_labels)
+        prompts = self._prompts(boxes, points, point_labels, mask_input)
         settings = SegmentSettings(output=output, timings=timings, multimask=multimask)
         return self._segment(image, settings, channel_order, prompts)
 

@@ -80,12 +80,15 @@ def requested_outputs(mod: ModuleType, names: tuple[str, ...]) -> list[Any]:
     return [mod.InferRequestedOutput(n) for n in names]
 
 
-def prompt_arrays(boxes: Any = None, points: Any = None, point_labels: Any = None) -> Prompts:
+def prompt_arrays(
+    boxes: Any = None, points: Any = None, point_labels: Any = None, mask_input: Any = None
+) -> Prompts:
     """SegAny prompts, validated by the contract, from what users hold.
 
     ``boxes``: ``(N, 4)`` xyxy (a single ``(4,)`` box is accepted). ``points``: ``(N, K, 2)`` = N prompts of
     K points each; ``(N, 2)`` means N single-point prompts. ``point_labels``: ``(N, K)`` (or ``(N,)`` with
     ``(N, 2)`` points), 1 = foreground, 0 = background; all foreground when omitted. Give boxes or points.
+    ``mask_input``: ``(N, 256, 256)`` low-res logits of an earlier answer per prompt (refinement).
 
     >>> {k: v.shape for k, v in prompt_arrays(points=[[10, 20], [30, 40]]).to_inputs().items()}
     {'points': (2, 1, 2), 'point_labels': (2, 1)}
@@ -100,7 +103,7 @@ def prompt_arrays(boxes: Any = None, points: Any = None, point_labels: Any = Non
         array = np.asarray(boxes)
         if array.ndim == 1 and array.shape[0] == 4:
             array = array[None]
-        return Prompts(boxes=checked(contract.validate_box_prompts, array))
+        return checked(Prompts, boxes=checked(contract.validate_box_prompts, array), mask_input=mask_input)
     array = np.asarray(points)
     if array.ndim == 2 and array.shape[1] == 2:
         array = array[:, None, :]
@@ -111,7 +114,7 @@ def prompt_arrays(boxes: Any = None, points: Any = None, point_labels: Any = Non
         if labels.ndim == 1 and array.ndim == 3 and array.shape[1] == 1:
             labels = labels[:, None]
     pts, lab = checked(contract.validate_point_prompts, array, labels)
-    return Prompts(points=pts, point_labels=lab)
+    return checked(Prompts, points=pts, point_labels=lab, mask_input=mask_input)
 
 
 def build_request(

@@ -42,6 +42,9 @@ __all__ = [
     "DECODER_INPUTS",
     "DECODER_MODEL",
     "DECODER_OUTPUTS",
+    "INTERACTIVE_DECODER_INPUTS",
+    "INTERACTIVE_DECODER_MODEL",
+    "INTERACTIVE_DECODER_OUTPUTS",
     "DISCOVERY_INPUTS",
     "DISCOVERY_MODEL",
     "DISCOVERY_OUTPUTS",
@@ -111,10 +114,13 @@ IOU_THRESHOLD = TensorSpec("iou_threshold", "FP32", (1,), True, "NMS IoU thresho
 MAX_PROMPTS = TensorSpec("max_prompts", "INT32", (1,), True, "at most this many boxes become masks")
 OUTPUT_FORMAT = TensorSpec("output_format", "BYTES", (1,), True, "rle | dense | logits")
 RETURN_TIMINGS = TensorSpec("return_timings", "BOOL", (1,), True, "add per-stage milliseconds")
-MULTIMASK = TensorSpec("multimask", "BOOL", (1,), True, "point prompts: SAM's 3 masks per prompt")
+MULTIMASK = TensorSpec("multimask", "BOOL", (1,), True, "SegAny: SAM's 3 candidate masks per prompt")
 BOXES_IN = TensorSpec("boxes", "FP32", (-1, 4), True, "SegAny: xyxy boxes in image pixels")
 POINTS = TensorSpec("points", "FP32", (-1, -1, 2), True, "SegAny: K prompts of P xy points, image pixels")
 POINT_LABELS = TensorSpec("point_labels", "INT32", (-1, -1), True, "1 foreground, 0 background")
+MASK_INPUT = TensorSpec(
+    "mask_input", "FP32", (-1, 256, 256), True, "SegAny refinement: each prompt's previous low_res_logits"
+)
 PIPELINE_INPUTS: tuple[TensorSpec, ...] = (
     IMAGE,
     IMAGE_RAW,
@@ -127,6 +133,7 @@ PIPELINE_INPUTS: tuple[TensorSpec, ...] = (
     BOXES_IN,
     POINTS,
     POINT_LABELS,
+    MASK_INPUT,
 )
 
 BOXES_OUT = TensorSpec(
@@ -191,10 +198,22 @@ DECODER_OUTPUTS: tuple[TensorSpec, ...] = (
     TensorSpec("low_res_masks", "FP32", (-1, 1, 256, 256), doc="mask token 0 (MobileSAMv2's single mask)"),
     TensorSpec("iou_predictions", "FP32", (-1, 1)),
 )
-MULTIMASK_OUTPUTS: tuple[TensorSpec, ...] = (
-    TensorSpec("multimask_masks", "FP32", (-1, 3, 256, 256), doc="mask tokens 1-3 (SAM's multimask output)"),
-    TensorSpec("multimask_iou_predictions", "FP32", (-1, 3)),
+
+# SegAny with multimask output or a previous mask: SAM's full decoder (few prompts; see modeling/sam.py).
+INTERACTIVE_DECODER_MODEL = "interactive_decoder"
+INTERACTIVE_DECODER_INPUTS: tuple[TensorSpec, ...] = (
+    *DECODER_INPUTS,
+    TensorSpec("mask_input", "FP32", (-1, 1, 256, 256), doc="previous low-res logits (zeros when none)"),
+    TensorSpec("has_mask_input", "FP32", (-1,), doc="1 where mask_input holds a mask, else 0"),
 )
+INTERACTIVE_DECODER_OUTPUTS: tuple[TensorSpec, ...] = (
+    TensorSpec(
+        "masks", "FP32", (-1, 4, 256, 256), doc="token 0 single mask; tokens 1-3 SAM's multimask output"
+    ),
+    TensorSpec("iou_predictions", "FP32", (-1, 4)),
+)
+MULTIMASK_TOKENS = slice(1, 4)
+"""SAM's predictor returns mask tokens 1-3 for ``multimask_output=True``, token 0 otherwise."""
 
 DISCOVERY_MODEL = "object_discovery"
 DISCOVERY_INPUTS: tuple[TensorSpec, ...] = (
@@ -326,8 +345,8 @@ class Settings:
         output: ``"rle"`` (COCO RLE strings, small), ``"dense"`` (``N x h x w`` booleans) or ``"logits"``
             (RLE plus the decoder's 256x256 logits).
         timings: also return the server's per-stage milliseconds.
-        multimask: point prompts return SAM's three candidate masks each (ambiguity), with their predicted
-            IoUs; boxes and SegEvery always return one mask per prompt.
+        multimask: SegAny prompts return SAM's three candidate masks each (a click is ambiguous: part, object,
+            group), with their predicted IoUs; SegEvery always returns one mask per box.
     """
 
     conf: float = 0.4
@@ -484,13 +503,31 @@ def check_prompts_inside(
     return clipped
 
 
+def validate_mask_input(mask_input: Any, prompts: int) -> np.ndarray:
+    """A previous prediction's low-res logits per prompt, ``(K, 256, 256)`` float32 and finite."""
+    array = np.asarray(mask_input)
+    if array.ndim == 2:
+        array = array[None]
+    if array.dtype.kind not in "fiu":
+        raise ContractError(f"mask_input must be numbers, got {array.dtype}")
+    if array.shape != (prompts, 256, 256):
+        raise ContractError(
+            f"mask_input must have shape [{prompts}, 256, 256] (one per prompt), got {list(array.shape)}"
+        )
+    array = array.astype(np.float32)
+    if not np.isfinite(array).all():
+        raise ContractError("mask_input must be finite (no NaN or infinity)")
+    return np.ascontiguousarray(array)
+
+
 @dataclass(frozen=True)
 class Prompts:
-    """Validated SegAny prompts (exactly one kind)."""
+    """Validated SegAny prompts (boxes or points), with an optional previous mask per prompt."""
 
     boxes: np.ndarray | None = None
     points: np.ndarray | None = None
     point_labels: np.ndarray | None = None
+    mask_input: np.ndarray | None = None
     count: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -498,25 +535,34 @@ class Prompts:
             raise ContractError("give either boxes or points prompts, not both")
         n = len(self.boxes) if self.boxes is not None else len(self.points)
         object.__setattr__(self, "count", n)
+        if self.mask_input is not None:
+            object.__setattr__(self, "mask_input", validate_mask_input(self.mask_input, n))
 
     def to_inputs(self) -> dict[str, np.ndarray]:
-        if self.boxes is not None:
-            return {BOXES_IN.name: self.boxes}
-        return {POINTS.name: self.points, POINT_LABELS.name: self.point_labels}
+        out = {BOXES_IN.name: self.boxes} if self.boxes is not None else {}
+        if self.points is not None:
+            out.update({POINTS.name: self.points, POINT_LABELS.name: self.point_labels})
+        if self.mask_input is not None:
+            out[MASK_INPUT.name] = self.mask_input
+        return out
 
     @classmethod
     def from_inputs(
         cls, inputs: Mapping[str, np.ndarray | None], limits: Limits = HARD_LIMITS
     ) -> Prompts | None:
         """The SegAny prompts of a request, or None for SegEvery."""
-        boxes, points, labels = (inputs.get(s.name) for s in (BOXES_IN, POINTS, POINT_LABELS))
+        boxes, points, labels, masks = (
+            inputs.get(s.name) for s in (BOXES_IN, POINTS, POINT_LABELS, MASK_INPUT)
+        )
         if boxes is not None and points is not None:
             raise ContractError("give either 'boxes' or 'points' prompts, not both")
         if boxes is not None:
-            return cls(boxes=validate_box_prompts(boxes, limits))
+            return cls(boxes=validate_box_prompts(boxes, limits), mask_input=masks)
         if points is not None:
             pts, lab = validate_point_prompts(points, labels, limits)
-            return cls(points=pts, point_labels=lab)
+            return cls(points=pts, point_labels=lab, mask_input=masks)
         if labels is not None:
             raise ContractError("point_labels given without points")
+        if masks is not None:
+            raise ContractError("mask_input refines SegAny prompts: give boxes or points with it")
         return None

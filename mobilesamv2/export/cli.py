@@ -35,6 +35,7 @@ ONNX_FILES = {
     "image_encoder": "image_encoder/1/model.onnx",
     "prompt_decoder": "prompt_decoder/1/model.onnx",  # factorized formulation (ONNX Runtime)
     "prompt_decoder_plain": "prompt_decoder/1/plain.onnx",  # SAM's formulation, same I/O (TensorRT source)
+    "interactive_decoder": "interactive_decoder/1/model.onnx",  # SegAny: all mask tokens, previous mask
     "detector": "object_discovery/1/detector.onnx",
 }
 
@@ -168,6 +169,12 @@ def build_repository(
             f"      {path.name} exported in {reports[-1].export_seconds:.1f} s, max diff "
             f"{reports[-1].max_abs_diff:.2e}"
         )
+    path = out / ONNX_FILES["interactive_decoder"]
+    reports.append(onnx_export.export_interactive_decoder(decoder, path, embedding))
+    log(
+        f"      interactive decoder (SegAny: all mask tokens, previous mask) exported in "
+        f"{reports[-1].export_seconds:.1f} s, max diff {reports[-1].max_abs_diff:.2e}"
+    )
 
     log(f"[3/3] object-aware model from {files[0].name}")
     network = load_object_aware_model(files[0])

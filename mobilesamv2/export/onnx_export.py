@@ -34,6 +34,8 @@ ENCODER_INPUTS = tuple(t.name for t in contract.ENCODER_INPUTS)
 ENCODER_OUTPUTS = tuple(t.name for t in contract.ENCODER_OUTPUTS)
 DECODER_INPUTS = tuple(t.name for t in contract.DECODER_INPUTS)
 DECODER_OUTPUTS = tuple(t.name for t in contract.DECODER_OUTPUTS)
+INTERACTIVE_INPUTS = tuple(t.name for t in contract.INTERACTIVE_DECODER_INPUTS)
+INTERACTIVE_OUTPUTS = tuple(t.name for t in contract.INTERACTIVE_DECODER_OUTPUTS)
 DETECTOR_INPUTS = ("images",)
 DETECTOR_OUTPUTS = ("predictions",)
 
@@ -254,6 +256,47 @@ def export_prompt_decoder(
     cases.append(("N=2 points (fg, bg, pad)", (embedding, points, point_labels)))
     name = "prompt_decoder" if factorized else "prompt_decoder (plain)"
     return check_parity(name, decoder, path, DECODER_INPUTS, cases, tolerance, seconds)
+
+
+def export_interactive_decoder(
+    decoder: PromptDecoder, path: Path, embedding: torch.Tensor, tolerance: float = 1e-3
+) -> ExportReport:
+    """SAM's full decoder for SegAny (:class:`InteractiveDecoder`): prompts plus ``mask_input (N,1,256,256)``
+    and ``has_mask_input (N,)`` -> all four mask tokens ``(N,4,256,256)`` and IoUs ``(N,4)``; checked with box
+    and point prompts, with and without a previous mask."""
+    from ..modeling.sam import InteractiveDecoder
+
+    graph = InteractiveDecoder(decoder).eval()
+    n, p = Dim("prompts", min=1, max=MAX_PROMPTS), Dim("points", min=1, max=MAX_POINTS_PER_PROMPT)
+    gen = torch.Generator().manual_seed(5)
+
+    def masks(k: int, given: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        logits = torch.randn(k, 1, 256, 256, generator=gen) * 4 if given else torch.zeros(k, 1, 256, 256)
+        return logits, torch.full((k,), 1.0 if given else 0.0)
+
+    coords, labels = box_prompts(3)
+    seconds = _export(
+        graph,
+        (embedding, coords, labels, *masks(3, True)),
+        path,
+        INTERACTIVE_INPUTS,
+        INTERACTIVE_OUTPUTS,
+        {
+            "image_embeddings": None,
+            "point_coords": {0: n, 1: p},
+            "point_labels": {0: n, 1: p},
+            "mask_input": {0: n},
+            "has_mask_input": {0: n},
+        },
+    )
+    points = torch.tensor([[[500.0, 400.0], [0.0, 0.0]], [[100.0, 700.0], [0.0, 0.0]]])
+    point_labels = torch.tensor([[1.0, -1.0]] * 2)
+    cases = [
+        ("N=2 points, no mask", (embedding, points, point_labels, *masks(2, False))),
+        ("N=2 points, previous mask", (embedding, points, point_labels, *masks(2, True))),
+        ("N=1 box, previous mask", (embedding, *box_prompts(1, seed=9), *masks(1, True))),
+    ]
+    return check_parity("interactive_decoder", graph, path, INTERACTIVE_INPUTS, cases, tolerance, seconds)
 
 
 class DetectorGraph(nn.Module):

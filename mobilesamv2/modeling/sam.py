@@ -161,3 +161,41 @@ class PromptDecoder(nn.Module):
             dense_prompt_embeddings=dense,
         )
         return masks[:, :1], iou_predictions[:, :1]
+
+
+class InteractiveDecoder(nn.Module):
+    """SAM's decoder as its interactive predictor uses it: every output token and an optional previous mask.
+
+    Same prompts as :class:`PromptDecoder`, plus ``mask_input (N, 1, 256, 256)`` (an earlier prediction's low-res
+    logits, SAM's refinement input) with ``has_mask_input (N,)`` (1 where a mask is given, else the dense prompt
+    is ``no_mask_embed``, exactly like SAM's ONNX export). Outputs all four mask tokens ``(N, 4, 256, 256)`` and
+    their IoU predictions ``(N, 4)``: token 0 is the single-mask answer, tokens 1-3 SAM's three multimask
+    candidates. The dense prompt differs per prompt here, so the image side cannot be shared across prompts as
+    :class:`~mobilesamv2.modeling.fast_decoder.FactorizedPromptDecoder` does: this graph serves few prompts
+    (clicks), the factorized one serves SegEvery's hundreds.
+    """
+
+    def __init__(self, decoder: PromptDecoder) -> None:
+        super().__init__()
+        self.decoder = decoder  # shares the weights
+
+    def forward(
+        self,
+        image_embeddings: torch.Tensor,
+        point_coords: torch.Tensor,
+        point_labels: torch.Tensor,
+        mask_input: torch.Tensor,
+        has_mask_input: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        prompt_encoder = self.decoder.prompt_encoder
+        sparse = self.decoder.embed_points(point_coords, point_labels)
+        given = has_mask_input.reshape(-1, 1, 1, 1)
+        dense = given * prompt_encoder.mask_downscaling(mask_input) + (1 - given) * (
+            prompt_encoder.no_mask_embed.weight.reshape(1, -1, 1, 1)
+        )
+        return self.decoder.mask_decoder.predict_masks(
+            image_embeddings=image_embeddings,
+            image_pe=prompt_encoder.get_dense_pe(),
+            sparse_prompt_embeddings=sparse,
+            dense_prompt_embeddings=dense,
+        )

@@ -25,7 +25,10 @@ from mobilesamv2.pipeline import (
     Pipeline,
     SegmentRequest,
     StageError,
+    interactive_decoder_inputs,
     request_checkpoint,
+    select_mask_tokens,
+    uses_interactive_decoder,
 )
 from mobilesamv2.processing.image import DETECTOR_CHANNEL_ORDER
 from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES
@@ -73,18 +76,22 @@ async def discover(letterboxed: np.ndarray, conf: float) -> tuple[np.ndarray, np
     return boxes.as_numpy(), scores.as_numpy(), classes.as_numpy()
 
 
-async def decode(embedding, coords: np.ndarray, labels: np.ndarray, multimask: bool):
-    names = (
-        ["multimask_masks", "multimask_iou_predictions"]
-        if multimask
-        else ["low_res_masks", "iou_predictions"]
-    )
+async def decode(embedding, coords: np.ndarray, labels: np.ndarray, multimask: bool, mask_input):
+    if not uses_interactive_decoder(multimask, mask_input):  # SegEvery's factorized decoder, token 0
+        logits, ious = await _infer(
+            contract.DECODER_MODEL,
+            [embedding, pb_utils.Tensor("point_coords", coords), pb_utils.Tensor("point_labels", labels)],
+            ["low_res_masks", "iou_predictions"],
+        )
+        return logits.as_numpy(), ious.as_numpy()
+    names = [spec.name for spec in contract.INTERACTIVE_DECODER_INPUTS[1:]]
+    arrays = interactive_decoder_inputs(coords, labels, mask_input)
     logits, ious = await _infer(
-        contract.DECODER_MODEL,
-        [embedding, pb_utils.Tensor("point_coords", coords), pb_utils.Tensor("point_labels", labels)],
-        names,
+        contract.INTERACTIVE_DECODER_MODEL,
+        [embedding, *(pb_utils.Tensor(n, a) for n, a in zip(names, arrays, strict=True))],
+        ["masks", "iou_predictions"],
     )
-    return logits.as_numpy(), ious.as_numpy()
+    return select_mask_tokens(logits.as_numpy(), ious.as_numpy(), multimask)
 
 
 class TritonPythonModel:
