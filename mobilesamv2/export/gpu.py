@@ -85,6 +85,8 @@ GPU_PYTHON_MODELS = frozenset({"object_discovery"})
 EXECUTION_PROVIDER_PARAMETER = "execution_provider"
 #: Present on the BLS model: how many prompts it sends to the decoder per call.
 DECODER_PROMPTS_PARAMETER = "decoder_max_prompts_per_call"
+#: Present on the BLS model: whether encoder and discovery run concurrently (GPU) or one after the other (CPU).
+OVERLAP_PARAMETER = "overlap_encoder_and_discovery"
 #: Warm-up shapes for inputs declared with variable dims (object discovery's letterboxed image: at most 1024).
 WARMUP_DIMS = {"images": [1024, 1024, 3]}
 HEADER = (
@@ -270,6 +272,9 @@ def gpu_model_config(
         _drop_parameters(config, CPU_ONLY_PARAMETERS)
         if DECODER_PROMPTS_PARAMETER in config.parameters:
             _set_parameter(config, DECODER_PROMPTS_PARAMETER, str(max_prompts))
+        if OVERLAP_PARAMETER in config.parameters:
+            # encoder and discovery each use a fraction of a GPU: run them at once (on CPU each takes every core)
+            _set_parameter(config, OVERLAP_PARAMETER, "true")
     return HEADER + text_format.MessageToString(config)
 
 

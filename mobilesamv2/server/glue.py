@@ -187,17 +187,54 @@ def tensors(outputs: Mapping[str, np.ndarray]) -> list[Any]:
     return [pb_utils.Tensor(name, array) for name, array in outputs.items()]
 
 
+# ------------------------------------------------------------------------------------------------------- CPUs
+
+
+def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
+    """CPUs this container may use by its CFS quota (cgroup v2 ``cpu.max``, else v1), None when unlimited."""
+    try:
+        with open(os.path.join(root, "cpu.max")) as f:
+            quota, period = f.read().split()[:2]
+        return None if quota == "max" else int(quota) / int(period)
+    except (OSError, ValueError):
+        pass
+    try:
+        with open(os.path.join(root, "cpu", "cpu.cfs_quota_us")) as f:
+            quota_us = int(f.read())
+        with open(os.path.join(root, "cpu", "cpu.cfs_period_us")) as f:
+            period_us = int(f.read())
+        return None if quota_us <= 0 else quota_us / period_us
+    except (OSError, ValueError):
+        return None
+
+
+def available_cpus(root: str = "/sys/fs/cgroup") -> int:
+    """CPUs this process may really use: its affinity mask, capped by the cgroup quota (a Kubernetes CPU limit),
+    never the host's core count."""
+    try:
+        count = len(os.sched_getaffinity(0))
+    except AttributeError:  # not Linux
+        count = os.cpu_count() or 1
+    limit = cgroup_cpu_limit(root)
+    if limit is not None:
+        count = min(count, max(1, int(limit)))
+    return max(1, count)
+
+
 # ------------------------------------------------------------------------------------------------ onnxruntime
 
 GRAPH_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTENDED", 99: "ORT_ENABLE_ALL"}
 
 
-def ort_settings(params: Parameters, default_threads: int = 0) -> dict[str, Any]:
+def ort_settings(params: Parameters, default_threads: int | None = None) -> dict[str, Any]:
     """ONNX Runtime settings from config parameters (the names of NVIDIA's onnxruntime backend where it has
-    them), with their defaults; ``default_threads`` is the intra-op pool when the config leaves it unset."""
+    them), with their defaults. The intra-op pool defaults to ``$OMP_NUM_THREADS`` if set, else
+    ``default_threads``, else every CPU this process may use (:func:`available_cpus`: ONNX Runtime's own default
+    counts the host's cores, which oversubscribes a container with a CPU limit)."""
     env_threads = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(env_threads) if env_threads else (default_threads or available_cpus())
     settings = {
-        "intra_op_thread_count": params.int("intra_op_thread_count", int(env_threads or default_threads)),
+        "intra_op_thread_count": params.int("intra_op_thread_count", threads),
         "inter_op_thread_count": params.int("inter_op_thread_count", 0),
         "execution_mode": params.int("execution_mode", 0),
         "graph_optimization_level": params.int("graph_optimization_level", 99),

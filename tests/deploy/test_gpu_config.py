@@ -115,11 +115,15 @@ def test_object_discovery_moves_to_the_gpu_with_the_cuda_provider_and_a_warmup()
     assert list(config.model_warmup[0].inputs["images"].dims) == [1024, 1024, 3]
 
 
-def test_bls_model_stays_on_cpu_and_only_its_decoder_call_size_follows_max_prompts():
+def test_bls_model_stays_on_cpu_overlaps_its_stages_and_follows_max_prompts():
     text = cpu_config("segment_everything")
-    assert changed_fields(text, gpu.gpu_model_config(text, max_prompts=320)) == set()
+    assert _parse(text).parameters["overlap_encoder_and_discovery"].string_value == "false"  # CPU: one by one
+    gpu_text = gpu.gpu_model_config(text, max_prompts=320)
+    assert changed_fields(text, gpu_text) == {"parameters.overlap_encoder_and_discovery"}
+    assert _parse(gpu_text).parameters["overlap_encoder_and_discovery"].string_value == "true"
     assert changed_fields(text, gpu.gpu_model_config(text, max_prompts=256)) == {
-        "parameters.decoder_max_prompts_per_call"
+        "parameters.decoder_max_prompts_per_call",
+        "parameters.overlap_encoder_and_discovery",
     }
 
 

@@ -53,10 +53,28 @@ def test_sub_model_verdicts_pass_through():
     assert crashed.code == "INTERNAL" and "segfault" not in crashed.message
 
 
+def test_cpu_budget_follows_affinity_and_cgroup_quota(tmp_path, monkeypatch):
+    monkeypatch.setattr(glue.os, "sched_getaffinity", lambda pid: {0, 1, 2, 3, 4, 5})
+    (tmp_path / "cpu.max").write_text("max 100000\n")
+    assert glue.available_cpus(str(tmp_path)) == 6  # no quota: the affinity mask
+    (tmp_path / "cpu.max").write_text("250000 100000\n")
+    assert glue.cgroup_cpu_limit(str(tmp_path)) == 2.5 and glue.available_cpus(str(tmp_path)) == 2
+    (tmp_path / "cpu.max").write_text("50000 100000\n")
+    assert glue.available_cpus(str(tmp_path)) == 1  # half a CPU still gets one thread
+    (tmp_path / "cpu.max").unlink()
+    (tmp_path / "cpu").mkdir()
+    (tmp_path / "cpu" / "cpu.cfs_quota_us").write_text("300000\n")
+    (tmp_path / "cpu" / "cpu.cfs_period_us").write_text("100000\n")
+    assert glue.available_cpus(str(tmp_path)) == 3  # cgroup v1
+
+
 def test_ort_settings_defaults_and_overrides(monkeypatch):
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     defaults = glue.ort_settings(params())
-    assert defaults["intra_op_thread_count"] == 0 and defaults["graph_optimization_level"] == 99
+    assert defaults["intra_op_thread_count"] == glue.available_cpus()
+    assert defaults["graph_optimization_level"] == 99
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    assert glue.ort_settings(params())["intra_op_thread_count"] == 1
     tuned = glue.ort_settings(
         params(graph_optimization_level="2", disabled_optimizers="A,B", allow_spinning="0")
     )

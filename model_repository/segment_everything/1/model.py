@@ -97,6 +97,9 @@ async def decode(embedding, coords: np.ndarray, labels: np.ndarray, multimask: b
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = glue.Parameters.from_config(json.loads(args["model_config"]))
+        cv2.setNumThreads(
+            glue.available_cpus()
+        )  # OpenCV's default counts the host's cores, not this container's
         self.pipeline = Pipeline(
             Models(encode, discover, decode),
             limits=contract.Limits.from_parameters(params),
