@@ -15,6 +15,7 @@ import json
 import time
 from pathlib import Path
 
+import cv2
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
