@@ -6,6 +6,13 @@ the running Python) plus every Python-based backend in ``mobilesamv2/server/back
 among them ``onnxruntime``, which serves ``backend: "onnxruntime"`` models the way NVIDIA's container does in
 C++.
 
+The models run under the launcher's own Python by default. ``python_env`` (``mobilesamv2-serve --python-env``,
+or the environment variable ``MOBILESAMV2_SERVER_PYTHON_ENV`` when the argument is not given) names another
+virtual environment to serve them from, e.g. ``work/container-venv`` (``scripts/container_env.sh``: the
+Docker image's Python 3.10 with only its requirements): the stub built for that Python is installed into a
+backend directory of its own and the environment's ``bin/`` goes first on ``PATH`` (the stub takes the first
+``python`` there).
+
 >>> with TritonServer("model_repository") as server:  # doctest: +SKIP
 ...     print(server.http_url)
 127.0.0.1:40123
@@ -14,6 +21,7 @@ C++.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import signal
@@ -25,6 +33,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
@@ -35,6 +44,56 @@ DEFAULT_BACKEND_DIR = WORK_DIR / "triton" / "backends"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
 DEFAULT_CACHE_MB = 256
 """Response cache (image embeddings, 4 MiB each: about 60 recent images)."""
+PYTHON_ENV_VAR = "MOBILESAMV2_SERVER_PYTHON_ENV"
+"""Serve the Python models from this virtual environment when ``TritonServer(python_env=...)`` is None."""
+
+
+@dataclass(frozen=True)
+class PythonEnv:
+    """A Python environment the models run in: the stub for its version, its ``bin/`` first on ``PATH``."""
+
+    prefix: Path
+    """The environment's root (a venv's folder, or a Python installation's prefix)."""
+    version: str
+    """``major.minor``: picks ``python_backend_stubs/<version>``."""
+    libdir: Path | None
+    """Where its ``libpython<version>.so`` lies (the stub links it); None when the system linker finds it."""
+
+    @property
+    def bin_dir(self) -> Path:
+        return self.prefix / "bin"
+
+    @classmethod
+    def current(cls) -> PythonEnv:
+        """The launcher's own interpreter (the default)."""
+        return cls(Path(sys.executable).parent.parent, f"{sys.version_info[0]}.{sys.version_info[1]}", None)
+
+    @classmethod
+    def of(cls, path: str | os.PathLike[str]) -> PythonEnv:
+        """Inspect the environment at ``path`` (its ``bin/python`` is run once)."""
+        prefix = Path(path).expanduser()
+        if not prefix.is_absolute() and not prefix.exists() and (REPO_ROOT / prefix).exists():
+            prefix = REPO_ROOT / prefix  # a relative path from the repository root (e.g. work/container-venv)
+        python = prefix / "bin" / "python"
+        if not python.exists():
+            raise FileNotFoundError(
+                f"python environment {prefix}: no bin/python (make it with scripts/container_env.sh)"
+            )
+        probe = (
+            "import json, sys, sysconfig; print(json.dumps({'version': '%d.%d' % sys.version_info[:2], "
+            "'libdir': sysconfig.get_config_var('LIBDIR'), 'numpy': __import__('numpy').__version__}))"
+        )
+        result = subprocess.run([str(python), "-I", "-c", probe], capture_output=True, text=True, check=False)
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"python environment {prefix} is unusable for the Python backend (it needs numpy):\n"
+                f"{result.stderr.strip()}"
+            )
+        info = json.loads(result.stdout)
+        libdir = Path(info["libdir"]) if info.get("libdir") else None
+        if libdir is not None and not any(libdir.glob(f"libpython{info['version']}*.so*")):
+            libdir = None  # a static build: nothing for the stub to link there
+        return cls(prefix.absolute(), info["version"], libdir)
 
 
 def find_pytriton() -> Path:
@@ -56,11 +115,12 @@ def _install(source: Path, target: Path) -> None:
     os.replace(tmp, target)
 
 
-def assemble_backend_directory(target: Path = DEFAULT_BACKEND_DIR) -> Path:
-    """Fill ``target`` with the Python backend for this interpreter and the project's Python backends."""
+def assemble_backend_directory(target: Path = DEFAULT_BACKEND_DIR, python_version: str | None = None) -> Path:
+    """Fill ``target`` with the Python backend for ``python_version`` (default: this interpreter's) and the
+    project's Python backends."""
     pytriton = find_pytriton()
     python_backend = pytriton / "tritonserver" / "backends" / "python"
-    version = f"{sys.version_info.major}.{sys.version_info.minor}"
+    version = python_version or f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = pytriton / "tritonserver" / "python_backend_stubs" / version / "triton_python_backend_stub"
     if not stub.is_file():
         raise RuntimeError(f"pytriton ships no Python backend stub for Python {version}: {stub}")
@@ -95,6 +155,9 @@ class TritonServer:
 
     Ports left as ``None`` are picked free. The server log goes to ``log_path`` (default ``work/logs/``).
     ``env`` entries override the inherited environment (e.g. ``{"OMP_NUM_THREADS": "1"}``).
+    ``python_env``: the virtual environment the Python models run in (default:
+    ``$MOBILESAMV2_SERVER_PYTHON_ENV``, else this interpreter's); its stub goes to a backend directory of its
+    own (``work/triton/backends-py3.10``).
     """
 
     def __init__(
@@ -113,6 +176,7 @@ class TritonServer:
         log_path: str | os.PathLike[str] | None = None,
         backend_directory: str | os.PathLike[str] | None = None,
         cache_mb: int = DEFAULT_CACHE_MB,
+        python_env: str | os.PathLike[str] | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -132,7 +196,16 @@ class TritonServer:
         self._log_path = Path(
             log_path or WORK_DIR / "logs" / f"tritonserver-{stamp}-{self.http_port}.log"
         ).resolve()
-        self.backend_directory = Path(backend_directory or DEFAULT_BACKEND_DIR).resolve()
+        if python_env is None:
+            python_env = os.environ.get(PYTHON_ENV_VAR) or None
+        self.python_env = PythonEnv.of(python_env) if python_env is not None else PythonEnv.current()
+        if backend_directory is None:
+            backend_directory = (
+                DEFAULT_BACKEND_DIR
+                if python_env is None
+                else DEFAULT_BACKEND_DIR.with_name(f"backends-py{self.python_env.version}")
+            )
+        self.backend_directory = Path(backend_directory).resolve()
         self.cache_mb = cache_mb
         self._process: subprocess.Popen[bytes] | None = None
 
@@ -193,10 +266,12 @@ class TritonServer:
         """Environment of the server and, through it, of every Python stub."""
         env = dict(os.environ)
         libs = find_pytriton().parent / "nvidia_pytriton.libs"
-        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in (str(libs), env.get("LD_LIBRARY_PATH")) if p)
+        libdir = self.python_env.libdir
+        lib_path = (str(libs), str(libdir) if libdir else None, env.get("LD_LIBRARY_PATH"))
+        env["LD_LIBRARY_PATH"] = os.pathsep.join(p for p in lib_path if p)
         # The stub runs Python in isolated mode (PYTHONPATH ignored) and takes its environment from the
-        # first python on PATH: put this venv's bin/ first so the models import what this venv has.
-        venv_bin = str(Path(sys.executable).parent)
+        # first python on PATH: put the models' environment's bin/ first so they import what it has.
+        venv_bin = str(self.python_env.bin_dir)
         env["PATH"] = os.pathsep.join(p for p in (venv_bin, env.get("PATH")) if p)
         env.pop("PYTHONHOME", None)
         env.update(
@@ -214,7 +289,7 @@ class TritonServer:
             raise RuntimeError("server already started")
         if not self.model_repository.is_dir():
             raise FileNotFoundError(f"model repository not found: {self.model_repository}")
-        assemble_backend_directory(self.backend_directory)
+        assemble_backend_directory(self.backend_directory, self.python_env.version)
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         (WORK_DIR / "ultralytics").mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
@@ -321,6 +396,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--cache-mb", type=int, default=DEFAULT_CACHE_MB, help="response cache for image embeddings (0: off)"
     )
+    parser.add_argument(
+        "--python-env",
+        type=Path,
+        default=None,
+        help="virtual environment the Python models run in, e.g. work/container-venv "
+        f"(scripts/container_env.sh: the image's Python 3.10); default ${PYTHON_ENV_VAR}, else this one",
+    )
     args = parser.parse_args(argv)
 
     repository = args.model_repository.resolve()
@@ -329,25 +411,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_requested.set())
-    server = TritonServer(
-        repository,
-        host=args.host,
-        http_port=args.http_port or None,
-        grpc_port=args.grpc_port or None,
-        metrics_port=args.metrics_port or None,
-        log_verbose=args.log_verbose,
-        startup_timeout=args.startup_timeout,
-        exit_timeout_s=args.exit_timeout_secs,
-        log_path=args.log_file,
-        cache_mb=args.cache_mb,
-    )
     try:
+        server = TritonServer(
+            repository,
+            host=args.host,
+            http_port=args.http_port or None,
+            grpc_port=args.grpc_port or None,
+            metrics_port=args.metrics_port or None,
+            log_verbose=args.log_verbose,
+            startup_timeout=args.startup_timeout,
+            exit_timeout_s=args.exit_timeout_secs,
+            log_path=args.log_file,
+            cache_mb=args.cache_mb,
+            python_env=args.python_env,
+        )
         server.start()
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
         print(f"mobilesamv2-serve: {exc}", file=sys.stderr)
         return 1
     print(
         f"Triton ready (pid {server.pid}), model repository {repository}\n"
+        f"  python:  {server.python_env.version} ({server.python_env.prefix})\n"
         f"  http:    {server.http_url}\n"
         f"  grpc:    {server.grpc_url}\n"
         f"  metrics: {server.metrics_url}\n"
