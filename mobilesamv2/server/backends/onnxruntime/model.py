@@ -18,7 +18,29 @@ Config ``parameters`` read here (all optional, string values):
     sliced_inputs                                  comma-separated inputs that max_rows_per_run slices; they
                                                    must share their axis-0 length (default: all inputs when
                                                    max_batch_size > 0; required when max_batch_size is 0)
-The C++ backend ignores max_rows_per_run and sliced_inputs, so a config stays valid in NVIDIA's container.
+    max_dims, same_dims, finite_inputs, value_ranges
+                                                   input guards (mobilesamv2/server/input_guards.py):
+                                                   every request is checked against them before ORT runs
+                                                   and refused with INVALID_ARG naming the model, the
+                                                   input, the value and the limit:
+        max_dims       "input=d0,d1,...;input=..."  largest size per axis (batch axis first when
+                                                   max_batch_size > 0), "*" = unbounded; shape only
+        same_dims      "input:axis,input:axis;..."  each group of axes must agree in length
+        finite_inputs  "input,input"               float inputs without NaN or infinity
+        value_ranges   "input=low:high;..."         inclusive, an empty side unbounded, NaN always outside
+    e.g. (interactive_decoder)
+        max_dims      "point_coords=64,33,2;point_labels=64,33;mask_input=64,1,256,256;has_mask_input=64"
+        finite_inputs "image_embeddings,point_coords,point_labels,mask_input,has_mask_input"
+        value_ranges  "point_coords=-1024:2048;point_labels=-1:3;has_mask_input=0:1"
+    A malformed guard parameter (bad syntax, unknown input, wrong number of axes, a bound below a dim the
+    config fixes, finite_inputs on an integer input) fails the model load with a message naming the parameter.
+
+Errors: a request that breaks the config or a guard gets INVALID_ARG with a message naming the input; a
+failure inside ONNX Runtime (or anything else unexpected) gets INTERNAL "<model>: internal error (request id
+...)" and the details (exception, node names) go to the server log only (glue.classify_error).
+
+The C++ backend ignores max_rows_per_run, sliced_inputs and the guard parameters, so a config stays valid in
+NVIDIA's container; there the TensorRT optimisation profiles bound the shapes (docs/hostile-input.md).
 """
 
 from __future__ import annotations
@@ -32,6 +54,7 @@ import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
 from mobilesamv2.server import glue
+from mobilesamv2.server.input_guards import GuardConfigError, InputGuards, InputInfo
 from segment_everything_contract import ContractError
 
 _ORT_TO_NUMPY: dict[str, type] = {
@@ -59,6 +82,17 @@ def _error(message: str, code: int) -> pb_utils.InferenceResponse:
     return pb_utils.InferenceResponse(output_tensors=[], error=pb_utils.TritonError(message, code))
 
 
+def _answer(exc: BaseException, model: str, request_ids: list[str]) -> list[pb_utils.InferenceResponse]:
+    """Error responses for the requests of one failure, with glue.classify_error's semantics: a caller error
+    keeps its message, anything else is INTERNAL with the request id only and the details in the log (logged
+    once for all the requests that shared the ORT call)."""
+    answers = [glue.classify_error(exc, model, rid) for rid in request_ids]
+    if answers and answers[0].log:
+        pb_utils.Logger.log_error(f"{model} [{', '.join(request_ids)}]: {type(exc).__name__}: {exc}")
+    codes = [getattr(pb_utils.TritonError, a.code, pb_utils.TritonError.INTERNAL) for a in answers]
+    return [_error(a.message, code) for a, code in zip(answers, codes, strict=True)]
+
+
 class TritonPythonModel:
     """Serves one ONNX model; batches compatible requests into one ORT call."""
 
@@ -82,6 +116,14 @@ class TritonPythonModel:
         )
         self.max_batch_size = int(config.get("max_batch_size", 0))
         self._check_io(config)
+        try:
+            self.guards = InputGuards.from_parameters(
+                self.name,
+                params,
+                {n: InputInfo(dtype, tuple(shape)) for n, (dtype, _, shape) in self.inputs.items()},
+            )
+        except GuardConfigError as exc:
+            raise pb_utils.TritonModelException(f"{self.name}: {exc}") from None
 
         self.max_rows_per_run = params.int("max_rows_per_run", 0)
         self.sliced_inputs = params.list("sliced_inputs")
@@ -96,7 +138,9 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: sliced_inputs {unknown} are not config inputs")
 
         settings.update(
-            max_rows_per_run=self.max_rows_per_run or None, sliced_inputs=self.sliced_inputs or None
+            max_rows_per_run=self.max_rows_per_run or None,
+            sliced_inputs=self.sliced_inputs or None,
+            guards=self.guards.describe() or None,
         )
         pb_utils.Logger.log_info(
             f"onnxruntime(python) {self.name}: {path} on CPUExecutionProvider, {settings}"
@@ -167,11 +211,13 @@ class TritonPythonModel:
                     f"{self.name}: input '{name}' must have shape {shape}, got {list(array.shape)}"
                 )
             feeds[name] = array
+        return feeds
+
+    def _check_rows(self, feeds: dict[str, np.ndarray]) -> None:
         rows = {feeds[n].shape[0] for n in (self.inputs if self.max_batch_size > 0 else self.sliced_inputs)}
         if len(rows) > 1:
             which = "batched inputs" if self.max_batch_size > 0 else f"sliced inputs {self.sliced_inputs}"
             raise BadRequest(f"{self.name}: {which} must share their axis-0 length, got {sorted(rows)}")
-        return feeds
 
     def _run(self, feeds: dict[str, np.ndarray], outputs: list[str]) -> list[np.ndarray]:
         """One ORT call, or several of at most max_rows_per_run rows whose outputs are concatenated."""
@@ -189,16 +235,19 @@ class TritonPythonModel:
         responses: list[pb_utils.InferenceResponse | None] = [None] * len(requests)
         # Triton's dynamic batcher hands over several requests; only same-shaped ones can share one ORT call
         # (ragged batching may mix shapes), and a bad request is answered alone.
-        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], list[str]]]] = {}
+        groups: dict[tuple, list[tuple[int, dict[str, np.ndarray], list[str], str]]] = {}
         for index, request in enumerate(requests):
+            rid = glue.request_id(request)
             try:
                 feeds = self._read_inputs(request)
-            except BadRequest as exc:
-                responses[index] = _error(str(exc), pb_utils.TritonError.INVALID_ARG)
+                self.guards.check(feeds)  # shapes first, then values: refused before ORT sees them
+                self._check_rows(feeds)
+                wanted = list(request.requested_output_names()) or self.outputs
+            except Exception as exc:  # a bad request is answered alone
+                responses[index] = _answer(exc, self.name, [rid])[0]
                 continue
-            wanted = list(request.requested_output_names()) or self.outputs
             key = tuple((n, a.shape[1:]) for n, a in feeds.items()) if self.max_batch_size > 0 else (index,)
-            groups.setdefault(key, []).append((index, feeds, wanted))
+            groups.setdefault(key, []).append((index, feeds, wanted, rid))
 
         for members in groups.values():
             for index, response in self._run_group(members):
@@ -206,38 +255,39 @@ class TritonPythonModel:
         return responses
 
     def _run_group(
-        self, members: list[tuple[int, dict[str, np.ndarray], list[str]]]
+        self, members: list[tuple[int, dict[str, np.ndarray], list[str], str]]
     ) -> list[tuple[int, pb_utils.InferenceResponse]]:
-        names = [n for n in self.outputs if any(n in wanted for _, _, wanted in members)]
-        if len(members) == 1:
-            feeds = members[0][1]
-        else:
-            feeds = {n: np.concatenate([m[1][n] for m in members], axis=0) for n in self.inputs}
+        names = [n for n in self.outputs if any(n in wanted for _, _, wanted, _ in members)]
         try:
+            if len(members) == 1:
+                feeds = members[0][1]
+            else:
+                feeds = {n: np.concatenate([m[1][n] for m in members], axis=0) for n in self.inputs}
+            # ORT failures (shape inference, OOM, ...) are the server's fault: INTERNAL, details in the log
             results = dict(zip(names, self._run(feeds, names), strict=True))
-        except Exception as exc:  # ORT failures (shape inference, OOM, ...) are the server's fault
-            message = f"{self.name}: onnxruntime failed: {exc}"
-            return [(index, _error(message, pb_utils.TritonError.INTERNAL)) for index, _, _ in members]
-
-        if len(members) == 1:
-            pieces = {n: [a] for n, a in results.items()}
-        else:
-            sizes = [next(iter(m[1].values())).shape[0] for m in members]
-            bad = [n for n, a in results.items() if a.shape[:1] != (sum(sizes),)]
-            if bad:
-                message = (
-                    f"{self.name}: outputs {bad} do not have one row per batch row; cannot split the batch"
+            if len(members) == 1:
+                pieces = {n: [a] for n, a in results.items()}
+            else:
+                sizes = [next(iter(m[1].values())).shape[0] for m in members]
+                bad = [n for n, a in results.items() if a.shape[:1] != (sum(sizes),)]
+                if bad:
+                    raise RuntimeError(
+                        f"outputs {bad} do not have one row per batch row; cannot split the batch"
+                    )
+                cuts = np.cumsum(sizes)[:-1]
+                pieces = {n: np.split(a, cuts, axis=0) for n, a in results.items()}
+            return [
+                (
+                    index,
+                    pb_utils.InferenceResponse(
+                        [pb_utils.Tensor(n, pieces[n][i]) for n in names if n in wanted]
+                    ),
                 )
-                return [(index, _error(message, pb_utils.TritonError.INTERNAL)) for index, _, _ in members]
-            cuts = np.cumsum(sizes)[:-1]
-            pieces = {n: np.split(a, cuts, axis=0) for n, a in results.items()}
-        return [
-            (
-                index,
-                pb_utils.InferenceResponse([pb_utils.Tensor(n, pieces[n][i]) for n in names if n in wanted]),
-            )
-            for i, (index, _, wanted) in enumerate(members)
-        ]
+                for i, (index, _, wanted, _) in enumerate(members)
+            ]
+        except Exception as exc:  # every request of the group gets an answer
+            errors = _answer(exc, self.name, [rid for _, _, _, rid in members])
+            return [(index, error) for (index, _, _, _), error in zip(members, errors, strict=True)]
 
     def finalize(self) -> None:
         self.session = None
