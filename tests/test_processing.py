@@ -20,6 +20,7 @@ from mobilesamv2.processing.image import (
     encoder_canvas,
     encoder_input_size,
     letterbox,
+    probe_image,
     resize_longest_side,
     validate_rgb_array,
 )
@@ -252,3 +253,73 @@ def test_mask_and_rle_boxes_agree():
     boxes = mask_boxes(masks)
     np.testing.assert_array_equal(boxes, [[20, 5, 33, 10], [59, 39, 60, 40], [0, 0, 0, 0]])
     np.testing.assert_array_equal(rle_boxes([rle_codec.encode(m) for m in masks]), boxes)
+
+
+# ---------------------------------------------------------------------------------------- EXIF orientation
+
+#: EXIF orientation -> the transform a viewer (and cv2.imread) applies to the stored pixels (as PIL's
+#: ImageOps.exif_transpose: 2 mirror, 3 half turn, 4 flip, 5 transpose, 6 quarter turn clockwise,
+#: 7 transverse, 8 quarter turn counter-clockwise).
+EXIF_TRANSFORMS = {
+    1: lambda a: a,
+    2: lambda a: a[:, ::-1],
+    3: lambda a: a[::-1, ::-1],
+    4: lambda a: a[::-1],
+    5: lambda a: a.transpose(1, 0, 2),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: a[::-1, ::-1].transpose(1, 0, 2),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _with_exif(rgb: np.ndarray, orientation: int, fmt: str = "JPEG") -> bytes:
+    """``rgb`` stored as is, with an EXIF orientation tag (0x0112) that tells viewers how to turn it."""
+    exif = Image.Exif()
+    exif[0x0112] = orientation
+    buffer = io.BytesIO()
+    extra = {"quality": 95} if fmt == "JPEG" else {}
+    Image.fromarray(rgb).save(buffer, format=fmt, exif=exif.tobytes(), **extra)
+    return buffer.getvalue()
+
+
+@pytest.fixture(scope="module")
+def non_square_rgb() -> np.ndarray:
+    """48x80 blocks of 8x8 pixels (JPEG-friendly) with a marked corner, so every flip and turn differs."""
+    rng = np.random.default_rng(7)
+    blocks = rng.integers(0, 256, (6, 10, 3), dtype=np.uint8)
+    image = np.repeat(np.repeat(blocks, 8, axis=0), 8, axis=1)
+    image[:8, :8] = (255, 0, 0)
+    return image
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path, non_square_rgb, orientation):
+    data = _with_exif(non_square_rgb, orientation)
+    path = tmp_path / f"orientation{orientation}.jpg"
+    path.write_bytes(data)
+    expected = cv2.cvtColor(cv2.imread(str(path)), cv2.COLOR_BGR2RGB)  # what the reference reads
+    decoded = decode_image(data)
+    np.testing.assert_array_equal(decoded, expected)  # pixel for pixel
+    # and it is the orientation's transform of the stored pixels (the tag was read, not ignored)
+    stored = decode_image(_with_exif(non_square_rgb, 1))
+    np.testing.assert_array_equal(decoded, np.ascontiguousarray(EXIF_TRANSFORMS[orientation](stored)))
+    turned = orientation in (5, 6, 7, 8)
+    assert decoded.shape[:2] == ((80, 48) if turned else (48, 80))
+    header = probe_image(data)  # the header check sees the size the decoder returns
+    assert (header.height, header.width) == decoded.shape[:2]
+
+
+PNG_PROBE_BUG = pytest.mark.xfail(
+    strict=True,
+    reason="probe_image applies the EXIF orientation of JPEG only (PIL turns TIFF sizes itself), but OpenCV "
+    "also turns PNG (eXIf chunk): the PNG header size is the unturned one (decode_image accepts both)",
+)
+
+
+@pytest.mark.parametrize("fmt", [pytest.param("PNG", marks=PNG_PROBE_BUG), "TIFF"])
+def test_probe_image_turns_the_header_size_like_the_decoder(non_square_rgb, fmt):
+    data = _with_exif(non_square_rgb, 6, fmt)
+    decoded = decode_image(data)
+    np.testing.assert_array_equal(decoded, np.rot90(non_square_rgb, -1))  # lossless formats: exact
+    header = probe_image(data)
+    assert (header.height, header.width) == decoded.shape[:2]
