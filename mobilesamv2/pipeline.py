@@ -439,6 +439,8 @@ class Pipeline:
         logits, ious = [], []
         start = time.perf_counter()
         step = self.decoder_max_prompts_per_call
+        if uses_interactive_decoder(multimask, mask_input):  # SAM's full decoder takes fewer prompts per call
+            step = min(step, contract.INTERACTIVE_DECODER_MAX_PROMPTS)
         for first in range(0, len(coords), step):
             checkpoint("decoder")
             part_logits, part_ious = await self.models.decode(

@@ -7,12 +7,15 @@ the inputs are unchanged (the build's fingerprint check), so a second ``pytest``
 from __future__ import annotations
 
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 from triton_calls import RawInfer  # tests/ is on sys.path (pytest's rootdir conftest)
+
+from mobilesamv2.server.launcher import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "work" / "test-cache"
@@ -67,10 +70,29 @@ def reference_pipeline(fake_weights):
 
 
 @pytest.fixture(scope="session")
+def triton_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., TritonServer]]:
+    """``start(model_repository, **TritonServer kwargs)`` -> a ready server; all are stopped at session end.
+
+    Defaults keep the 2-core CI light: one ORT/OpenMP thread per model and the log in a temporary folder.
+    """
+    servers: list[TritonServer] = []
+
+    def start(model_repository: str | Path, **kwargs: object) -> TritonServer:
+        kwargs.setdefault("log_path", tmp_path_factory.mktemp("triton-log") / "tritonserver.log")
+        kwargs.setdefault("env", {"OMP_NUM_THREADS": "1"})
+        kwargs.setdefault("startup_timeout", 120.0)
+        server = TritonServer(model_repository, **kwargs)  # type: ignore[arg-type]
+        servers.append(server)
+        return server.start()
+
+    yield start
+    for server in reversed(servers):
+        server.stop()
+
+
+@pytest.fixture(scope="session")
 def triton_server(built_repository):
     """A real tritonserver (pip-installed 2.51) serving the built repository on free ports."""
-    from mobilesamv2.server.launcher import TritonServer
-
     server = TritonServer(
         built_repository,
         log_path=REPO_ROOT / "work" / "logs" / "pytest-tritonserver.log",

@@ -278,6 +278,16 @@ def test_segany_previous_masks_reach_the_decoder_with_their_prompts():
     np.testing.assert_array_equal(np.concatenate(fake.mask_inputs), previous)  # each with its own prompt
 
 
+def test_interactive_calls_are_capped_at_the_interactive_decoders_limit():
+    img = image(2000, 2000)
+    fake = FakeModels(candidates_for(img, BOXES, SCORES))
+    n = contract.INTERACTIVE_DECODER_MAX_PROMPTS + 6
+    points = np.random.default_rng(0).uniform(0, 2000, (n, 1, 2)).astype(np.float32)
+    prompts = Prompts(points=points, point_labels=np.ones((n, 1), np.int32))
+    run(Pipeline(fake.models()), SegmentRequest(img, Settings(multimask=True), prompts))
+    assert fake.decode_sizes == [contract.INTERACTIVE_DECODER_MAX_PROMPTS, 6]
+
+
 def test_interactive_decoder_inputs_and_token_selection():
     from mobilesamv2.pipeline import interactive_decoder_inputs, select_mask_tokens, uses_interactive_decoder
 

@@ -85,8 +85,10 @@ GPU_PYTHON_MODELS = frozenset({"object_discovery"})
 EXECUTION_PROVIDER_PARAMETER = "execution_provider"
 #: Present on the BLS model: how many prompts it sends to the decoder per call.
 DECODER_PROMPTS_PARAMETER = "decoder_max_prompts_per_call"
-#: Present on the BLS model: whether encoder and discovery run concurrently (GPU) or one after the other (CPU).
+#: Present on the BLS model: run encoder and discovery concurrently (GPU) or one after the other (CPU)?
 OVERLAP_PARAMETER = "overlap_encoder_and_discovery"
+#: Present on the BLS model: where the mask postprocess runs (host numpy/OpenCV, or device torch).
+POSTPROCESS_PARAMETER = "mask_postprocess"
 #: Warm-up shapes for inputs declared with variable dims (object discovery's letterboxed image: at most 1024).
 WARMUP_DIMS = {"images": [1024, 1024, 3]}
 HEADER = (
@@ -273,8 +275,11 @@ def gpu_model_config(
         if DECODER_PROMPTS_PARAMETER in config.parameters:
             _set_parameter(config, DECODER_PROMPTS_PARAMETER, str(max_prompts))
         if OVERLAP_PARAMETER in config.parameters:
-            # encoder and discovery each use a fraction of a GPU: run them at once (on CPU each takes every core)
+            # encoder and discovery each use a fraction of a GPU: run them at once (on CPU each takes all cores)
             _set_parameter(config, OVERLAP_PARAMETER, "true")
+        if POSTPROCESS_PARAMETER in config.parameters:
+            # resizes, threshold and RLE runs where the decoder's logits are: kilobytes, not 79 MB, reach the host
+            _set_parameter(config, POSTPROCESS_PARAMETER, "device")
     return HEADER + text_format.MessageToString(config)
 
 
@@ -284,8 +289,7 @@ def write_gpu_repository(cpu_repo: Path, out: Path, **settings) -> list[Path]:
 
     Each ``out/<model>`` folder is replaced whole; other folders in ``out`` are left alone. TensorRT models
     keep their ``1/model.onnx``: the container's entrypoint builds ``model.plan`` from it on the GPU it runs
-    on.
-    ``settings`` are :func:`gpu_model_config`'s keyword arguments. Returns the written config paths.
+    on. ``settings`` are :func:`gpu_model_config`'s keyword arguments. Returns the written config paths.
     """
     cpu_repo, out = Path(cpu_repo), Path(out)
     if cpu_repo.resolve() == out.resolve():

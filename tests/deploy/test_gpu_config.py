@@ -118,12 +118,15 @@ def test_object_discovery_moves_to_the_gpu_with_the_cuda_provider_and_a_warmup()
 def test_bls_model_stays_on_cpu_overlaps_its_stages_and_follows_max_prompts():
     text = cpu_config("segment_everything")
     assert _parse(text).parameters["overlap_encoder_and_discovery"].string_value == "false"  # CPU: one by one
+    assert _parse(text).parameters["mask_postprocess"].string_value == "host"
     gpu_text = gpu.gpu_model_config(text, max_prompts=320)
-    assert changed_fields(text, gpu_text) == {"parameters.overlap_encoder_and_discovery"}
+    on_gpu = {"parameters.overlap_encoder_and_discovery", "parameters.mask_postprocess"}
+    assert changed_fields(text, gpu_text) == on_gpu
     assert _parse(gpu_text).parameters["overlap_encoder_and_discovery"].string_value == "true"
+    assert _parse(gpu_text).parameters["mask_postprocess"].string_value == "device"
     assert changed_fields(text, gpu.gpu_model_config(text, max_prompts=256)) == {
         "parameters.decoder_max_prompts_per_call",
-        "parameters.overlap_encoder_and_discovery",
+        *on_gpu,
     }
 
 

@@ -42,6 +42,30 @@ MODEL = contract.PIPELINE_MODEL
 DEADLINE: contextvars.ContextVar[float | None] = contextvars.ContextVar("deadline", default=None)
 
 
+#: Where the mask postprocess runs: "host" (numpy/OpenCV, the CPU target) or "device" (torch where the
+#: decoder's logits are, the GPU target: only RLE run lengths come back to the host). Set in initialize.
+POSTPROCESS = {"where": "host"}
+
+
+def host_array(tensor) -> np.ndarray:
+    """A sub-model's output on the host, from either device (TensorRT outputs live on the GPU)."""
+    if tensor.is_cpu():
+        return tensor.as_numpy()
+    import torch
+
+    return torch.from_dlpack(tensor.to_dlpack()).cpu().numpy()
+
+
+def logits_array(tensor):
+    """The decoder's logits where the postprocess wants them: a torch tensor left on its device (no copy) for
+    the device postprocess, else a host numpy array."""
+    if POSTPROCESS["where"] == "device":
+        import torch
+
+        return torch.from_dlpack(tensor.to_dlpack())
+    return host_array(tensor)
+
+
 async def _infer(model: str, inputs: list, outputs: list[str]) -> list:
     """One BLS request; a failed sub-model becomes a :class:`StageError` carrying its error code."""
     deadline = DEADLINE.get()
@@ -74,7 +98,7 @@ async def discover(letterboxed: np.ndarray, conf: float) -> tuple[np.ndarray, np
         ],
         ["boxes", "scores", "classes"],
     )
-    return boxes.as_numpy(), scores.as_numpy(), classes.as_numpy()
+    return host_array(boxes), host_array(scores), host_array(classes)
 
 
 async def decode(embedding, coords: np.ndarray, labels: np.ndarray, multimask: bool, mask_input):
@@ -84,7 +108,7 @@ async def decode(embedding, coords: np.ndarray, labels: np.ndarray, multimask: b
             [embedding, pb_utils.Tensor("point_coords", coords), pb_utils.Tensor("point_labels", labels)],
             ["low_res_masks", "iou_predictions"],
         )
-        return logits.as_numpy(), ious.as_numpy()
+        return logits_array(logits), host_array(ious)
     names = [spec.name for spec in contract.INTERACTIVE_DECODER_INPUTS[1:]]
     arrays = interactive_decoder_inputs(coords, labels, mask_input)
     logits, ious = await _infer(
@@ -92,22 +116,30 @@ async def decode(embedding, coords: np.ndarray, labels: np.ndarray, multimask: b
         [embedding, *(pb_utils.Tensor(n, a) for n, a in zip(names, arrays, strict=True))],
         ["masks", "iou_predictions"],
     )
-    return select_mask_tokens(logits.as_numpy(), ious.as_numpy(), multimask)
+    return select_mask_tokens(logits_array(logits), host_array(ious), multimask)
 
 
 class TritonPythonModel:
     def initialize(self, args: dict) -> None:
         params = glue.Parameters.from_config(json.loads(args["model_config"]))
-        cv2.setNumThreads(
-            glue.available_cpus()
-        )  # OpenCV's default counts the host's cores, not this container's
+        cv2.setNumThreads(glue.available_cpus())  # OpenCV's default counts the host's cores
+        POSTPROCESS["where"] = params.str("mask_postprocess", "host")
+        if POSTPROCESS["where"] == "device":
+            from mobilesamv2.processing.device_masks import TorchPostprocessor
+
+            postprocess = TorchPostprocessor()
+        elif POSTPROCESS["where"] == "host":
+            postprocess = HostPostprocessor(params.int("mask_chunk_mb", DEFAULT_CHUNK_BYTES >> 20) << 20)
+        else:
+            where = POSTPROCESS["where"]
+            raise ValueError(f"parameter mask_postprocess must be host or device, got {where!r}")
         self.pipeline = Pipeline(
             Models(encode, discover, decode),
             limits=contract.Limits.from_parameters(params),
             channel_order=params.str("detector_channel_order", DETECTOR_CHANNEL_ORDER),
             decoder_max_prompts_per_call=params.int("decoder_max_prompts_per_call", 320),
             overlap=params.flag("overlap_encoder_and_discovery", True),
-            postprocess=HostPostprocessor(params.int("mask_chunk_mb", DEFAULT_CHUNK_BYTES >> 20) << 20),
+            postprocess=postprocess,
         )
         build_info = Path(args["model_repository"]).parent / "BUILD_INFO.json"
         info = json.loads(build_info.read_text()) if build_info.is_file() else {}
