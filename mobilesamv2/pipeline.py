@@ -6,9 +6,9 @@
     -> ONE decoder call for all prompts (split only above ``decoder_max_prompts_per_call``)
     -> upsample, threshold -> COCO RLE / dense masks / logits -> SegmentResult -> response tensors
 
-Nothing here imports Triton: the BLS model (``model_repository/segment_everything/1/model.py``) passes three async
-callables that run its sub-models, and the tests pass in-process fakes or ONNX Runtime sessions. Pre- and
-post-processing come from :mod:`mobilesamv2.processing`, the one implementation shared with the reference.
+Nothing here imports Triton: the BLS model (``model_repository/segment_everything/1/model.py``) passes three
+async callables that run its sub-models, and the tests pass in-process fakes or ONNX Runtime sessions. Pre-
+and post-processing come from :mod:`mobilesamv2.processing`, the one implementation shared with the reference.
 """
 
 from __future__ import annotations
@@ -82,7 +82,7 @@ def interactive_decoder_inputs(
 
 
 def select_mask_tokens(logits: Any, ious: Any, multimask: bool) -> tuple[Any, Any]:
-    """The interactive decoder's four tokens -> SAM's predictor output: tokens 1-3 with ``multimask``, else 0."""
+    """The interactive decoder's four tokens -> SAM's predictor output: 1-3 with ``multimask``, else 0."""
     tokens = contract.MULTIMASK_TOKENS if multimask else slice(0, 1)
     return logits[:, tokens], ious[:, tokens]
 
@@ -123,7 +123,7 @@ class StageError(RuntimeError):
 
 
 class RequestCancelled(RuntimeError):
-    """The caller went away (its connection closed or its gRPC deadline passed): no further work is launched."""
+    """The caller went away (its connection closed, its gRPC deadline passed): no further work is launched."""
 
     code = "CANCELLED"
 
@@ -133,8 +133,8 @@ class RequestCancelled(RuntimeError):
 
 
 class DeadlineExceeded(RuntimeError):
-    """The request's own deadline (Triton's ``timeout`` parameter, the client's timeout) passed: the work left is
-    dropped instead of computing an answer nobody waits for."""
+    """The request's own deadline (Triton's ``timeout`` parameter, the client's timeout) passed: the work left
+    is dropped instead of computing an answer nobody waits for."""
 
     code = "UNAVAILABLE"
 
@@ -163,8 +163,8 @@ class SegmentRequest:
     def from_inputs(
         cls, inputs: Mapping[str, np.ndarray | None], limits: Limits = contract.HARD_LIMITS
     ) -> SegmentRequest:
-        """Parse the request tensors. Cheap checks (settings, prompts, the image header) run before the image is
-        decoded; every refusal is a :class:`ContractError` naming the input."""
+        """Parse the request tensors. Cheap checks (settings, prompts, the image header) run before the image
+        is decoded; every refusal is a :class:`ContractError` naming the input."""
         started = time.perf_counter()
         settings = Settings.from_inputs(inputs)
         prompts = Prompts.from_inputs(inputs, limits)
@@ -233,8 +233,8 @@ class SegmentResult:
         return len(self.boxes)
 
     def to_outputs(self, names: set[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
-        """The response tensors (only ``names`` when given, e.g. ``Settings.outputs()``: timings are sent only when
-        asked for), dtypes as in the contract."""
+        """The response tensors (only ``names`` when given, e.g. ``Settings.outputs()``: timings are sent only
+        when asked for), dtypes as in the contract."""
         from segment_everything_contract import rle as rle_codec
 
         out: dict[str, np.ndarray] = {
@@ -276,8 +276,8 @@ def check_response_budget(size: int, limits: Limits, output: str, measured: bool
     }[output]
     what = "is" if measured else "would be"
     raise ResponseTooLarge(
-        f"the response {what} {size / 2**20:.0f} MiB, over the limit of {limits.max_response_bytes / 2**20:.0f} "
-        f"MiB (max_response_bytes): {advice}"
+        f"the response {what} {size / 2**20:.0f} MiB, over the limit of "
+        f"{limits.max_response_bytes / 2**20:.0f} MiB (max_response_bytes): {advice}"
     )
 
 
@@ -294,7 +294,7 @@ def _no_checkpoint(stage: str) -> None:
 def request_checkpoint(
     is_cancelled: Callable[[], bool], deadline: float | None, clock: Callable[[], float] = time.monotonic
 ) -> Checkpoint:
-    """A checkpoint that stops a request its caller abandoned or whose deadline (``clock()`` seconds) passed."""
+    """A checkpoint that stops a request its caller abandoned or whose deadline (``clock()``) passed."""
 
     def checkpoint(stage: str) -> None:
         if is_cancelled():
@@ -395,7 +395,7 @@ class Pipeline:
         timings["total"] = request.decode_ms + (time.perf_counter() - started) * 1e3
         return result
 
-    # --- stages ------------------------------------------------------------------------------------------------
+    # --- stages -------------------------------------------------------------------------------------------
 
     async def _encode(self, image: np.ndarray, timings: dict, checkpoint: Checkpoint) -> Embedding:
         checkpoint("encoder")

@@ -1,5 +1,5 @@
 """The pipeline core without Triton: request parsing, orchestration, splitting, schedules, budgets and
-cancellation over fake models; and the core over the reference's own PyTorch networks against the reference."""
+cancellation over fake models; and the core over the reference's own PyTorch networks vs the reference."""
 
 from __future__ import annotations
 
@@ -220,7 +220,7 @@ def test_response_budget_is_checked_before_decoding():
     img = image(2000, 3000)
     fake = FakeModels(candidates_for(img, BOXES * 4, SCORES))
     pipeline = Pipeline(fake.models(), limits=Limits(max_response_bytes=10 * 2**20))
-    with pytest.raises(ResponseTooLarge, match="max_response_bytes.*use output_format 'rle'"):
+    with pytest.raises(ResponseTooLarge, match=r"max_response_bytes.*use output_format 'rle'"):
         run(pipeline, SegmentRequest(img, Settings(output="dense")))
     assert "decode" not in fake.calls
     assert len(run(pipeline, SegmentRequest(img, Settings(output="rle")))) == 3

@@ -21,7 +21,6 @@ from .errors import SegmentEverythingError
 from .images import ImageInput, prepare_image
 from .types import SegmentSettings
 
-
 INTERACTIVE_PRIORITY = 1
 
 

@@ -107,7 +107,8 @@ class ModelNotReadyError(SegmentEverythingError):
 
 class DeadlineExceededError(SegmentEverythingError):
     """The request did not complete within its deadline (the client's ``timeout``, which travels with it).
-    A later try may succeed, but the server may have done the work: retried only with ``retry_started_work``."""
+    A later try may succeed, but the server may have done the work: retried only with
+    ``retry_started_work``."""
 
     retryable = True
 

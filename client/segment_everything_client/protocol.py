@@ -33,7 +33,8 @@ T = TypeVar("T")
 
 
 def checked(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Call a contract function; its :class:`ContractError` becomes the client's :class:`InvalidInputError`."""
+    """Call a contract function; its :class:`ContractError` becomes the client's
+    :class:`InvalidInputError`."""
     try:
         return fn(*args, **kwargs)
     except ContractError as exc:
@@ -64,7 +65,8 @@ def normalize_url(url: str | None, protocol: str, ssl: bool = False) -> tuple[st
 
 
 def infer_inputs(mod: ModuleType, arrays: dict[str, np.ndarray]) -> list[Any]:
-    """tritonclient ``InferInput`` objects of ``mod`` (``tritonclient.http`` or ``.grpc``) for contract inputs."""
+    """tritonclient ``InferInput`` objects of ``mod`` (``tritonclient.http`` or ``.grpc``) for the contract's
+    inputs."""
     inputs = []
     for name, array in arrays.items():
         spec = _INPUT_SPECS[name]

@@ -149,8 +149,9 @@ class Segmentation:
         low_res_logits: float32 ``(N, 256, 256)`` with ``output="logits"``, else None.
 
     Masks are decoded lazily: ``masks`` (all, ``(N, h, w)`` bool, cached) or ``mask(i)``.
-    Like ultralytics' ``Results``, indexing with a slice, an index array or a boolean mask selects the same rows
-    of every part at once: ``seg[seg.scores > 0.5]``, ``seg[:10]``; an integer gives one :class:`Instance`.
+    Like ultralytics' ``Results``, indexing with a slice, an index array or a boolean mask selects the same
+    rows of every part at once: ``seg[seg.scores > 0.5]``, ``seg[:10]``; an integer gives one
+    :class:`Instance`.
     """
 
     boxes: np.ndarray

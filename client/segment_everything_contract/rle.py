@@ -56,7 +56,7 @@ __all__ = [
 
 
 class RLE(TypedDict):
-    """A COCO RLE: ``size`` is ``[h, w]``; ``counts`` the compressed string (or, uncompressed, a list of runs)."""
+    """A COCO RLE: ``size`` is ``[h, w]``; ``counts`` the compressed string (uncompressed: a list of runs)."""
 
     size: list[int]
     counts: str | list[int]

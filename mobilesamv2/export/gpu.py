@@ -275,10 +275,10 @@ def gpu_model_config(
         if DECODER_PROMPTS_PARAMETER in config.parameters:
             _set_parameter(config, DECODER_PROMPTS_PARAMETER, str(max_prompts))
         if OVERLAP_PARAMETER in config.parameters:
-            # encoder and discovery each use a fraction of a GPU: run them at once (on CPU each takes all cores)
+            # encoder and discovery each use a fraction of a GPU: at once (on CPU each takes all cores)
             _set_parameter(config, OVERLAP_PARAMETER, "true")
         if POSTPROCESS_PARAMETER in config.parameters:
-            # resizes, threshold and RLE runs where the decoder's logits are: kilobytes, not 79 MB, reach the host
+            # resizes, threshold and RLE runs where the logits are: kilobytes, not 79 MB, reach the host
             _set_parameter(config, POSTPROCESS_PARAMETER, "device")
     return HEADER + text_format.MessageToString(config)
 

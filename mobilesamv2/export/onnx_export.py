@@ -15,10 +15,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import segment_everything_contract as contract
 import torch
 from torch import nn
 from torch.export import Dim
+
+import segment_everything_contract as contract
 
 from ..modeling.detector import ObjectAwareNetwork
 from ..modeling.image_encoder import ImageEncoderGraph

@@ -166,13 +166,13 @@ class PromptDecoder(nn.Module):
 class InteractiveDecoder(nn.Module):
     """SAM's decoder as its interactive predictor uses it: every output token and an optional previous mask.
 
-    Same prompts as :class:`PromptDecoder`, plus ``mask_input (N, 1, 256, 256)`` (an earlier prediction's low-res
-    logits, SAM's refinement input) with ``has_mask_input (N,)`` (1 where a mask is given, else the dense prompt
-    is ``no_mask_embed``, exactly like SAM's ONNX export). Outputs all four mask tokens ``(N, 4, 256, 256)`` and
-    their IoU predictions ``(N, 4)``: token 0 is the single-mask answer, tokens 1-3 SAM's three multimask
-    candidates. The dense prompt differs per prompt here, so the image side cannot be shared across prompts as
-    :class:`~mobilesamv2.modeling.fast_decoder.FactorizedPromptDecoder` does: this graph serves few prompts
-    (clicks), the factorized one serves SegEvery's hundreds.
+    Same prompts as :class:`PromptDecoder`, plus ``mask_input (N, 1, 256, 256)`` (an earlier prediction's
+    low-res logits, SAM's refinement input) with ``has_mask_input (N,)`` (1 where a mask is given, else the
+    dense prompt is ``no_mask_embed``, exactly like SAM's ONNX export). Outputs all four mask tokens
+    ``(N, 4, 256, 256)`` and their IoU predictions ``(N, 4)``: token 0 is the single-mask answer, tokens 1-3
+    SAM's three multimask candidates. The dense prompt differs per prompt here, so the image side cannot be
+    shared across prompts as :class:`~mobilesamv2.modeling.fast_decoder.FactorizedPromptDecoder` does: this
+    graph serves few prompts (clicks), the factorized one serves SegEvery's hundreds.
     """
 
     def __init__(self, decoder: PromptDecoder) -> None:

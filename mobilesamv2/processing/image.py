@@ -38,7 +38,7 @@ PIXEL_MEAN = (123.675, 116.28, 103.53)
 PIXEL_STD = (58.395, 57.12, 57.375)
 
 SUPPORTED_FORMATS = ("JPEG", "PNG", "WEBP", "BMP", "TIFF", "GIF")
-#: EXIF orientations (tag 0x0112) that swap width and height; OpenCV's decoder applies them, as cv2.imread does.
+#: EXIF orientations (tag 0x0112) that swap width and height; OpenCV's decoder applies them (as cv2.imread).
 _TRANSPOSING_ORIENTATIONS = (5, 6, 7, 8)
 
 
@@ -72,8 +72,8 @@ def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
     pixel is decoded.
 
     Raises:
-        InvalidImageError: empty, too large a file, unrecognised or unsupported format, too small, too large or
-            too elongated an image.
+        InvalidImageError: empty, too large a file, unrecognised or unsupported format, too small, too large
+            or too elongated an image.
     """
     try:
         check_image_bytes(len(data), limits)
@@ -90,7 +90,8 @@ def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
             orientation = _orientation(header) if fmt == "JPEG" else 1
     except Exception:
         raise InvalidImageError(
-            f"data is not a recognised image ({len(data)} bytes); expected one of {', '.join(SUPPORTED_FORMATS)}"
+            f"data is not a recognised image ({len(data)} bytes); expected one of "
+            f"{', '.join(SUPPORTED_FORMATS)}"
         ) from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
@@ -118,10 +119,10 @@ def _orientation(header: Image.Image) -> int:
 def decode_image(data: bytes, header: ImageHeader | None = None, limits: Limits = HARD_LIMITS) -> np.ndarray:
     """Decode encoded image bytes to an RGB uint8 ``HxWx3`` array (first frame of an animation).
 
-    Pixels are decoded with OpenCV, as the reference (``cv2.imread``) does, which also converts grayscale, RGBA
-    and 16-bit images to 8-bit 3-channel and applies the EXIF orientation. GIF, which this OpenCV build does not
-    read, is decoded with PIL (first frame, palette to RGB). ``header`` is :func:`probe_image`'s result when the
-    caller already has it.
+    Pixels are decoded with OpenCV, as the reference (``cv2.imread``) does, which also converts grayscale,
+    RGBA and 16-bit images to 8-bit 3-channel and applies the EXIF orientation. GIF, which this OpenCV build
+    does not read, is decoded with PIL (first frame, palette to RGB). ``header`` is :func:`probe_image`'s
+    result when the caller already has it.
 
     Raises:
         InvalidImageError: see :func:`probe_image`; truncated or corrupt data; pixels that disagree with the

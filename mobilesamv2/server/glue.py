@@ -75,7 +75,7 @@ class Parameters(Mapping[str, str]):
         return [item.strip() for item in self._values.get(key, "").split(",") if item.strip()]
 
 
-# ------------------------------------------------------------------------------------------------------ errors
+# --------------------------------------------------------------------------------------------------- errors
 
 
 @dataclass(frozen=True)
@@ -134,7 +134,8 @@ def request_id(request: Any) -> str:
 
 
 def error_response(exc: BaseException, model: str, request: Any) -> Any:
-    """An error ``InferenceResponse`` for ``exc`` (see :func:`classify_error`); logs what the caller does not see."""
+    """An error ``InferenceResponse`` for ``exc`` (see :func:`classify_error`); logs what the caller does
+    not see."""
     import triton_python_backend_utils as pb_utils
 
     answer = classify_error(exc, model, request_id(request))
@@ -144,7 +145,7 @@ def error_response(exc: BaseException, model: str, request: Any) -> Any:
     return pb_utils.InferenceResponse(error=pb_utils.TritonError(answer.message, code))
 
 
-# ----------------------------------------------------------------------------------------------------- tensors
+# -------------------------------------------------------------------------------------------------- tensors
 
 
 def read_inputs(request: Any, specs: Iterable[TensorSpec], model: str) -> dict[str, np.ndarray | None]:
@@ -209,8 +210,8 @@ def cgroup_cpu_limit(root: str = "/sys/fs/cgroup") -> float | None:
 
 
 def available_cpus(root: str = "/sys/fs/cgroup") -> int:
-    """CPUs this process may really use: its affinity mask, capped by the cgroup quota (a Kubernetes CPU limit),
-    never the host's core count."""
+    """CPUs this process may really use: its affinity mask, capped by the cgroup quota (a Kubernetes CPU
+    limit), never the host's core count."""
     try:
         count = len(os.sched_getaffinity(0))
     except AttributeError:  # not Linux
@@ -229,8 +230,8 @@ GRAPH_LEVELS = {0: "ORT_DISABLE_ALL", 1: "ORT_ENABLE_BASIC", 2: "ORT_ENABLE_EXTE
 def ort_settings(params: Parameters, default_threads: int | None = None) -> dict[str, Any]:
     """ONNX Runtime settings from config parameters (the names of NVIDIA's onnxruntime backend where it has
     them), with their defaults. The intra-op pool defaults to ``$OMP_NUM_THREADS`` if set, else
-    ``default_threads``, else every CPU this process may use (:func:`available_cpus`: ONNX Runtime's own default
-    counts the host's cores, which oversubscribes a container with a CPU limit)."""
+    ``default_threads``, else every CPU this process may use (:func:`available_cpus`: ONNX Runtime's own
+    default counts the host's cores, which oversubscribes a container with a CPU limit)."""
     env_threads = os.environ.get("OMP_NUM_THREADS", "")
     threads = int(env_threads) if env_threads else (default_threads or available_cpus())
     settings = {
@@ -275,10 +276,10 @@ def ort_session_options(settings: Mapping[str, Any]) -> Any:
 def ort_providers(params: Parameters, args: Mapping[str, str]) -> list[Any]:
     """Execution providers from the ``execution_provider`` parameter (``cpu`` default, or ``cuda``).
 
-    CUDA runs on the GPU of this model instance (``model_instance_device_id``, not always GPU 0), with a bounded
-    cuDNN algorithm search: the default exhaustive search reruns on every new input shape, and each letterbox
-    aspect ratio is a new shape. There is no CPU fall-back: :func:`check_providers` refuses a session that
-    silently runs on the CPU.
+    CUDA runs on the GPU of this model instance (``model_instance_device_id``, not always GPU 0), with a
+    bounded cuDNN algorithm search: the default exhaustive search reruns on every new input shape, and each
+    letterbox aspect ratio is a new shape. There is no CPU fall-back: :func:`check_providers` refuses a
+    session that silently runs on the CPU.
     """
     kind = params.str("execution_provider", "cpu").lower()
     if kind == "cpu":
@@ -297,11 +298,11 @@ def ort_providers(params: Parameters, args: Mapping[str, str]) -> list[Any]:
 
 
 def check_providers(session: Any, providers: list[Any], model: str) -> None:
-    """Fail loudly when ONNX Runtime did not get the first provider asked for (e.g. CUDA libraries missing)."""
+    """Fail loudly when ONNX Runtime did not get the first provider asked for (CUDA libraries missing?)."""
     wanted = providers[0] if isinstance(providers[0], str) else providers[0][0]
     got = session.get_providers()[0]
     if got != wanted:
         raise RuntimeError(
-            f"{model}: ONNX Runtime runs on {got}, not {wanted} (CUDA/cuDNN libraries missing or not matching "
-            "onnxruntime-gpu?); refusing to serve on the wrong device"
+            f"{model}: ONNX Runtime runs on {got}, not {wanted} (CUDA/cuDNN libraries missing or not "
+            "matching onnxruntime-gpu?); refusing to serve on the wrong device"
         )

@@ -1,8 +1,8 @@
 """Custom Prometheus metrics of the ``segment_everything`` pipeline, on Triton's metrics port next to its own
 (``nv_inference_*``: queue time, request failures by reason including ``REJECTED``, cache hits).
 
-    segevery_requests_total{outcome, stage}   every answered request: ok | invalid | cancelled | deadline | failed,
-                                              and the stage where it stopped (``-`` when it completed)
+    segevery_requests_total{outcome, stage}   every answered request: ok | invalid | cancelled | deadline |
+                                              failed, and the stage where it stopped (``-``: completed)
     segevery_masks                            histogram of masks per answered request
     segevery_stage_seconds{stage}             histogram of each stage's duration (decode_image, encoder,
                                               discovery, nms, decoder, postprocess, total)

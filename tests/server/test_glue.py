@@ -1,4 +1,4 @@
-"""The Triton glue shared by the Python models, without Triton: parameters, error answers, ONNX Runtime options."""
+"""The Triton glue shared by the Python models, without Triton: parameters, errors, ONNX Runtime options."""
 
 from __future__ import annotations
 

@@ -1,9 +1,9 @@
 """Object discovery: MobileSAMv2's object-aware model (YOLOv8-seg on SA-1B) as a Triton Python model.
 
-Runs the detector's exported network (``detector.onnx``, letterboxed uint8 in, ``(1, 4 + nc, A)`` out) with ONNX
-Runtime and returns the candidates whose best class score is above ``conf_threshold`` (boxes in letterbox pixels),
-before NMS: NMS belongs to the pipeline, which needs the geometry of the letterbox it made anyway. Anyone who can
-reach the port can call this model directly, so it checks its own inputs against the contract.
+Runs the detector's exported network (``detector.onnx``, letterboxed uint8 in, ``(1, 4 + nc, A)`` out) with
+ONNX Runtime and returns the candidates whose best class score is above ``conf_threshold`` (boxes in letterbox
+pixels), before NMS: NMS belongs to the pipeline, which needs the geometry of the letterbox it made anyway.
+Anyone who can reach the port can call this model directly, so it checks its own inputs against the contract.
 """
 
 from __future__ import annotations
