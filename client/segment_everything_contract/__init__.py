@@ -216,8 +216,8 @@ MULTIMASK_TOKENS = slice(1, 4)
 """SAM's predictor returns mask tokens 1-3 for ``multimask_output=True``, token 0 otherwise."""
 INTERACTIVE_DECODER_MAX_PROMPTS = 64
 """Prompts per ``interactive_decoder`` call: the model refuses more (its ``max_dims``), the pipeline splits a
-larger SegAny request into calls of at most this many (SAM's full decoder costs ~40 MB and tens of ms per prompt
-on CPU; interactive sessions send a few clicks)."""
+larger SegAny request into calls of at most this many (SAM's full decoder costs ~40 MB and tens of ms per
+prompt on CPU; interactive sessions send a few clicks)."""
 
 DISCOVERY_MODEL = "object_discovery"
 DISCOVERY_INPUTS: tuple[TensorSpec, ...] = (
