@@ -14,8 +14,10 @@ and post-processing come from :mod:`mobilesamv2.processing`, the one implementat
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 import time
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -28,6 +30,7 @@ from segment_everything_contract import ContractError, Limits, Prompts, Settings
 from .processing import boxes as box_ops
 from .processing.image import (
     DETECTOR_CHANNEL_ORDER,
+    ImageHeader,
     decode_image,
     detector_input,
     encoder_canvas,
@@ -147,24 +150,121 @@ class ResponseTooLarge(ContractError):
     """The response would exceed ``max_response_bytes``; the message says which setting to lower."""
 
 
+@dataclass(frozen=True)
+class CachedEmbedding:
+    embedding: Embedding
+    image_size: tuple[int, int]
+
+
+class EmbeddingCache(Protocol):
+    """Image embeddings by image content (:attr:`ImageSource.key`)."""
+
+    def get(self, key: str) -> CachedEmbedding | None: ...
+
+    def put(self, key: str, embedding: Embedding, image_size: tuple[int, int]) -> Embedding:
+        """Store; returns the embedding to use for this request (the cache may hand back its own copy)."""
+        ...
+
+
+class MemoryEmbeddingCache:
+    """A bounded LRU in this process (the in-process pipeline and the tests; the server shares one between its
+    pipeline instances, see ``mobilesamv2/server/embedding_cache.py``)."""
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.hits = self.misses = 0
+        self._entries: OrderedDict[str, tuple[CachedEmbedding, int]] = OrderedDict()
+        self._bytes = 0
+
+    def get(self, key: str) -> CachedEmbedding | None:
+        entry = self._entries.get(key)
+        if entry is None:
+            self.misses += 1
+            return None
+        self._entries.move_to_end(key)
+        self.hits += 1
+        return entry[0]
+
+    def put(self, key: str, embedding: Embedding, image_size: tuple[int, int]) -> Embedding:
+        nbytes = int(getattr(embedding, "nbytes", 0))
+        if key in self._entries or nbytes > self.max_bytes:
+            return embedding
+        self._entries[key] = (CachedEmbedding(embedding, image_size), nbytes)
+        self._bytes += nbytes
+        while self._bytes > self.max_bytes:
+            _, (_, dropped) = self._entries.popitem(last=False)
+            self._bytes -= dropped
+        return embedding
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
 # ----------------------------------------------------------------------------------------------- the request
+
+
+class ImageSource:
+    """The image of one request: raw pixels, or encoded bytes decoded on first use. ``key`` identifies the
+    content (the embedding cache's key), so a request whose embedding is cached never decodes its image."""
+
+    def __init__(
+        self,
+        key: str,
+        size: tuple[int, int],
+        pixels: np.ndarray | None = None,
+        data: bytes = b"",
+        header: ImageHeader | None = None,
+    ) -> None:
+        self.key = key
+        self.size = size  # (h, w); from the header (EXIF orientation applied) until decoded
+        self._pixels = pixels
+        self._data = data
+        self._header = header
+        self.decode_ms = 0.0
+
+    @classmethod
+    def from_array(cls, image: np.ndarray, limits: Limits = contract.HARD_LIMITS) -> ImageSource:
+        image = validate_rgb_array(image, limits)
+        digest = hashlib.blake2b(repr(image.shape).encode(), digest_size=16)
+        digest.update(memoryview(image).cast("B"))
+        return cls("raw:" + digest.hexdigest(), (int(image.shape[0]), int(image.shape[1])), pixels=image)
+
+    @classmethod
+    def from_bytes(cls, data: bytes, limits: Limits = contract.HARD_LIMITS) -> ImageSource:
+        header = probe_image(data, limits)
+        key = "file:" + hashlib.blake2b(data, digest_size=16).hexdigest()
+        return cls(key, (header.height, header.width), data=data, header=header)
+
+    def pixels(self) -> np.ndarray:
+        """RGB uint8 ``HxWx3``, decoded once."""
+        if self._pixels is None:
+            start = time.perf_counter()
+            self._pixels = decode_image(self._data, self._header)
+            self.size = (int(self._pixels.shape[0]), int(self._pixels.shape[1]))
+            self.decode_ms = (time.perf_counter() - start) * 1e3
+        return self._pixels
 
 
 @dataclass(frozen=True)
 class SegmentRequest:
-    """One validated request: RGB image, settings, and SegAny prompts (None = SegEvery)."""
+    """One validated request: the image, settings, and SegAny prompts (None = SegEvery). ``source`` may be
+    given as a numpy RGB array."""
 
-    image: np.ndarray
+    source: ImageSource | np.ndarray
     settings: Settings = field(default_factory=Settings)
     prompts: Prompts | None = None
-    decode_ms: float = 0.0
+    parse_ms: float = 0.0
+
+    def __post_init__(self) -> None:
+        if isinstance(self.source, np.ndarray):
+            object.__setattr__(self, "source", ImageSource.from_array(self.source))
 
     @classmethod
     def from_inputs(
         cls, inputs: Mapping[str, np.ndarray | None], limits: Limits = contract.HARD_LIMITS
     ) -> SegmentRequest:
-        """Parse the request tensors. Cheap checks (settings, prompts, the image header) run before the image
-        is decoded; every refusal is a :class:`ContractError` naming the input."""
+        """Parse the request tensors: settings, prompts and the image header, each checked against the
+        contract (a :class:`ContractError` names the input). Pixels are decoded later, and only if needed."""
         started = time.perf_counter()
         settings = Settings.from_inputs(inputs)
         prompts = Prompts.from_inputs(inputs, limits)
@@ -177,20 +277,21 @@ class SegmentRequest:
             raise ContractError(
                 "give exactly one of 'image' (encoded bytes) or 'image_raw' (uint8 HxWx3 RGB)"
             )
-        if raw is not None:
-            image = validate_rgb_array(raw, limits)
-            prompts = _prompts_inside(prompts, image.shape[:2])
-        else:
-            data = _single_bytes(encoded)
-            header = probe_image(data, limits)
-            _prompts_inside(prompts, (header.height, header.width))  # refuse before decoding
-            image = decode_image(data, header)
-            prompts = _prompts_inside(prompts, image.shape[:2])
-        return cls(image, settings, prompts, (time.perf_counter() - started) * 1e3)
+        source = (
+            ImageSource.from_array(raw, limits)
+            if raw is not None
+            else ImageSource.from_bytes(_single_bytes(encoded), limits)
+        )
+        prompts = _prompts_inside(prompts, source.size)  # refused before any pixel is decoded
+        return cls(source, settings, prompts, (time.perf_counter() - started) * 1e3)
+
+    @property
+    def image(self) -> np.ndarray:
+        return self.source.pixels()
 
     @property
     def image_size(self) -> tuple[int, int]:
-        return int(self.image.shape[0]), int(self.image.shape[1])
+        return self.source.size
 
 
 def _single_bytes(array: np.ndarray) -> bytes:
@@ -209,7 +310,7 @@ def _prompts_inside(prompts: Prompts | None, shape: tuple[int, int]) -> Prompts 
     clipped = contract.check_prompts_inside(prompts.boxes, prompts.points, shape)
     if clipped is None:
         return prompts
-    return Prompts(boxes=clipped)
+    return Prompts(boxes=clipped, mask_input=prompts.mask_input)
 
 
 # ------------------------------------------------------------------------------------------------ the result
@@ -317,6 +418,8 @@ class Pipeline:
         overlap: run the encoder and discovery concurrently (GPU) or one after the other (CPU: both already
             use every core, so overlapping only makes each slower).
         postprocess: logits -> masks, on the host or where the logits are.
+        embeddings: a cache of image embeddings by image content: a repeated image (every click of an
+            interactive session after the first) skips decoding and the encoder.
     """
 
     models: Models
@@ -325,25 +428,36 @@ class Pipeline:
     decoder_max_prompts_per_call: int = 320
     overlap: bool = True
     postprocess: MaskPostprocessor = field(default_factory=HostPostprocessor)
+    embeddings: EmbeddingCache | None = None
 
     async def run(self, request: SegmentRequest, checkpoint: Checkpoint = _no_checkpoint) -> SegmentResult:
-        timings: dict[str, float] = {"decode_image": request.decode_ms}
+        timings: dict[str, float] = {}
         started = time.perf_counter()
-        image, settings, prompts = request.image, request.settings, request.prompts
-        shape = request.image_size
+        source, settings, prompts = request.source, request.settings, request.prompts
+        cached = self.embeddings.get(source.key) if self.embeddings is not None else None
 
-        if prompts is None:  # SegEvery
-            if self.overlap:
+        if prompts is None:  # SegEvery: discovery needs the pixels whatever the cache holds
+            image = source.pixels()
+            if cached is not None:
+                boxes, scores = await self._discover(image, settings, timings, checkpoint)
+                embedding = cached.embedding
+            elif self.overlap:
                 embedding, (boxes, scores) = await asyncio.gather(
-                    self._encode(image, timings, checkpoint),
+                    self._encode(source, timings, checkpoint),
                     self._discover(image, settings, timings, checkpoint),
                 )
             else:
                 boxes, scores = await self._discover(image, settings, timings, checkpoint)
-                embedding = await self._encode(image, timings, checkpoint) if len(boxes) else None
+                embedding = await self._encode(source, timings, checkpoint) if len(boxes) else None
+            shape = source.size
             coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, shape))
-        else:
-            embedding = await self._encode(image, timings, checkpoint)
+        else:  # SegAny: a cached embedding needs no pixels at all
+            if cached is not None:
+                embedding, shape = cached.embedding, cached.image_size
+            else:
+                embedding = await self._encode(source, timings, checkpoint)
+                shape = source.size
+            prompts = _prompts_inside(prompts, shape)  # the decoded size is authoritative
             if prompts.boxes is not None:
                 boxes = prompts.boxes
                 coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, shape))
@@ -353,6 +467,9 @@ class Pipeline:
                     box_ops.points_to_encoder_frame(prompts.points, shape), prompts.point_labels
                 )
             scores = np.ones(len(coords), np.float32)
+        timings["decode_image"] = request.parse_ms + source.decode_ms
+        if cached is not None:
+            timings["encoder_cached"] = 1.0
 
         multimask = settings.multimask
         per_prompt = 3 if multimask else 1
@@ -392,16 +509,18 @@ class Pipeline:
         if settings.output == "logits":
             result.low_res_logits = self.postprocess.to_host(logits)
         timings["postprocess"] = (time.perf_counter() - start) * 1e3
-        timings["total"] = request.decode_ms + (time.perf_counter() - started) * 1e3
+        timings["total"] = request.parse_ms + (time.perf_counter() - started) * 1e3
         return result
 
     # --- stages -------------------------------------------------------------------------------------------
 
-    async def _encode(self, image: np.ndarray, timings: dict, checkpoint: Checkpoint) -> Embedding:
+    async def _encode(self, source: ImageSource, timings: dict, checkpoint: Checkpoint) -> Embedding:
         checkpoint("encoder")
         start = time.perf_counter()
-        canvas, size = encoder_canvas(image)
+        canvas, size = encoder_canvas(source.pixels())
         embedding = await self.models.encode(canvas[None], size[None])
+        if self.embeddings is not None:
+            embedding = self.embeddings.put(source.key, embedding, source.size)
         timings["encoder"] = (time.perf_counter() - start) * 1e3
         return embedding
 

@@ -309,14 +309,7 @@ def test_exif_orientation_is_applied_as_cv2_imread_does(tmp_path, non_square_rgb
     assert (header.height, header.width) == decoded.shape[:2]
 
 
-PNG_PROBE_BUG = pytest.mark.xfail(
-    strict=True,
-    reason="probe_image applies the EXIF orientation of JPEG only (PIL turns TIFF sizes itself), but OpenCV "
-    "also turns PNG (eXIf chunk): the PNG header size is the unturned one (decode_image accepts both)",
-)
-
-
-@pytest.mark.parametrize("fmt", [pytest.param("PNG", marks=PNG_PROBE_BUG), "TIFF"])
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
 def test_probe_image_turns_the_header_size_like_the_decoder(non_square_rgb, fmt):
     data = _with_exif(non_square_rgb, 6, fmt)
     decoded = decode_image(data)

@@ -10,6 +10,7 @@ Two different resizes feed the two networks, exactly as the reference does:
 from __future__ import annotations
 
 import io
+import re
 from dataclasses import dataclass
 
 import cv2
@@ -87,7 +88,8 @@ def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
             frames = int(getattr(header, "n_frames", 1) or 1) if fmt == "GIF" else 1
-            orientation = _orientation(header) if fmt == "JPEG" else 1
+            # OpenCV turns JPEG and PNG (eXIf) by their EXIF orientation; PIL reports TIFF sizes turned already
+            orientation = _orientation(header) if fmt in ("JPEG", "PNG") else 1
     except Exception:
         raise InvalidImageError(
             f"data is not a recognised image ({len(data)} bytes); expected one of "
@@ -109,7 +111,7 @@ def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
 
 
 def _orientation(header: Image.Image) -> int:
-    """EXIF orientation of a JPEG (its APP1 segment is part of the header PIL has read); 1 when unreadable."""
+    """EXIF orientation (OpenCV applies it when it decodes); 1 when absent or unreadable."""
     try:
         return int(header.getexif().get(0x0112, 1))
     except Exception:
@@ -131,13 +133,15 @@ def decode_image(data: bytes, header: ImageHeader | None = None, limits: Limits 
     header = header or probe_image(data, limits)
     if header.format == "JPEG" and not _jpeg_is_complete(data):
         # libjpeg decodes a truncated JPEG with only a warning, filling the rest with grey: refuse it instead.
-        raise InvalidImageError("JPEG data is truncated (no end-of-image marker)")
+        raise InvalidImageError("image: JPEG data is truncated (no end-of-image marker)")
     if header.format == "GIF":
         image = _decode_first_frame_with_pil(data)
     else:
         bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
         if bgr is None:
-            raise InvalidImageError(f"{header.format} data is corrupt or truncated and could not be decoded")
+            raise InvalidImageError(
+                f"image: {header.format} data is corrupt or truncated and could not be decoded"
+            )
         image = cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
     if image.shape[:2] not in ((header.height, header.width), (header.width, header.height)):
         raise InvalidImageError(
@@ -153,12 +157,37 @@ def _decode_first_frame_with_pil(data: bytes) -> np.ndarray:
             image.seek(0)
             return np.asarray(image.convert("RGB"))
     except Exception:
-        raise InvalidImageError("GIF data is corrupt or truncated and could not be decoded") from None
+        raise InvalidImageError("image: GIF data is corrupt or truncated and could not be decoded") from None
+
+
+_JPEG_MARKER_IN_SCAN = re.compile(rb"\xff[^\x00\xd0-\xd7\xff]")
 
 
 def _jpeg_is_complete(data: bytes) -> bool:
-    # Some writers append padding after the EOI marker; look for it near the end.
-    return data.rstrip(b"\x00 \r\n").endswith(b"\xff\xd9")
+    """Walk the JPEG's segments from its start to its end-of-image marker (entropy-coded data skipped up to
+    the next real marker: inside it ``FF`` is stuffed as ``FF 00`` or a restart marker). A stream that ends
+    before that marker is truncated; data after it (padding, or a ZIP or HTML appended by a polyglot) is
+    ignored, as ``cv2.imread`` (the reference) ignores it. An EXIF thumbnail, a whole JPEG inside APP1, is
+    skipped with its segment."""
+    i, n = 2, len(data)  # past SOI
+    while i + 1 < n:
+        if data[i] != 0xFF:
+            return False
+        marker = data[i + 1]
+        if marker == 0xD9:  # EOI
+            return True
+        if marker == 0xFF or 0xD0 <= marker <= 0xD7 or marker == 0x01:  # fill byte, RST, TEM: no length
+            i += 1 if marker == 0xFF else 2
+            continue
+        if i + 4 > n:
+            return False
+        i += 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        if marker == 0xDA:  # start of scan: entropy-coded data up to the next real marker
+            found = _JPEG_MARKER_IN_SCAN.search(data, i)
+            if found is None:
+                return False
+            i = found.start()
+    return False
 
 
 def validate_rgb_array(image: np.ndarray, limits: Limits = HARD_LIMITS) -> np.ndarray:

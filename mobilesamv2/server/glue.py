@@ -130,7 +130,9 @@ def request_id(request: Any) -> str:
         given = request.request_id() or ""
     except Exception:
         given = ""
-    return given[:64] if given else uuid.uuid4().hex[:12]
+    # the caller chose it: printable characters only, so it cannot forge log lines
+    given = "".join(c for c in given[:64] if c.isprintable())
+    return given or uuid.uuid4().hex[:12]
 
 
 def error_response(exc: BaseException, model: str, request: Any) -> Any:

@@ -6,6 +6,7 @@
     segevery_masks                            histogram of masks per answered request
     segevery_stage_seconds{stage}             histogram of each stage's duration (decode_image, encoder,
                                               discovery, nms, decoder, postprocess, total)
+    segevery_embedding_cache_total{result}    embedding lookups: hit (no decode, no encoder) | miss
 
 Uses ``pb_utils.MetricFamily`` (Python backend 24.10): importable only inside a Triton stub.
 """
@@ -48,6 +49,11 @@ class PipelineMetrics:
         )
         self._masks = kind("segevery_masks", "Masks per answered request", kind.HISTOGRAM)
         self._stages = kind("segevery_stage_seconds", "Duration of each pipeline stage", kind.HISTOGRAM)
+        self._cache = kind("segevery_embedding_cache_total", "Embedding cache lookups", kind.COUNTER)
+        self._cache_metrics = {
+            result: self._cache.Metric(labels={"model": model, "result": result})
+            for result in ("hit", "miss")
+        }
         self._model = model
         self._request_metrics: dict[tuple[str, str], object] = {}
         self._mask_metric = self._masks.Metric(labels={"model": model}, buckets=MASK_BUCKETS)
@@ -69,6 +75,11 @@ class PipelineMetrics:
         metric.increment(1)
         if exc is None:
             self._mask_metric.observe(masks)
-        for stage, ms in (timings_ms or {}).items():
+        timings_ms = timings_ms or {}
+        if "encoder_cached" in timings_ms:
+            self._cache_metrics["hit"].increment(1)
+        elif "encoder" in timings_ms:
+            self._cache_metrics["miss"].increment(1)
+        for stage, ms in timings_ms.items():
             if stage in self._stage_metrics:
                 self._stage_metrics[stage].observe(ms / 1e3)

@@ -103,30 +103,44 @@ def test_a_request_abandoned_during_the_encoder_never_reaches_the_decoder(triton
         time.sleep(0.5)
     else:
         pytest.fail("the server never recorded the cancellation")
-    assert metric_value(after, "segevery_requests_total", outcome="cancelled", stage="decoder") >= 1
+    # stopped at the checkpoint after discovery (before the encoder) or after the encoder, never later
+    stopped = sum(
+        metric_value(after, "segevery_requests_total", outcome="cancelled", stage=stage)
+        - metric_value(metrics_before, "segevery_requests_total", outcome="cancelled", stage=stage)
+        for stage in ("encoder", "decoder")
+    )
+    assert stopped >= 1
     assert stats(triton_server, "prompt_decoder").execution_count == decoder_before
 
 
 def test_the_client_deadline_travels_and_expired_work_is_dropped(triton_server, bus_path):
     decoder_before = stats(triton_server, "prompt_decoder").execution_count
-    with SegmentEverythingClient(triton_server.http_url, protocol="http", timeout=0.5, retries=0) as client:
-        with pytest.raises(DeadlineExceededError):
-            client.segment_everything(unique_bus(bus_path, 2))
+    client = SegmentEverythingClient(triton_server.http_url, protocol="http", timeout=0.5, retries=0)
+    with client, pytest.raises(DeadlineExceededError):
+        client.segment_everything(unique_bus(bus_path, 2))
     time.sleep(5)  # whatever the server still does for it, it must not decode
     assert stats(triton_server, "prompt_decoder").execution_count == decoder_before
 
 
-def test_a_repeated_image_skips_the_encoder(triton_server, bus_path):
+def test_a_repeated_image_skips_decoding_and_the_encoder(triton_server, bus_path):
     data = unique_bus(bus_path, 3)
-    before = stats(triton_server, "image_encoder")
+    before, metrics_before = stats(triton_server, "image_encoder"), metrics_text(triton_server)
     with SegmentEverythingClient(triton_server.grpc_url, timeout=300) as client:
-        first = client.segment_anything(data, points=[[400, 600]])
-        second = client.segment_anything(data, points=[[200, 500]])
-        third = client.segment_anything(data, boxes=[[50, 400, 250, 900]])
-    after = stats(triton_server, "image_encoder")
+        first = client.segment_anything(data, points=[[400, 600]], timings=True)
+        second = client.segment_anything(data, points=[[200, 500]], timings=True)
+        third = client.segment_anything(data, boxes=[[50, 400, 250, 900]], timings=True)
+    after, metrics_after = stats(triton_server, "image_encoder"), metrics_text(triton_server)
     assert after.execution_count - before.execution_count == 1  # encoded once
-    assert after.inference_stats.cache_hit.count - before.inference_stats.cache_hit.count == 2
+    hits = metric_value(metrics_after, "segevery_embedding_cache_total", result="hit") - metric_value(
+        metrics_before, "segevery_embedding_cache_total", result="hit"
+    )
+    assert hits == 2
+    assert "encoder" in first.timings and "encoder_cached" not in first.timings
+    for later in (second, third):
+        assert "encoder_cached" in later.timings and "encoder" not in later.timings
+        assert later.timings["decode_image"] < first.timings["decode_image"]  # not even decoded
     assert len(first) == len(second) == len(third) == 1
+    assert first.image_size == second.image_size == third.image_size
     assert not np.array_equal(first.masks, second.masks)
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from segment_everything_contract import Prompts, Settings
 
 from mobilesamv2.pipeline import Pipeline, SegmentRequest
 from segment_everything_client import AsyncSegmentEverythingClient, SegmentEverythingClient
+from segment_everything_contract import Prompts, Settings
 
 pytestmark = pytest.mark.server
 

@@ -108,3 +108,17 @@ def test_a_session_on_the_wrong_provider_is_refused():
     with pytest.raises(RuntimeError, match="runs on CPUExecutionProvider, not CUDAExecutionProvider"):
         glue.check_providers(Session(), [("CUDAExecutionProvider", {})], "object_discovery")
     glue.check_providers(Session(), ["CPUExecutionProvider"], "object_discovery")
+
+
+def test_request_ids_are_the_callers_printable_ones_or_fresh():
+    class Request:
+        def __init__(self, rid):
+            self.rid = rid
+
+        def request_id(self):
+            return self.rid
+
+    assert glue.request_id(Request("abc-1")) == "abc-1"
+    assert glue.request_id(Request("x\nFAKE LOG LINE")) == "xFAKE LOG LINE"
+    fresh = glue.request_id(Request(""))
+    assert len(fresh) == 12 and fresh != glue.request_id(Request(""))

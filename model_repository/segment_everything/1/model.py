@@ -34,6 +34,7 @@ from mobilesamv2.pipeline import (
 from mobilesamv2.processing.image import DETECTOR_CHANNEL_ORDER
 from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES
 from mobilesamv2.server import glue
+from mobilesamv2.server.embedding_cache import DEFAULT_ROOT, SharedEmbeddingCache, cache_directory
 from mobilesamv2.server.metrics import PipelineMetrics
 
 MODEL = contract.PIPELINE_MODEL
@@ -133,6 +134,12 @@ class TritonPythonModel:
         else:
             where = POSTPROCESS["where"]
             raise ValueError(f"parameter mask_postprocess must be host or device, got {where!r}")
+        build_info = Path(args["model_repository"]).parent / "BUILD_INFO.json"
+        info = json.loads(build_info.read_text()) if build_info.is_file() else {}
+        if info.get("weights") == "fake":
+            pb_utils.Logger.log_warn(
+                f"{MODEL}: this repository was built from RANDOM WEIGHTS; its masks are meaningless"
+            )
         self.pipeline = Pipeline(
             Models(encode, discover, decode),
             limits=contract.Limits.from_parameters(params),
@@ -140,18 +147,32 @@ class TritonPythonModel:
             decoder_max_prompts_per_call=params.int("decoder_max_prompts_per_call", 320),
             overlap=params.flag("overlap_encoder_and_discovery", True),
             postprocess=postprocess,
+            embeddings=self._embedding_cache(params, build_info, info),
         )
-        build_info = Path(args["model_repository"]).parent / "BUILD_INFO.json"
-        info = json.loads(build_info.read_text()) if build_info.is_file() else {}
-        if info.get("weights") == "fake":
-            pb_utils.Logger.log_warn(
-                f"{MODEL}: this repository was built from RANDOM WEIGHTS; its masks are meaningless"
-            )
         pb_utils.Logger.log_info(
             f"{MODEL}: encoder {info.get('encoder', '?')}, limits {self.pipeline.limits}, overlap "
             f"{self.pipeline.overlap}, decoder cap {self.pipeline.decoder_max_prompts_per_call} prompts/call"
         )
         self.metrics = PipelineMetrics(MODEL)
+
+    @staticmethod
+    def _embedding_cache(
+        params: glue.Parameters, build_info: Path, info: dict
+    ) -> SharedEmbeddingCache | None:
+        """The embedding cache every instance of this model shares (a directory per repository and build)."""
+        budget_mb = params.int("embedding_cache_mb", 256)
+        if budget_mb <= 0:
+            return None
+        root = Path(params.str("embedding_cache_dir", str(DEFAULT_ROOT)))
+        identity = f"{build_info.parent.resolve()}:{info.get('fingerprint', '')}"
+        cache = SharedEmbeddingCache(
+            cache_directory(root, identity),
+            budget_mb << 20,
+            to_host=host_array,
+            wrap=lambda array: pb_utils.Tensor("image_embeddings", array),
+        )
+        cache.prune_stale_siblings()
+        return cache
 
     async def _respond(self, request) -> pb_utils.InferenceResponse:
         timeout_us = request.timeout()  # the caller's deadline (its client timeout); 0 when it sent none
