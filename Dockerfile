@@ -55,11 +55,18 @@ USER ${APP_UID}:${APP_UID}
 WORKDIR /opt/mobilesamv2
 
 EXPOSE 8000 8001 8002
+# Health = real inferences through every model within a deadline (mobilesamv2.server.probe: a SegAny box, a
+# multimask point and a SegEvery request on a tiny generated image), not /v2/health/ready, which stays 200 when a
+# Python model's stub died or hangs. A full queue ("overloaded") is healthy unless it lasts 10 checks in a row.
 # The first start on a GPU type builds the TensorRT engines (minutes): failures do not count during start-period.
-HEALTHCHECK --interval=30s --timeout=5s --start-period=30m --retries=3 \
-    CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/v2/health/ready', timeout=4)"]
-# NVIDIA's entrypoint checks the driver and prints the banner, then execs ours, which execs tritonserver.
-# Arguments after the image name are tritonserver options (e.g. --log-verbose=1).
+HEALTHCHECK --interval=30s --timeout=20s --start-period=30m --retries=3 \
+    CMD ["python3", "-m", "mobilesamv2.server.probe", "--url=127.0.0.1:8000", "--timeout=15", "--overloaded-ok", \
+         "--max-overloaded=10", "--state-file=/tmp/mobilesamv2/healthcheck-overloaded"]
+# NVIDIA's entrypoint checks the driver and prints the banner, then execs ours, which runs tritonserver as its
+# child in a process group of its own: it forwards SIGTERM/SIGINT, reaps orphans (it is PID 1), kills what is left
+# of the group (the Python stubs) when tritonserver exits and exits with its status; when a Python model's stub
+# process dies or stops it stops tritonserver and exits 4 (run with --restart=on-failure, or let Kubernetes
+# restart it). Arguments after the image name are tritonserver options (e.g. --log-verbose=1).
 ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/mobilesamv2/entrypoint.py"]
 
 # Default target: the GPU model repository (mobilesamv2-build --target gpu) baked into the image, owned by root

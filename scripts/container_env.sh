@@ -65,6 +65,7 @@ if [ ! -f "$stamp" ]; then
     echo "[container-env] pip install -r $REQUIREMENTS"
     if "${pip[@]}" install -r "$REQUIREMENTS" >"$VENV/pip-gpu.log" 2>&1; then
       installed=1
+      cp "$REQUIREMENTS" "$VENV/requirements-installed.txt"
     elif [ "$ORT_MODE" = gpu ]; then
       cat "$VENV/pip-gpu.log" >&2
       echo "[container-env] the image's requirements do not install here (CONTAINER_ENV_ORT=gpu)" >&2
@@ -83,6 +84,7 @@ if [ ! -f "$stamp" ]; then
       cat "$VENV/pip-cpu.log" >&2
       exit 1
     fi
+    cp "$cpu_requirements" "$VENV/requirements-installed.txt"
   fi
   rm -f "$VENV"/.requirements-*
   touch "$stamp"
@@ -96,19 +98,35 @@ cp pyproject.toml README.md "$src/"
 cp -r client mobilesamv2 "$src/"
 find "$src" -name __pycache__ -type d -prune -exec rm -rf {} +
 "${pip[@]}" install --no-deps --ignore-requires-python --force-reinstall "$src" >/dev/null
-# -I: isolated, as the Triton stub runs Python (no current directory or PYTHONPATH on sys.path).
-"$VENV/bin/python" -I - <<'EOF'
+# Every requirement imports under this Python (-I: isolated, as the Triton stub runs it: no current directory
+# or PYTHONPATH on sys.path), and the package is the installed copy.
+"$VENV/bin/python" -I - "$VENV/requirements-installed.txt" <<'EOF'
+import importlib
+import importlib.metadata as md
+import re
 import sys
 
-import cv2
-import numpy
-import onnxruntime
-
+requirements = [
+    re.split(r"[=<>!~ \[;]", line.strip(), maxsplit=1)[0]
+    for line in open(sys.argv[1])
+    if line.strip() and not line.startswith("#")
+]
+modules = {}
+for module, dists in md.packages_distributions().items():
+    for dist in dists:
+        modules.setdefault(dist.lower().replace("_", "-"), []).append(module)
+versions = []
+for name in requirements:
+    # Python 3.10 maps only distributions with a top_level.txt (numpy 1.26 has none): else the module is the name
+    tops = [m for m in modules.get(name.lower(), []) if not m.startswith("_")] or [name.replace("-", "_")]
+    for module in tops:
+        importlib.import_module(module)
+    versions.append(f"{name} {md.version(name)}")
 import mobilesamv2
 import segment_everything_contract
 
 print(
-    f"[container-env] ready: Python {sys.version.split()[0]}, numpy {numpy.__version__}, opencv {cv2.__version__}, "
-    f"onnxruntime {onnxruntime.__version__}, mobilesamv2 from {mobilesamv2.__path__[0]}"
+    f"[container-env] ready: Python {sys.version.split()[0]}; {', '.join(versions)}; "
+    f"mobilesamv2 from {mobilesamv2.__path__[0]}"
 )
 EOF

@@ -1,4 +1,4 @@
-"""Container entrypoint: build the TensorRT engines for this container's GPU, then exec tritonserver.
+"""Container entrypoint: build the TensorRT engines for this container's GPU, then run tritonserver.
 
 TensorRT plans are specific to a GPU model (compute capability) and a TensorRT version, so they are built at
 start from the ONNX files of the GPU model repository (``mobilesamv2.export.gpu``) into a cache volume, keyed
@@ -17,6 +17,15 @@ entrypoint prints the numbers and exits with status 3. The numbers of the last c
 
 Triton then serves a runtime repository (``--runtime-repository``, a writable scratch folder) that links the
 models of ``--model-repository`` and the cached plans.
+
+tritonserver runs as a child of this process (PID 1 in the container), in a process group of its own that
+its Python backend stubs inherit. The entrypoint forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, reaps orphaned
+processes (as PID 1 must), and when tritonserver exits kills what is left of its group (stubs outlive their
+server otherwise) and exits with tritonserver's code. It also counts the stub processes of every Python
+model (every ``--stub-watch-interval`` seconds once the server is ready): Triton neither restarts a stub that
+died nor reports it, so when one is gone or stopped the entrypoint stops tritonserver and exits with status 4,
+for the orchestrator to restart the container. Hangs that leave the processes in place are the liveness
+probe's (``python3 -m mobilesamv2.server.probe``: real inferences with a deadline).
 
     python3 entrypoint.py [--dry-run | --build-only] [entrypoint options] [tritonserver options]
 
@@ -66,6 +75,7 @@ from mobilesamv2.export.verify import (
     Verification,
     verify_engine,
 )
+from mobilesamv2.server import procs
 
 DEFAULT_MODEL_REPOSITORY = "/opt/mobilesamv2/model_repository"
 DEFAULT_ENGINE_CACHE = "/var/cache/mobilesamv2/engines"
@@ -96,6 +106,9 @@ class EngineVerificationError(EntrypointError):
 
 EXIT_ERROR = 2
 EXIT_VERIFICATION_FAILED = 3
+EXIT_STUB_LOST = 4
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
+DEFAULT_STUB_WATCH_INTERVAL = 5.0
 
 
 def run_captured(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -488,6 +501,13 @@ def parse_args(
         action="store_true",
         help="build and verify the engines, then exit (cache warm-up job)",
     )
+    parser.add_argument(
+        "--stub-watch-interval",
+        type=float,
+        default=float(env.get("STUB_WATCH_INTERVAL", DEFAULT_STUB_WATCH_INTERVAL)),
+        help="seconds between counts of the Python models' stub processes; one gone or stopped stops the "
+        "container with status 4 (0: off)",
+    )
     defaults = Tolerances()
     parser.add_argument(
         "--verify-max-diff-fp32",
@@ -510,6 +530,139 @@ def parse_args(
     return parser.parse_known_args(argv)
 
 
+# --- tritonserver as a supervised child ---------------------------------------------------------------------
+
+
+def _option(args: Sequence[str], option: str) -> str | None:
+    """The value of ``--option=value`` or ``--option value`` (the last one wins, like tritonserver)."""
+    value = None
+    for i, arg in enumerate(args):
+        if arg.startswith(option + "="):
+            value = arg.split("=", 1)[1]
+        elif arg == option and i + 1 < len(args):
+            value = args[i + 1]
+    return value
+
+
+def ready_url(command: Sequence[str]) -> str | None:
+    """Triton's readiness URL from its command line (None when HTTP is off)."""
+    if (_option(command, "--allow-http") or "true").lower() in ("false", "0", "no"):
+        return None
+    address = _option(command, "--http-address") or "127.0.0.1"
+    if address in ("0.0.0.0", "::", ""):
+        address = "127.0.0.1"
+    return f"http://{address}:{_option(command, '--http-port') or '8000'}/v2/health/ready"
+
+
+def _is_ready(url: str) -> bool:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1.0) as response:
+            return response.status == 200
+    except OSError:
+        return False
+
+
+def exit_code(status: int) -> int:
+    """A wait status as a shell would report it: the exit code, or 128 + the signal that killed it."""
+    code = os.waitstatus_to_exitcode(status)
+    return 128 - code if code < 0 else code
+
+
+class StubWatch:
+    """Counts each model's running stub processes (children of tritonserver); once the server is ready that
+    count is the baseline, and a model below it has lost a stub (killed, crashed or stopped)."""
+
+    def __init__(self, server_pid: int, url: str | None, is_ready: Callable[[str], bool] = _is_ready) -> None:
+        self.server_pid, self.url, self.is_ready = server_pid, url, is_ready
+        self.baseline: dict[str, int] | None = None
+
+    def census(self) -> dict[str, int]:
+        counts: dict[str, int] = {}
+        for stub in procs.stubs_of(self.server_pid):
+            counts[stub.model] = counts.get(stub.model, 0) + int(stub.serving)
+        return counts
+
+    def lost(self) -> str | None:
+        if self.baseline is None:
+            if self.url is not None and self.is_ready(self.url):
+                self.baseline = self.census()
+                print(f"[entrypoint] serving; Python stub processes per model: {self.baseline}", flush=True)
+            return None
+        now = self.census()
+        lost = [f"{m} {now.get(m, 0)}/{n}" for m, n in self.baseline.items() if now.get(m, 0) < n]
+        return ", ".join(lost) or None
+
+
+def serve(
+    command: Sequence[str],
+    *,
+    stub_watch_interval: float = DEFAULT_STUB_WATCH_INTERVAL,
+    environ: Mapping[str, str] | None = None,
+    is_ready: Callable[[str], bool] = _is_ready,
+    tick: float = 0.2,
+) -> int:
+    """Run tritonserver as a child in its own process group until it exits; returns the container's exit
+    status (tritonserver's, or ``EXIT_STUB_LOST``)."""
+    env = dict(os.environ if environ is None else environ)
+    child = os.posix_spawnp(command[0], list(command), env, setsid=True)
+    print(f"[entrypoint] tritonserver pid {child} (own process group)", flush=True)
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in FORWARDED_SIGNALS:
+        signal.signal(sig, forward)
+    watch = StubWatch(child, ready_url(command), is_ready) if stub_watch_interval > 0 else None
+    next_watch = time.monotonic() + stub_watch_interval
+    kill_at: float | None = None
+    status_override: int | None = None
+    exit_timeout = float(_option(command, "--exit-timeout-secs") or 30)
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:  # nothing left to wait for (should not happen before the child exits)
+            pid, status = child, 0
+        if pid == child:
+            break
+        if pid != 0:
+            continue  # an orphan reparented to us (PID 1): reaped
+        now = time.monotonic()
+        if kill_at is not None and now > kill_at:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(child, signal.SIGKILL)
+            kill_at = None
+        if watch is not None and status_override is None and now >= next_watch:
+            next_watch = now + stub_watch_interval
+            lost = watch.lost()
+            if lost:
+                print(
+                    f"[entrypoint] error: Python stub processes dead or stopped ({lost} running): Triton "
+                    "does not restart them; stopping tritonserver so that the container is restarted",
+                    file=sys.stderr,
+                    flush=True,
+                )
+                status_override = EXIT_STUB_LOST
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(child, signal.SIGTERM)
+                kill_at = now + exit_timeout + 5
+        time.sleep(tick)
+    code = exit_code(status)
+    leftovers = procs.kill_group(child)
+    if leftovers:
+        print(
+            f"[entrypoint] killed {len(leftovers)} processes left in tritonserver's group: {leftovers}",
+            flush=True,
+        )
+    with contextlib.suppress(ChildProcessError):
+        while os.waitpid(-1, os.WNOHANG)[0] > 0:  # zombies of what was just killed, if reparented to us
+            pass
+    print(f"[entrypoint] tritonserver exited with status {code}", flush=True)
+    return code if status_override is None else status_override
+
+
 def _terminate_on_sigterm() -> None:
     # As PID 1, a process without a SIGTERM handler ignores SIGTERM: during a build `kubectl delete pod` would
     # wait out the whole grace period. Exit instead (the trtexec child gets SIGTERM from the runtime too).
@@ -522,13 +675,14 @@ def main(
     run_query: Runner = run_captured,
     run_build: Runner = run_streamed,
     which: Callable[[str], str | None] = shutil.which,
-    execv: Callable[[str, list[str]], object] = os.execvp,
+    run_server: Callable[[list[str]], int] | None = None,
     environ: dict[str, str] | None = None,
     engine_runner: TensorRunner | None = None,
     reference_runner: TensorRunner | None = None,
 ) -> int:
     """``engine_runner`` (default: trtexec through ``run_query``) and ``reference_runner`` (default: ONNX
-    Runtime's CPU provider) run the engines and their ONNX files for the verification."""
+    Runtime's CPU provider) run the engines and their ONNX files for the verification. ``run_server`` runs
+    the tritonserver command and returns the exit status (default :func:`serve`)."""
     environ = dict(os.environ if environ is None else environ)
     args, server_args = parse_args(argv, environ)
     try:
@@ -586,9 +740,10 @@ def main(
     except EntrypointError as exc:
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
-    print(f"[entrypoint] exec {' '.join(command)}", flush=True)
-    execv(command[0], command)
-    return 0  # only reached when execv is a test double
+    print(f"[entrypoint] run {' '.join(command)}", flush=True)
+    if run_server is None:
+        return serve(command, stub_watch_interval=args.stub_watch_interval, environ=environ)
+    return run_server(command)
 
 
 if __name__ == "__main__":

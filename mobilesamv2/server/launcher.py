@@ -37,6 +37,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
+from mobilesamv2.server import procs
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORK_DIR = REPO_ROOT / "work"
 BACKENDS_SOURCE = Path(__file__).resolve().parent / "backends"
@@ -208,6 +210,9 @@ class TritonServer:
         self.backend_directory = Path(backend_directory).resolve()
         self.cache_mb = cache_mb
         self._process: subprocess.Popen[bytes] | None = None
+        self._lock = threading.RLock()  # a supervisor thread may restart it while others poll
+        self.reaped: list[int] = []
+        """Processes of the server's group (its Python stubs) still alive after it exited, killed then."""
 
     # -- endpoints ---------------------------------------------------------------------------------------
     @property
@@ -230,8 +235,33 @@ class TritonServer:
     def pid(self) -> int | None:
         return self._process.pid if self._process else None
 
+    def poll(self) -> int | None:
+        """The server's exit code, None while it runs (or was never started). When it finds the server gone
+        it kills what is left of its process group: the Python stubs, which outlive tritonserver otherwise."""
+        with self._lock:
+            if self._process is None:
+                return None
+            code = self._process.poll()
+            if code is not None:
+                self._reap()
+            return code
+
     def is_running(self) -> bool:
-        return self._process is not None and self._process.poll() is None
+        with self._lock:
+            return self._process is not None and self.poll() is None
+
+    def _reap(self) -> None:
+        """SIGKILL every process left in the server's group (the server leads its own, see ``start``)."""
+        if self._process is not None:
+            self.reaped += procs.kill_group(self._process.pid)
+
+    def stub_pids(self) -> dict[str, list[int]]:
+        """``{model: [pid of each instance's stub]}`` of the running server (Python backend models only)."""
+        found: dict[str, list[int]] = {}
+        if self.pid is not None:
+            for stub in procs.stubs_of(self.pid):
+                found.setdefault(stub.model, []).append(stub.pid)
+        return found
 
     # -- lifecycle ---------------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -285,6 +315,10 @@ class TritonServer:
 
     def start(self, wait: bool = True) -> TritonServer:
         """Launch the server; with ``wait`` block until it reports ready."""
+        with self._lock:
+            return self._start(wait)
+
+    def _start(self, wait: bool) -> TritonServer:
         if self._process is not None:
             raise RuntimeError("server already started")
         if not self.model_repository.is_dir():
@@ -293,7 +327,8 @@ class TritonServer:
         self._log_path.parent.mkdir(parents=True, exist_ok=True)
         (WORK_DIR / "ultralytics").mkdir(parents=True, exist_ok=True)
         with open(self._log_path, "ab") as log:
-            # Own session: a Ctrl-C in the terminal reaches only the launcher, which then stops the server.
+            # Own session, hence own process group, which its Python stubs inherit: a Ctrl-C in the terminal
+            # reaches only the launcher, which then stops the server; stop() and poll() kill the group.
             self._process = subprocess.Popen(
                 self.command(),
                 stdin=subprocess.DEVNULL,
@@ -337,18 +372,32 @@ class TritonServer:
             time.sleep(0.1)
 
     def stop(self, timeout: float | None = None) -> int | None:
-        """SIGTERM (Triton drains in-flight requests), wait, then SIGKILL; returns the exit code."""
-        process = self._process
-        if process is None:
-            return None
-        if process.poll() is None:
-            process.send_signal(signal.SIGTERM)
-            try:
-                process.wait(timeout=self.exit_timeout_s + 5 if timeout is None else timeout)
-            except subprocess.TimeoutExpired:
-                process.kill()
-                process.wait()
-        return process.returncode
+        """SIGTERM (Triton drains in-flight requests for up to ``exit_timeout_s``), wait ``timeout`` (default
+        ``exit_timeout_s + 5``), then SIGKILL; then SIGKILL whatever is left of its process group (stubs that
+        outlived it). Returns the exit code."""
+        with self._lock:
+            process = self._process
+            if process is None:
+                return None
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+                try:
+                    process.wait(timeout=self.exit_timeout_s + 5 if timeout is None else timeout)
+                except subprocess.TimeoutExpired:
+                    process.kill()
+                    process.wait()
+            self._reap()
+            return process.returncode
+
+    def restart(self, drain_timeout: float = 5.0) -> float:
+        """Stop (SIGTERM, ``drain_timeout`` seconds for in-flight requests, then SIGKILL of the whole group)
+        and start again on the same ports; returns the seconds it took until ready."""
+        with self._lock:
+            started = time.monotonic()
+            self.stop(timeout=drain_timeout)
+            self._process = None
+            self._start(wait=True)
+            return time.monotonic() - started
 
     def __enter__(self) -> TritonServer:
         if self._process is None:
@@ -403,6 +452,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         help="virtual environment the Python models run in, e.g. work/container-venv "
         f"(scripts/container_env.sh: the image's Python 3.10); default ${PYTHON_ENV_VAR}, else this one",
     )
+    supervision = parser.add_argument_group(
+        "self-healing",
+        "probe the server with real inferences (python -m mobilesamv2.server.probe) and restart tritonserver "
+        "when it stops serving: a model's stub process that died or hangs is not restarted by Triton",
+    )
+    supervision.add_argument(
+        "--no-supervise", dest="supervise", action="store_false", help="only report a dead server and exit"
+    )
+    supervision.add_argument("--probe-interval", type=float, default=15.0, help="seconds between probes")
+    supervision.add_argument(
+        "--probe-retry-interval", type=float, default=2.0, help="seconds between probes while failing"
+    )
+    supervision.add_argument("--probe-timeout", type=float, default=15.0, help="deadline of one probe")
+    supervision.add_argument(
+        "--restart-after", type=int, default=3, metavar="K", help="restart after K failed probes in a row"
+    )
+    supervision.add_argument(
+        "--max-restarts",
+        type=int,
+        default=5,
+        help="give up (exit 1) after this many restarts without a healthy probe in between",
+    )
+    supervision.add_argument(
+        "--restart-drain", type=float, default=5.0, help="seconds a restart lets in-flight requests finish"
+    )
     args = parser.parse_args(argv)
 
     repository = args.model_repository.resolve()
@@ -440,14 +514,42 @@ def main(argv: Sequence[str] | None = None) -> int:
         flush=True,
     )
     code = 0
-    while not stop_requested.wait(1.0):
-        if not server.is_running():
+    if args.supervise:
+        from mobilesamv2.server.supervisor import GaveUp, Supervisor
+
+        supervisor = Supervisor(
+            server,
+            interval=args.probe_interval,
+            failure_interval=args.probe_retry_interval,
+            probe_timeout=args.probe_timeout,
+            failures=args.restart_after,
+            max_restarts=args.max_restarts,
+            drain_timeout=args.restart_drain,
+        )
+        print(
+            f"mobilesamv2-serve: probing every {args.probe_interval:g} s (deadline {args.probe_timeout:g} s);"
+            f" restart after {args.restart_after} failures in a row",
+            flush=True,
+        )
+        try:
+            supervisor.run(stop_requested)
+        except GaveUp as exc:
             print(
-                f"mobilesamv2-serve: tritonserver died; log {server.log_path}:\n{_tail(server.log_path)}",
-                file=sys.stderr,
+                f"mobilesamv2-serve: {exc}; log {server.log_path}:\n{_tail(server.log_path)}", file=sys.stderr
             )
             code = 1
-            break
+    else:
+        while not stop_requested.wait(1.0):
+            exit_code = server.poll()
+            if exit_code is not None:
+                print(
+                    f"mobilesamv2-serve: tritonserver died (exit code {exit_code}); killed "
+                    f"{len(server.reaped)} leftover processes of its group; log {server.log_path}:\n"
+                    f"{_tail(server.log_path)}",
+                    file=sys.stderr,
+                )
+                code = 1
+                break
     server.stop()
     print("mobilesamv2-serve: stopped", flush=True)
     return code

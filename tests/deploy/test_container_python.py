@@ -12,6 +12,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRY_FILES = [
     *sorted((REPO_ROOT / "model_repository").glob("*/1/model.py")),
     REPO_ROOT / "deploy" / "docker" / "entrypoint.py",
+    REPO_ROOT / "mobilesamv2" / "server" / "probe.py",  # the HEALTHCHECK and the Kubernetes probes
 ]
 PACKAGE_ROOTS = {
     "mobilesamv2": REPO_ROOT / "mobilesamv2",
@@ -20,7 +21,7 @@ PACKAGE_ROOTS = {
     "segment_everything_contract": REPO_ROOT / "client" / "segment_everything_contract",
 }
 #: Third-party modules the image provides: deploy/docker/requirements.txt, and Triton's own.
-IMAGE_MODULES = {"numpy", "cv2", "PIL", "onnxruntime", "onnx", "triton_python_backend_utils"}
+IMAGE_MODULES = {"numpy", "cv2", "PIL", "onnxruntime", "onnx", "torch", "triton_python_backend_utils"}
 NEW_IN_311 = {"tomllib", "wsgiref.types"}
 
 

@@ -22,7 +22,7 @@ TRT_10_6 = TRT_10_5.replace("v100500", "v100600")
 
 
 class FakeMachine:
-    """nvidia-smi, trtexec (builds and inference) and the exec of tritonserver, recording what the entrypoint
+    """nvidia-smi, trtexec (builds and inference) and the run of tritonserver, recording what the entrypoint
     asks for."""
 
     def __init__(
@@ -60,8 +60,9 @@ class FakeMachine:
     def which(self, name):
         return "/usr/src/tensorrt/bin/trtexec" if name.endswith("trtexec") else None
 
-    def execv(self, path, args):
-        self.exec_args = list(args)
+    def run_server(self, command):
+        self.exec_args = list(command)
+        return 0
 
 
 @pytest.fixture()
@@ -88,7 +89,7 @@ def start(entrypoint, layout, machine, *extra, environ=None):
         run_query=machine.run_query,
         run_build=machine.run_build,
         which=machine.which,
-        execv=machine.execv,
+        run_server=machine.run_server,
         environ=environ or {},
     )
 

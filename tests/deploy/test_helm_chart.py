@@ -211,11 +211,10 @@ def test_objects_fit_together(scenario):
         }
 
     probes = {k: container[k] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
-    assert all(p["httpGet"]["port"] == "http" for p in probes.values())
-    assert probes["readinessProbe"]["httpGet"]["path"] == "/v2/health/ready"
-    assert probes["livenessProbe"]["httpGet"]["path"] == "/v2/health/live"
     startup = probes["startupProbe"]
+    assert startup["httpGet"] == {"path": "/v2/health/ready", "port": "http"}
     assert startup["periodSeconds"] * startup["failureThreshold"] >= STARTUP_BUDGET_S
+    check_inference_probes(probes["livenessProbe"], probes["readinessProbe"])
 
     resources = container["resources"]
     gpus = values.get("gpu", {}).get("count", 1)
@@ -235,6 +234,41 @@ def test_objects_fit_together(scenario):
         assert "replicas" not in deployment["spec"]  # the HPA owns the replica count
     else:
         assert hpas == [] and deployment["spec"]["replicas"] == values["replicaCount"]
+
+
+def _probe_option(command: list[str], option: str) -> str | None:
+    return next((c.split("=", 1)[1] for c in command if c.startswith(option + "=")), None)
+
+
+def check_inference_probes(liveness: dict, readiness: dict) -> None:
+    """Both run real inferences through the HTTP port within a deadline shorter than Kubernetes' timeout;
+    liveness counts "overloaded" as alive (for a bounded number of probes), readiness does not; liveness gives
+    a busy pod at least a minute before a restart."""
+    for probe in (liveness, readiness):
+        command = probe["exec"]["command"]
+        assert command[:3] == ["python3", "-m", "mobilesamv2.server.probe"]
+        assert _probe_option(command, "--url") == "127.0.0.1:8000"
+        assert float(_probe_option(command, "--timeout")) + 2 <= probe["timeoutSeconds"]
+    live, ready = liveness["exec"]["command"], readiness["exec"]["command"]
+    assert "--overloaded-ok" in live and "--overloaded-ok" not in ready
+    assert int(_probe_option(live, "--max-overloaded")) > 0
+    assert _probe_option(live, "--state-file").startswith("/tmp/")  # the writable emptyDir
+    assert liveness["periodSeconds"] * liveness["failureThreshold"] >= 60
+    assert readiness["periodSeconds"] < liveness["periodSeconds"]
+
+
+def test_probe_settings():
+    values = {"probes": {"inference": {"deadlineSeconds": 5, "interactive": False, "maxOverloaded": 3}}}
+    [container] = one(render(values), "Deployment")["spec"]["template"]["spec"]["containers"]
+    live, ready = (
+        container["livenessProbe"]["exec"]["command"],
+        container["readinessProbe"]["exec"]["command"],
+    )
+    assert "--timeout=5" in live and "--timeout=5" in ready
+    assert "--no-interactive" in live and "--no-interactive" in ready
+    assert "--max-overloaded=3" in live
+    with pytest.raises(helm.HelmError, match="probes/inference"):
+        render({"probes": {"inference": {"deadline": 5}}})
 
 
 def test_model_repository_sources():

@@ -32,7 +32,7 @@ from onnx import TensorProto, helper
 from triton_calls import RawInfer
 from tritonclient.utils import InferenceServerException
 
-from mobilesamv2.server import launcher
+from mobilesamv2.server import launcher, procs
 from mobilesamv2.server.launcher import REPO_ROOT, TritonServer
 
 pytestmark = pytest.mark.server
@@ -401,13 +401,14 @@ def test_stop_ends_the_server_quickly(one_model_repo: Path, tmp_path: Path) -> N
     assert time.monotonic() - started < 5.0
     assert not server.is_running() and server.stop() == 0
     assert not _port_open(server.http_url)
+    assert not procs.group_members(server.pid)  # its stubs went with it
     assert "successfully unloaded" in server.log_path.read_text() or "Exiting" in server.log_path.read_text()
 
 
 def test_cli_serves_until_sigterm(one_model_repo: Path, tmp_path: Path) -> None:
     command = [
         sys.executable, "-m", "mobilesamv2.server.launcher", "--model-repository", str(one_model_repo),
-        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-build",
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-build", "--no-supervise",
         "--log-file", str(tmp_path / "log.txt"),
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
@@ -436,6 +437,67 @@ def test_cli_serves_until_sigterm(one_model_repo: Path, tmp_path: Path) -> None:
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=20) == 0
         assert not _port_open(endpoints["http"])
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
+def test_stubs_are_in_the_servers_process_group(server: TritonServer) -> None:
+    stubs = server.stub_pids()
+    assert set(stubs) == {"affine", "fixed4", "pairs", "pairs_sliced"}
+    assert len(stubs["pairs"]) >= 1
+    for pid in (p for pids in stubs.values() for p in pids):
+        assert procs.proc_info(pid).pgid == server.pid == procs.proc_info(server.pid).pgid
+    assert os.getpgid(0) != server.pid  # and the server leads a group of its own
+
+
+def test_a_killed_server_leaves_no_orphan_stubs(one_model_repo: Path, tmp_path: Path) -> None:
+    """tritonserver SIGKILLed: its stubs outlive it (they watch their parent, which stays a zombie until the
+    launcher reaps it); the launcher kills the whole group as soon as it notices."""
+    server = TritonServer(one_model_repo, log_path=tmp_path / "log.txt", env={"OMP_NUM_THREADS": "1"}).start()
+    try:
+        [stub] = server.stub_pids()["pairs_sliced"]
+        os.kill(server.pid, signal.SIGKILL)
+        time.sleep(1.0)
+        info = procs.proc_info(stub)
+        assert info is not None and info.state != "Z", "the stub did not outlive its server here"
+        assert not server.is_running()  # the launcher notices...
+        assert server.poll() == -signal.SIGKILL
+        assert server.reaped == [stub]  # ...and kills the orphan
+        assert procs.proc_info(stub) is None or procs.proc_info(stub).state == "Z"
+        assert not procs.group_members(server.pid)
+    finally:
+        server.stop()
+
+
+def test_cli_without_supervisor_reports_a_dead_server_and_reaps_it(
+    one_model_repo: Path, tmp_path: Path
+) -> None:
+    command = [
+        sys.executable, "-m", "mobilesamv2.server.launcher", "--model-repository", str(one_model_repo),
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-build", "--no-supervise",
+        "--log-file", str(tmp_path / "log.txt"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(
+        command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    try:
+        pid = None
+        for line in process.stdout:
+            if match := re.match(r"Triton ready \(pid (\d+)\)", line):
+                pid = int(match[1])
+            if "Ctrl-C" in line:
+                break
+        assert pid is not None
+        stubs = procs.stubs_of(pid)
+        assert stubs
+        os.kill(pid, signal.SIGKILL)
+        assert process.wait(timeout=20) == 1
+        out = process.stdout.read()
+        assert "tritonserver died (exit code -9); killed 1 leftover processes of its group" in out, out
+        assert not procs.group_members(pid)
     finally:
         if process.poll() is None:
             process.kill()

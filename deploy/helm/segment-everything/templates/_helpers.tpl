@@ -27,3 +27,24 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- define "segment-everything.engineCacheClaim" -}}
 {{- default (printf "%s-engines" (include "segment-everything.fullname" .)) .Values.engineCache.existingClaim }}
 {{- end }}
+
+{{/*
+The probe command (python -m mobilesamv2.server.probe): real inferences through every model within a deadline.
+Liveness counts a full queue as alive, unless it lasts maxOverloaded probes in a row (hung instances fill it).
+*/}}
+{{- define "segment-everything.probeCommand" -}}
+{{- $inference := .root.Values.probes.inference -}}
+- python3
+- -m
+- mobilesamv2.server.probe
+- --url=127.0.0.1:8000
+- --timeout={{ $inference.deadlineSeconds }}
+{{- if not $inference.interactive }}
+- --no-interactive
+{{- end }}
+{{- if .liveness }}
+- --overloaded-ok
+- --max-overloaded={{ $inference.maxOverloaded }}
+- --state-file=/tmp/mobilesamv2/liveness-overloaded
+{{- end }}
+{{- end }}
