@@ -4,6 +4,7 @@ killed or hung, or tritonserver itself is killed, under light load. Writes the "
 
     flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py                 # ~10 min on 2 cores
     flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py --repeats 1 --out work/fr.md
+    .venv/bin/python benchmarks/failure_recovery.py --render work/benchmarks/failure-recovery-<t>/results.json
 
 The service is what ``mobilesamv2-serve`` runs: :class:`~mobilesamv2.server.launcher.TritonServer` with its
 :class:`~mobilesamv2.server.supervisor.Supervisor` (stub census every second, a probe every ``--interval``
@@ -241,7 +242,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--drain", type=float, default=3.0, help="seconds a restart lets requests finish")
     parser.add_argument("--scenarios", default="", help="comma-separated substrings of scenario names")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--render", type=Path, default=None, help="re-render a results.json, measure nothing")
     args = parser.parse_args(argv)
+    if args.render is not None:
+        return write(json.loads(args.render.read_text()), args.out)
 
     from mobilesamv2.server.launcher import TritonServer
     from mobilesamv2.server.supervisor import Supervisor
@@ -274,9 +278,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         supervisor.stop()
         server.stop()
-    command = "flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py" + (
-        f" --repeats {args.repeats}" if args.repeats != 3 else ""
-    )
+    from mobilesamv2.server.launcher import PYTHON_ENV_VAR
+
+    env = f"{PYTHON_ENV_VAR}={os.environ[PYTHON_ENV_VAR]} " if os.environ.get(PYTHON_ENV_VAR) else ""
+    repeats = f" --repeats {args.repeats}" if args.repeats != 3 else ""
+    command = f"{env}flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py{repeats}"
     results = {
         "settings": {
             "interval": args.interval,
@@ -292,11 +298,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         "runs": [asdict(r) for r in runs],
     }  # fmt: skip
     (work / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"raw results: {work / 'results.json'}")
+    return write(results, args.out)
+
+
+def write(results: dict, out: Path) -> int:
     block = render(results)
-    existing = args.out.read_text() if args.out.exists() else ""
-    args.out.write_text(merge_into(existing, block))
+    existing = out.read_text() if out.exists() else ""
+    out.write_text(merge_into(existing, block))
     print(block)
-    print(f"raw results: {work / 'results.json'}; section written to {args.out}")
+    print(f"section written to {out}")
     return 0
 
 
