@@ -66,7 +66,10 @@ HEALTHCHECK --interval=30s --timeout=20s --start-period=30m --retries=3 \
 # child in a process group of its own: it forwards SIGTERM/SIGINT, reaps orphans (it is PID 1), kills what is left
 # of the group (the Python stubs) when tritonserver exits and exits with its status; when a Python model's stub
 # process dies or stops it stops tritonserver and exits 4 (run with --restart=on-failure, or let Kubernetes
-# restart it). Arguments after the image name are tritonserver options (e.g. --log-verbose=1).
+# restart it). Locked down by default: model control mode none, the management APIs (shared-memory,
+# model-repository, model-config, logging, trace, statistics) behind the key in $ADMIN_KEY_FILE (a mounted secret;
+# without one a random key locks them), gRPC TLS with $GRPC_TLS_CERT/$GRPC_TLS_KEY (+ $GRPC_TLS_CLIENT_CA for
+# mutual TLS); see docs/deploy.md. Arguments after the image name are tritonserver options (e.g. --log-verbose=1).
 ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/mobilesamv2/entrypoint.py"]
 
 # Default target: the GPU model repository (mobilesamv2-build --target gpu) baked into the image, owned by root

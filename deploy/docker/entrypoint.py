@@ -76,6 +76,15 @@ from mobilesamv2.export.verify import (
     verify_engine,
 )
 from mobilesamv2.server import procs
+from mobilesamv2.server.hardening import (
+    DEFAULT_ADMIN_HEADER,
+    MANAGEMENT_APIS,
+    GrpcTls,
+    HardeningError,
+    hardened_args,
+    redact,
+    restriction_from,
+)
 
 DEFAULT_MODEL_REPOSITORY = "/opt/mobilesamv2/model_repository"
 DEFAULT_ENGINE_CACHE = "/var/cache/mobilesamv2/engines"
@@ -476,6 +485,9 @@ def tritonserver_command(
 # --- main ---------------------------------------------------------------------------------------------------
 
 
+_FALSE = ("0", "false", "no", "off")
+
+
 def parse_args(
     argv: Sequence[str] | None, environ: Mapping[str, str] | None = None
 ) -> tuple[argparse.Namespace, list[str]]:
@@ -527,7 +539,79 @@ def parse_args(
         default=env.get("ENGINE_VERIFY_MIN_MASK_IOU", str(defaults.min_mask_iou)),
         help="lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per prompt",
     )
+    security = parser.add_argument_group(
+        "locked-down serving",
+        "tritonserver always runs with --model-control-mode=none. The management APIs (shared-memory, "
+        "model-repository, model-config, logging, trace, statistics) answer only requests that carry the "
+        "admin key: HTTP header <admin-header>, gRPC metadata triton-grpc-protocol-<admin-header>. "
+        "Inference, health and metadata stay open.",
+    )
+    security.add_argument(
+        "--restrict-management-apis",
+        dest="restrict",
+        action=argparse.BooleanOptionalAction,
+        default=env.get("RESTRICT_MANAGEMENT_APIS", "true").strip().lower()
+        not in ("0", "false", "no", "off"),
+        help="on by default ($RESTRICT_MANAGEMENT_APIS); without a key the APIs are locked with a random one",
+    )
+    security.add_argument(
+        "--admin-key-file",
+        default=env.get("ADMIN_KEY_FILE") or None,
+        help="file holding the admin key (a mounted Secret; $ADMIN_KEY_FILE, else $ADMIN_KEY)",
+    )
+    security.add_argument(
+        "--admin-header",
+        default=env.get("ADMIN_HEADER") or DEFAULT_ADMIN_HEADER,
+        help="the key's header name",
+    )
+    security.add_argument(
+        "--grpc-tls-cert", default=env.get("GRPC_TLS_CERT") or None, help="PEM server certificate: gRPC TLS"
+    )
+    security.add_argument("--grpc-tls-key", default=env.get("GRPC_TLS_KEY") or None, help="PEM server key")
+    security.add_argument(
+        "--grpc-tls-client-ca",
+        default=env.get("GRPC_TLS_CLIENT_CA") or None,
+        help="PEM CA of the client certificates: mutual TLS",
+    )
     return parser.parse_known_args(argv)
+
+
+def security_options(
+    args: argparse.Namespace, server_args: Sequence[str], environ: Mapping[str, str]
+) -> tuple[list[str], list[str], list[str]]:
+    """tritonserver options of the locked-down server, the secrets to keep out of logs and what to log."""
+    try:
+        restriction, generated = None, False
+        if args.restrict:
+            restriction, generated = restriction_from(environ, args.admin_key_file, args.admin_header)
+        tls = None
+        if args.grpc_tls_cert or args.grpc_tls_key or args.grpc_tls_client_ca:
+            if not (args.grpc_tls_cert and args.grpc_tls_key):
+                raise HardeningError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
+            client_ca = Path(args.grpc_tls_client_ca) if args.grpc_tls_client_ca else None
+            tls = GrpcTls(Path(args.grpc_tls_cert), Path(args.grpc_tls_key), client_ca)
+        extra = hardened_args(server_args, restriction, tls)
+    except HardeningError as exc:
+        raise EntrypointError(str(exc)) from exc
+    apis = ", ".join(MANAGEMENT_APIS)
+    if restriction is None:
+        notes = [f"warning: management APIs open to every client ({apis})"]
+    elif generated:
+        notes = [
+            f"management APIs ({apis}) locked with a random key: give the key in ADMIN_KEY_FILE (or "
+            "ADMIN_KEY) to use them"
+        ]
+    else:
+        grpc_header = next(iter(restriction.grpc_headers()))
+        notes = [
+            f"management APIs ({apis}) need the admin key: HTTP header '{restriction.header}', gRPC metadata "
+            f"'{grpc_header}'"
+        ]
+    if tls is not None:
+        mutual = "mutual TLS (client certificates signed by the client CA)" if tls.client_ca else "TLS"
+        notes.append(f"gRPC: {mutual}; HTTP stays plain (terminate TLS in front of it)")
+    notes.append("model control mode none: the repository is loaded at start and never changes")
+    return extra, [restriction.key] if restriction is not None else [], notes
 
 
 # --- tritonserver as a supervised child ---------------------------------------------------------------------
@@ -704,7 +788,8 @@ def main(
             trt_version = query_tensorrt_version(trtexec, run_query, environ)
             jobs = plan_engines(args.model_repository, args.engine_cache, gpu, trt_version, trtexec)
             engine_runner = engine_runner or TrtexecRunner(trtexec, run_query)
-        command = tritonserver_command(args.runtime_repository, server_args)
+        security_args, secrets, notes = security_options(args, server_args, environ)
+        command = tritonserver_command(args.runtime_repository, [*security_args, *server_args])
         if args.dry_run:
             print(
                 json.dumps(
@@ -717,7 +802,8 @@ def main(
                             "reference": reference_runner.name,
                             "tolerances": tolerances.to_json(),
                         },
-                        "tritonserver": command,
+                        "security": notes,
+                        "tritonserver": redact(command, secrets),
                     },
                     indent=2,
                 )
@@ -728,6 +814,8 @@ def main(
             f"{sum(j.state == 'hit' for j in jobs)}/{len(jobs)} engines cached",
             flush=True,
         )
+        for note in notes:
+            print(f"[entrypoint] {note}", flush=True)
         if jobs:
             ensure_engines(jobs, args.engine_cache, gpu, trt_version, run_build)
             verify_engines(jobs, engine_runner, reference_runner, tolerances)
@@ -740,7 +828,7 @@ def main(
     except EntrypointError as exc:
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
-    print(f"[entrypoint] run {' '.join(command)}", flush=True)
+    print(f"[entrypoint] run {' '.join(redact(command, secrets))}", flush=True)
     if run_server is None:
         return serve(command, stub_watch_interval=args.stub_watch_interval, environ=environ)
     return run_server(command)

@@ -38,6 +38,15 @@ from pathlib import Path
 from types import TracebackType
 
 from mobilesamv2.server import procs
+from mobilesamv2.server.hardening import (
+    DEFAULT_ADMIN_HEADER,
+    GrpcTls,
+    HardeningError,
+    Restriction,
+    generate_key,
+    hardened_args,
+    read_key,
+)
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 WORK_DIR = REPO_ROOT / "work"
@@ -160,6 +169,11 @@ class TritonServer:
     ``python_env``: the virtual environment the Python models run in (default:
     ``$MOBILESAMV2_SERVER_PYTHON_ENV``, else this interpreter's); its stub goes to a backend directory of its
     own (``work/triton/backends-py3.10``).
+    ``restriction``: the management APIs (shared-memory, model-repository, model-config, logging, trace,
+    statistics) answer only requests with its header and key; ``grpc_tls``: gRPC over (mutual) TLS. With
+    either the server is locked down: model control mode none, and ``extra_args`` may not change those
+    settings (:mod:`mobilesamv2.server.hardening`). Without them the model control mode is none unless
+    ``extra_args`` says otherwise.
     """
 
     def __init__(
@@ -179,6 +193,8 @@ class TritonServer:
         backend_directory: str | os.PathLike[str] | None = None,
         cache_mb: int = DEFAULT_CACHE_MB,
         python_env: str | os.PathLike[str] | None = None,
+        restriction: Restriction | None = None,
+        grpc_tls: GrpcTls | None = None,
     ) -> None:
         self.model_repository = Path(model_repository).resolve()
         self.host = host
@@ -209,6 +225,10 @@ class TritonServer:
             )
         self.backend_directory = Path(backend_directory).resolve()
         self.cache_mb = cache_mb
+        self.restriction = restriction
+        self.grpc_tls = grpc_tls
+        if restriction is not None or grpc_tls is not None:
+            hardened_args(self.extra_args, restriction, None)  # refuse conflicting extra_args now
         self._process: subprocess.Popen[bytes] | None = None
         self._lock = threading.RLock()  # a supervisor thread may restart it while others poll
         self.reaped: list[int] = []
@@ -281,8 +301,16 @@ class TritonServer:
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
             *self.cache_args(),
+            *self.security_args(),
             *self.extra_args,
         ]
+
+    def security_args(self) -> list[str]:
+        """Model control mode none, plus the restricted APIs and gRPC TLS when asked for."""
+        if self.restriction is None and self.grpc_tls is None:
+            mode_given = any(a.startswith("--model-control-mode") for a in self.extra_args)
+            return [] if mode_given else ["--model-control-mode=none"]
+        return hardened_args(self.extra_args, self.restriction, self.grpc_tls)
 
     def cache_args(self) -> list[str]:
         """Triton's local response cache (models opt in with ``response_cache``; ``image_encoder`` does, so a
@@ -422,6 +450,37 @@ def _build_repository(repository: Path) -> None:
         )
 
 
+ADMIN_KEY_VAR = "MOBILESAMV2_ADMIN_KEY"
+GENERATED_KEY_FILE = WORK_DIR / "triton" / "admin-key"
+
+
+def _restriction(args: argparse.Namespace) -> tuple[Restriction | None, str]:
+    """``--restrict-apis``: the key from ``--admin-key-file``, ``$MOBILESAMV2_ADMIN_KEY`` or a new random one
+    (written to ``work/triton/admin-key``, mode 600); and a line for the banner."""
+    if not args.restrict_apis:
+        return None, "management APIs open (--restrict-apis puts them behind a key)"
+    if args.admin_key_file is not None:
+        key, where = read_key(args.admin_key_file), str(args.admin_key_file)
+    elif os.environ.get(ADMIN_KEY_VAR):
+        key, where = os.environ[ADMIN_KEY_VAR].strip(), f"${ADMIN_KEY_VAR}"
+    else:
+        key, where = generate_key(), str(GENERATED_KEY_FILE)
+        GENERATED_KEY_FILE.parent.mkdir(parents=True, exist_ok=True)
+        GENERATED_KEY_FILE.unlink(missing_ok=True)
+        fd = os.open(GENERATED_KEY_FILE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        with os.fdopen(fd, "w") as out:
+            out.write(key + "\n")
+    restriction = Restriction(key, args.admin_header)
+    grpc_header = next(iter(restriction.grpc_headers()))
+    return restriction, f"header {restriction.header} (gRPC metadata {grpc_header}), key in {where}"
+
+
+def _tls_note(tls: GrpcTls | None) -> str:
+    if tls is None:
+        return ""
+    return " (mutual TLS)" if tls.client_ca else " (TLS)"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """``mobilesamv2-serve``: build the repository if needed, start Triton, serve until Ctrl-C/SIGTERM."""
     parser = argparse.ArgumentParser(prog="mobilesamv2-serve", description=main.__doc__)
@@ -451,6 +510,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         default=None,
         help="virtual environment the Python models run in, e.g. work/container-venv "
         f"(scripts/container_env.sh: the image's Python 3.10); default ${PYTHON_ENV_VAR}, else this one",
+    )
+    security = parser.add_argument_group(
+        "locked-down serving (opt-in)",
+        "the model control mode is always none. --restrict-apis: the management APIs (shared-memory, "
+        "model-repository, model-config, logging, trace, statistics) answer only requests with the admin key "
+        "(HTTP header <admin-header>, gRPC metadata triton-grpc-protocol-<admin-header>); inference, health "
+        "and metadata stay open",
+    )
+    security.add_argument("--restrict-apis", action="store_true", help="put the management APIs behind a key")
+    security.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=None,
+        help=f"file with the key (else ${ADMIN_KEY_VAR}, else a random key written to {GENERATED_KEY_FILE})",
+    )
+    security.add_argument("--admin-header", default=DEFAULT_ADMIN_HEADER, help="the key's header name")
+    security.add_argument("--grpc-tls-cert", type=Path, default=None, help="PEM server certificate: gRPC TLS")
+    security.add_argument("--grpc-tls-key", type=Path, default=None, help="PEM server private key")
+    security.add_argument(
+        "--grpc-tls-client-ca", type=Path, default=None, help="PEM CA of client certificates: mutual TLS"
     )
     supervision = parser.add_argument_group(
         "self-healing",
@@ -482,6 +561,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     repository = args.model_repository.resolve()
     if args.build:
         _build_repository(repository)
+    try:
+        restriction, key_note = _restriction(args)
+        tls = None
+        if args.grpc_tls_cert or args.grpc_tls_key or args.grpc_tls_client_ca:
+            if not (args.grpc_tls_cert and args.grpc_tls_key):
+                raise HardeningError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
+            tls = GrpcTls(args.grpc_tls_cert, args.grpc_tls_key, args.grpc_tls_client_ca).check()
+    except HardeningError as exc:
+        print(f"mobilesamv2-serve: {exc}", file=sys.stderr)
+        return 2
     stop_requested = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop_requested.set())
@@ -498,6 +587,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             log_path=args.log_file,
             cache_mb=args.cache_mb,
             python_env=args.python_env,
+            restriction=restriction,
+            grpc_tls=tls,
         )
         server.start()
     except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
@@ -507,9 +598,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"Triton ready (pid {server.pid}), model repository {repository}\n"
         f"  python:  {server.python_env.version} ({server.python_env.prefix})\n"
         f"  http:    {server.http_url}\n"
-        f"  grpc:    {server.grpc_url}\n"
+        f"  grpc:    {server.grpc_url}{_tls_note(tls)}\n"
         f"  metrics: {server.metrics_url}\n"
         f"  log:     {server.log_path}\n"
+        f"  admin:   {key_note}\n"
         "Ctrl-C or SIGTERM stops it.",
         flush=True,
     )

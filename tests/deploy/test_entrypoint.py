@@ -131,6 +131,7 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(entrypoint, 
         "max_scaled_diff_fp16": 0.05,
         "min_mask_iou": 0.98,
     }
+    apis = "shared-memory,model-repository,model-config,logging,trace,statistics"
     assert plan["tritonserver"] == [
         "tritonserver",
         f"--model-repository={layout['runtime']}",
@@ -140,8 +141,13 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(entrypoint, 
         "--allow-metrics=true",
         "--allow-gpu-metrics=true",
         "--exit-timeout-secs=30",
+        # locked down by default: no model control, management APIs behind a (here random) key, never shown
+        "--model-control-mode=none",
+        f"--http-restricted-api={apis}:mobilesamv2-admin-key=***",
+        f"--grpc-restricted-protocol={apis}:mobilesamv2-admin-key=***",
         "--log-verbose=1",
     ]
+    assert "locked with a random key" in plan["security"][0]
     assert machine.builds == [] and not layout["cache"].exists() and machine.exec_args is None
 
 
@@ -412,3 +418,129 @@ def test_build_only_verifies_too(entrypoint, layout):
 def test_bad_tolerances_are_refused(entrypoint, layout, capsys):
     assert start(entrypoint, layout, FakeMachine(), "--verify-min-mask-iou=1.5") == 2
     assert "min_mask_iou must be in [0, 1]" in capsys.readouterr().err
+
+
+# --- locked-down serving ------------------------------------------------------------------------------------
+
+APIS = "shared-memory,model-repository,model-config,logging,trace,statistics"
+KEY = "k3y-from-a-mounted-Secret_0123456789"
+PEM_CERT = "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n"
+PEM_KEY = "-----BEGIN PRIVATE KEY-----\nMIIE\n-----END PRIVATE KEY-----\n"
+
+
+def _options(command: list[str], prefix: str) -> list[str]:
+    return [a for a in command if a.startswith(prefix)]
+
+
+def test_admin_key_from_a_file_or_the_environment_is_used_and_never_printed(
+    entrypoint, layout, capsys, tmp_path
+):
+    key_file = tmp_path / "admin-key"
+    key_file.write_text(KEY + "\n")
+    machine = FakeMachine()
+    assert (
+        start(entrypoint, layout, machine, "--admin-key-file", str(key_file), "--admin-header", "x-admin")
+        == 0
+    )
+    assert _options(machine.exec_args, "--http-restricted-api") == [
+        f"--http-restricted-api={APIS}:x-admin={KEY}"
+    ]
+    assert _options(machine.exec_args, "--grpc-restricted-protocol") == [
+        f"--grpc-restricted-protocol={APIS}:x-admin={KEY}"
+    ]
+    out = capsys.readouterr().out
+    assert KEY not in out and "x-admin=***" in out
+    assert "HTTP header 'x-admin', gRPC metadata 'triton-grpc-protocol-x-admin'" in out
+
+    machine = FakeMachine()
+    environ = {"ADMIN_KEY": KEY, "ADMIN_HEADER": "x-ops"}
+    assert start(entrypoint, layout, machine, environ=environ) == 0
+    assert f"--http-restricted-api={APIS}:x-ops={KEY}" in machine.exec_args
+    machine = FakeMachine()
+    assert start(entrypoint, layout, machine, environ={"ADMIN_KEY_FILE": str(key_file)}) == 0
+    assert f"--http-restricted-api={APIS}:mobilesamv2-admin-key={KEY}" in machine.exec_args
+
+
+def test_without_a_key_the_management_apis_get_a_random_one(entrypoint, layout, capsys):
+    keys = []
+    for _ in range(2):
+        machine = FakeMachine()
+        assert start(entrypoint, layout, machine) == 0
+        [option] = _options(machine.exec_args, "--http-restricted-api")
+        keys.append(option.rsplit("=", 1)[1])
+    assert keys[0] != keys[1] and all(len(k) >= 32 for k in keys)
+    assert "locked with a random key" in capsys.readouterr().out
+    assert "--model-control-mode=none" in machine.exec_args
+
+
+def test_restriction_can_be_turned_off_but_model_control_stays_none(entrypoint, layout, capsys):
+    for extra, environ in (
+        (["--no-restrict-management-apis"], {}),
+        ([], {"RESTRICT_MANAGEMENT_APIS": "false"}),
+    ):
+        machine = FakeMachine()
+        assert start(entrypoint, layout, machine, *extra, environ=environ) == 0
+        assert not _options(machine.exec_args, "--http-restricted-api")
+        assert not _options(machine.exec_args, "--grpc-restricted-protocol")
+        assert "--model-control-mode=none" in machine.exec_args
+        assert "management APIs open" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "server_args",
+    [
+        ["--model-control-mode=explicit"],
+        ["--model-control-mode", "poll"],
+        ["--load-model=image_encoder"],
+        ["--http-restricted-api=statistics:h=v"],
+        ["--grpc-use-ssl=false"],
+    ],
+)
+def test_server_options_that_would_loosen_it_are_refused(entrypoint, layout, capsys, server_args):
+    machine = FakeMachine()
+    assert start(entrypoint, layout, machine, *server_args) == 2
+    assert "the locked-down server sets" in capsys.readouterr().err and machine.exec_args is None
+
+
+def test_grpc_tls_and_mutual_tls_from_files(entrypoint, layout, capsys, tmp_path):
+    cert, key, ca = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt"
+    cert.write_text(PEM_CERT)
+    key.write_text(PEM_KEY)
+    ca.write_text(PEM_CERT)
+    machine = FakeMachine()
+    assert start(entrypoint, layout, machine, "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key)) == 0
+    assert ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"] == [
+        a for a in machine.exec_args if a.startswith(("--grpc-use-ssl", "--grpc-server-"))
+    ]
+    assert not _options(machine.exec_args, "--grpc-use-ssl-mutual")
+    assert "gRPC: TLS" in capsys.readouterr().out
+
+    machine = FakeMachine()
+    environ = {"GRPC_TLS_CERT": str(cert), "GRPC_TLS_KEY": str(key), "GRPC_TLS_CLIENT_CA": str(ca)}
+    assert start(entrypoint, layout, machine, environ=environ) == 0
+    assert {"--grpc-use-ssl-mutual=true", f"--grpc-root-cert={ca}"} <= set(machine.exec_args)
+    assert "mutual TLS" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("missing key file", "cannot read the admin key file"),
+        ("short key", "at least 16 characters"),
+        ("cert without key", "needs both --grpc-tls-cert and --grpc-tls-key"),
+        ("key is not PEM", "is not PEM"),
+    ],
+)
+def test_bad_security_settings_stop_the_start(entrypoint, layout, capsys, tmp_path, problem, message):
+    cert = tmp_path / "tls.crt"
+    cert.write_text(PEM_CERT)
+    extra = {
+        "missing key file": ["--admin-key-file", str(tmp_path / "absent")],
+        "short key": [],
+        "cert without key": ["--grpc-tls-cert", str(cert)],
+        "key is not PEM": ["--grpc-tls-cert", str(cert), "--grpc-tls-key", str(cert)],
+    }[problem]
+    environ = {"ADMIN_KEY": "short"} if problem == "short key" else {}
+    machine = FakeMachine()
+    assert start(entrypoint, layout, machine, *extra, environ=environ) == 2
+    assert message in capsys.readouterr().err and machine.exec_args is None

@@ -6,6 +6,7 @@ validated against the subset of their CRD schemas the chart uses, and the object
 
 from __future__ import annotations
 
+import base64
 import re
 from pathlib import Path
 
@@ -53,6 +54,19 @@ SCENARIOS = {
         "podDisruptionBudget": {"enabled": False},
         "service": {"type": "LoadBalancer"},
         "metrics": {"serviceMonitor": {"labels": {"release": "kube-prometheus-stack"}}},
+    },
+    "existing admin key Secret, gRPC mutual TLS, clients from one namespace": {
+        "security": {
+            "adminKey": {"existingSecret": "ops-admin-key", "secretKey": "key", "header": "x-ops-key"},
+            "grpcTls": {"enabled": True, "secretName": "grpc-cert", "mutual": True},
+        },
+        "networkPolicy": {
+            "clients": [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "apps"}}}]
+        },
+    },
+    "management APIs open, no NetworkPolicy": {
+        "security": {"adminKey": {"enabled": False}},
+        "networkPolicy": {"enabled": False},
     },
 }
 
@@ -315,6 +329,10 @@ def test_model_repository_sources():
         ({"autoscaling": {"minReplicas": 5, "maxReplicas": 2}}, "must not exceed"),
         ({"gpu": {"count": 0}}, "gpu/count"),
         ({"autoscalling": {"enabled": False}}, "additional properties 'autoscalling'"),
+        ({"security": {"adminKey": {"value": "short"}}}, "security/adminKey/value"),
+        ({"security": {"adminKey": {"header": "X Key"}}}, "security/adminKey/header"),
+        ({"security": {"grpcTls": {"enabled": True}}}, "security.grpcTls.secretName is required"),
+        ({"networkPolicy": {"clients": {"namespaceSelector": {}}}}, "networkPolicy/clients"),
     ],
 )
 def test_bad_values_fail_at_render_time(values, message):
@@ -355,3 +373,95 @@ def test_dev_shm_is_a_sized_memory_backed_volume(shm_size):
     assert _bytes(size) >= 2**30
     # memory-backed: it counts against the container's memory limit, which must leave room for it
     assert _bytes(container["resources"]["limits"]["memory"]) >= 4 * _bytes(size)
+
+
+# --- locked-down deployment ---------------------------------------------------------------------------------
+
+
+def _pod(values: dict) -> tuple[dict, dict, list[str]]:
+    documents = render(values)
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    return pod, container, container["args"]
+
+
+def _secret_volume(pod: dict, container: dict, name: str) -> tuple[dict, str]:
+    [volume] = [v for v in pod["volumes"] if v["name"] == name]
+    [mount] = [m for m in container["volumeMounts"] if m["name"] == name]
+    assert mount["readOnly"] is True
+    return volume["secret"], mount["mountPath"]
+
+
+def test_admin_key_secret_is_generated_and_handed_to_the_entrypoint():
+    documents = render({})
+    [secret] = by_kind(documents, "Secret")
+    assert secret["metadata"]["name"] == "demo-segment-everything-admin-key" and secret["type"] == "Opaque"
+    key = base64.b64decode(secret["data"]["admin-key"]).decode()
+    assert re.fullmatch(r"[A-Za-z0-9]{48}", key)
+    assert base64.b64decode(by_kind(render({}), "Secret")[0]["data"]["admin-key"]).decode() != key  # random
+    pod, container, args = _pod({})
+    volume, path = _secret_volume(pod, container, "admin-key")
+    assert volume["secretName"] == secret["metadata"]["name"] and volume["defaultMode"] == 0o440
+    assert volume["items"] == [{"key": "admin-key", "path": "admin-key"}]
+    assert f"--admin-key-file={path}/admin-key" in args and "--admin-header=mobilesamv2-admin-key" in args
+    assert not any(a.startswith("--grpc-tls") for a in args)
+    assert pod["securityContext"]["fsGroup"] == 10001  # the group that may read the 0440 key file
+
+
+def test_a_given_or_existing_admin_key():
+    value = "given-admin-key-0123456789"
+    [secret] = by_kind(render({"security": {"adminKey": {"value": value}}}), "Secret")
+    assert base64.b64decode(secret["data"]["admin-key"]).decode() == value
+    values = {
+        "security": {"adminKey": {"existingSecret": "ops-admin-key", "secretKey": "key", "header": "x-k"}}
+    }
+    assert by_kind(render(values), "Secret") == []
+    pod, container, args = _pod(values)
+    volume, path = _secret_volume(pod, container, "admin-key")
+    assert volume["secretName"] == "ops-admin-key" and volume["items"] == [{"key": "key", "path": "key"}]
+    assert f"--admin-key-file={path}/key" in args and "--admin-header=x-k" in args
+
+
+def test_management_apis_open_only_when_asked():
+    values = {"security": {"adminKey": {"enabled": False}}}
+    assert by_kind(render(values), "Secret") == []
+    pod, _, args = _pod(values)
+    assert args[0] == "--no-restrict-management-apis"
+    assert "admin-key" not in {v["name"] for v in pod["volumes"]}
+
+
+@pytest.mark.parametrize("mutual", [False, True])
+def test_grpc_tls_from_a_tls_secret(mutual):
+    values = {
+        "security": {"grpcTls": {"enabled": True, "secretName": "grpc-cert", "mutual": mutual}},
+        "server": {"args": ["--log-verbose=1"]},
+    }
+    pod, container, args = _pod(values)
+    volume, path = _secret_volume(pod, container, "grpc-tls")
+    assert volume["secretName"] == "grpc-cert"
+    assert {i["key"] for i in volume["items"]} == {"tls.crt", "tls.key"} | ({"ca.crt"} if mutual else set())
+    assert f"--grpc-tls-cert={path}/tls.crt" in args and f"--grpc-tls-key={path}/tls.key" in args
+    assert (f"--grpc-tls-client-ca={path}/ca.crt" in args) is mutual
+    assert args[-1] == "--log-verbose=1"  # tritonserver options after the entrypoint's
+
+
+def test_network_policy_lets_in_only_the_service_ports():
+    documents = render({})
+    pod = one(documents, "Deployment")["spec"]["template"]
+    [container] = pod["spec"]["containers"]
+    policy = one(documents, "NetworkPolicy")
+    assert matches(policy["spec"]["podSelector"]["matchLabels"], pod["metadata"]["labels"])
+    assert policy["spec"]["policyTypes"] == ["Ingress"]
+    serving, metrics = policy["spec"]["ingress"]
+    container_ports = {p["name"] for p in container["ports"]}
+    assert {p["port"] for p in serving["ports"]} == {"http", "grpc"} <= container_ports
+    assert serving["from"] == [{"podSelector": {}}]  # this namespace only
+    assert [p["port"] for p in metrics["ports"]] == ["metrics"]
+    assert metrics["from"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+    ]
+    clients = [{"namespaceSelector": {"matchLabels": {"team": "vision"}}, "podSelector": {}}]
+    custom = one(render({"networkPolicy": {"clients": clients, "metrics": []}}), "NetworkPolicy")
+    [only] = custom["spec"]["ingress"]
+    assert only["from"] == clients
+    assert by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []

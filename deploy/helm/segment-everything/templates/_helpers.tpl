@@ -48,3 +48,12 @@ Liveness counts a full queue as alive, unless it lasts maxOverloaded probes in a
 - --state-file=/tmp/mobilesamv2/liveness-overloaded
 {{- end }}
 {{- end }}
+
+{{/* The Secret holding the admin key of the management APIs (created by the chart unless existingSecret). */}}
+{{- define "segment-everything.adminKeySecret" -}}
+{{- default (printf "%s-admin-key" (include "segment-everything.fullname" .)) .Values.security.adminKey.existingSecret }}
+{{- end }}
+
+{{/* Where the entrypoint finds the admin key and the gRPC TLS files. */}}
+{{- define "segment-everything.adminKeyDir" -}}/var/run/secrets/mobilesamv2/admin{{- end }}
+{{- define "segment-everything.grpcTlsDir" -}}/var/run/secrets/mobilesamv2/grpc-tls{{- end }}
