@@ -29,6 +29,7 @@ object, plus work proportional to the number of runs, so small objects on big im
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from typing import TypedDict
 
 import numpy as np
@@ -43,6 +44,7 @@ __all__ = [
     "area",
     "counts",
     "counts_to_string",
+    "counts_to_strings",
     "decode",
     "decode_into",
     "dumps",
@@ -182,6 +184,19 @@ def _group_counts(x: np.ndarray) -> np.ndarray:
     return np.maximum(1, (bit_length + 1 + 4) // 5)
 
 
+def _compressed(x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The characters (uint8) of values ``x`` (already delta-coded), and how many each value takes."""
+    ngroups = _group_counts(x)
+    offsets = np.cumsum(ngroups) - ngroups
+    out = np.empty(int(ngroups.sum()), dtype=np.uint8)
+    for k in range(int(ngroups.max(initial=0))):
+        sel = np.flatnonzero(ngroups > k) if k else slice(None)
+        xs = x[sel] >> (5 * k)  # arithmetic shift, as the C code does on a signed long
+        more = ngroups[sel] > k + 1
+        out[offsets[sel] + k] = ((xs & 0x1F) | (more * 0x20)) + 48
+    return out, ngroups
+
+
 def counts_to_string(counts: np.ndarray | list[int]) -> str:
     """pycocotools' compressed string for a list of run lengths (``rleToString``).
 
@@ -194,15 +209,29 @@ def counts_to_string(counts: np.ndarray | list[int]) -> str:
     x = cnts.copy()
     # Reference quirk: the delta against counts[i-2] starts at i == 3, not i == 2.
     x[3:] -= cnts[1:-2]
-    ngroups = _group_counts(x)
-    offsets = np.cumsum(ngroups) - ngroups
-    out = np.empty(int(ngroups.sum()), dtype=np.uint8)
-    for k in range(int(ngroups.max())):
-        sel = np.flatnonzero(ngroups > k) if k else slice(None)
-        xs = x[sel] >> (5 * k)  # arithmetic shift, as the C code does on a signed long
-        more = ngroups[sel] > k + 1
-        out[offsets[sel] + k] = ((xs & 0x1F) | (more * 0x20)) + 48
-    return out.tobytes().decode("ascii")
+    return _compressed(x)[0].tobytes().decode("ascii")
+
+
+def counts_to_strings(runs: Sequence[np.ndarray | list[int]]) -> list[str]:
+    """:func:`counts_to_string` of many masks' run lengths in one vectorised pass (the same strings): cheaper
+    than one call per mask when the masks have few runs each.
+
+    >>> counts_to_strings([[0, 20], [], [3, 1, 2, 5]])
+    ['0d0', '', '3124']
+    """
+    arrays = [np.asarray(c, dtype=np.int64).reshape(-1) for c in runs]
+    if not arrays:
+        return []
+    sizes = np.array([a.size for a in arrays], dtype=np.int64)
+    cnts = np.concatenate(arrays)
+    x = cnts.copy()
+    index = np.arange(cnts.size) - np.repeat(np.cumsum(sizes) - sizes, sizes)  # position within its mask
+    delta = np.flatnonzero(index > 2)
+    x[delta] -= cnts[delta - 2]
+    chars, ngroups = _compressed(x)
+    ends = np.concatenate(([0], np.cumsum(ngroups)))[np.cumsum(sizes)].tolist()
+    text = chars.tobytes().decode("ascii")
+    return [text[a:b] for a, b in zip([0, *ends[:-1]], ends, strict=True)]
 
 
 def string_to_counts(s: str | bytes) -> np.ndarray:
