@@ -15,7 +15,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # `loadtest` is not installed; it lives at the repository root
     sys.path.insert(0, str(REPO_ROOT))
 
-from loadtest.common import load_images, split_host
+from loadtest.common import load_images, request_settings
 from loadtest.run import (
     EXIT_ERROR,
     LOCUSTFILE,
@@ -195,10 +195,12 @@ def test_locust_command_carries_settings(tmp_path):
     assert "--iou" not in command  # server default unless given
 
 
-def test_split_host():
-    assert split_host("grpc://h:1", "grpc") == ("h:1", False)
-    assert split_host("grpcs://h:1", "grpc") == ("h:1", True)
-    assert split_host("", "http") == ("127.0.0.1:8000", False)
+def test_load_test_settings_are_the_contracts():
+    assert request_settings() == request_settings(0, 0.0, 0.0)  # 0: the contract's default
+    settings = request_settings(max_prompts=16, conf=0.3)
+    assert (settings.max_prompts, settings.conf, settings.iou) == (16, 0.3, 0.9)
+    with pytest.raises(ValueError, match="conf_threshold must be in"):
+        request_settings(conf=1.5)
 
 
 def test_load_images_default_and_folder(tmp_path):
