@@ -690,7 +690,9 @@ def serve(
     """Run tritonserver as a child in its own process group until it exits; returns the container's exit
     status (tritonserver's, or ``EXIT_STUB_LOST``)."""
     env = dict(os.environ if environ is None else environ)
-    child = os.posix_spawnp(command[0], list(command), env, setsid=True)
+    # Own session (so its own process group); the forwarded signals at their defaults even if this process
+    # inherited them ignored (a shell's background job ignores SIGINT and SIGQUIT).
+    child = os.posix_spawnp(command[0], list(command), env, setsid=True, setsigdef=FORWARDED_SIGNALS)
     print(f"[entrypoint] tritonserver pid {child} (own process group)", flush=True)
 
     def forward(signum: int, _frame: object) -> None:

@@ -58,6 +58,23 @@ def fake_repo(tmp_path: Path) -> Path:
     return tmp_path
 
 
+STARTED: list[subprocess.Popen] = []
+
+
+@pytest.fixture(autouse=True)
+def _no_leftovers():
+    """Whatever a failing test leaves running (the entrypoint, the fake server, its stubs) is killed."""
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    for info in procs.all_processes():
+        if procs.cmdline(info.pid)[:1] and "fake_tritonserver.py" in " ".join(procs.cmdline(info.pid)):
+            procs.kill_group(info.pgid, timeout=5)
+
+
 def run_serve(fake_repo: Path, exit_after: float = 0, code: int = 0, watch: float = 0) -> subprocess.Popen:
     command = [
         sys.executable,
@@ -76,9 +93,11 @@ def run_serve(fake_repo: Path, exit_after: float = 0, code: int = 0, watch: floa
         sys.exit(entrypoint.serve({command!r}, stub_watch_interval={watch}, is_ready=ready, tick=0.05))
         """
     )
-    return subprocess.Popen(
+    process = subprocess.Popen(
         [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
+    STARTED.append(process)
+    return process
 
 
 def server_pid(process: subprocess.Popen) -> int:
@@ -161,3 +180,31 @@ def test_stub_watch_interval_option(entrypoint) -> None:
     assert args.stub_watch_interval == 0 and rest == ["--log-verbose=1"]
     args, _ = entrypoint.parse_args([], {"STUB_WATCH_INTERVAL": "2.5"})
     assert args.stub_watch_interval == 2.5
+
+
+def test_the_server_gets_default_signal_handling_even_if_the_entrypoint_ignores_them(fake_repo: Path) -> None:
+    """A process started with SIGINT ignored (a shell's background job) still forwards it, and tritonserver
+    does not inherit the ignore."""
+    original = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        command = [sys.executable, str(fake_repo / "fake_tritonserver.py"), str(fake_repo), "0", "0"]
+        script = (
+            "import importlib.util, sys\n"
+            f"spec = importlib.util.spec_from_file_location('entrypoint', {str(ENTRYPOINT)!r})\n"
+            "entrypoint = sys.modules['entrypoint'] = importlib.util.module_from_spec(spec)\n"
+            "spec.loader.exec_module(entrypoint)\n"
+            f"sys.exit(entrypoint.serve({command!r}, stub_watch_interval=0, tick=0.05))\n"
+        )
+        process = subprocess.Popen(
+            [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        )
+        STARTED.append(process)
+    finally:
+        signal.signal(signal.SIGINT, original)
+    pid = server_pid(process)
+    wait_for_stubs(pid)
+    assert procs.proc_info(process.pid) is not None
+    process.send_signal(signal.SIGINT)
+    assert process.wait(timeout=20) == 128 + signal.SIGINT
+    assert not procs.group_members(pid)
