@@ -59,6 +59,7 @@ def fake_repo(tmp_path: Path) -> Path:
 
 
 STARTED: list[subprocess.Popen] = []
+SERVERS: list[int] = []
 
 
 @pytest.fixture(autouse=True)
@@ -70,9 +71,8 @@ def _no_leftovers():
         if process.poll() is None:
             process.kill()
             process.wait()
-    for info in procs.all_processes():
-        if procs.cmdline(info.pid)[:1] and "fake_tritonserver.py" in " ".join(procs.cmdline(info.pid)):
-            procs.kill_group(info.pgid, timeout=5)
+    while SERVERS:  # each fake server leads its own group, with its stubs
+        procs.kill_group(SERVERS.pop(), timeout=5)
 
 
 def run_serve(fake_repo: Path, exit_after: float = 0, code: int = 0, watch: float = 0) -> subprocess.Popen:
@@ -104,6 +104,7 @@ def server_pid(process: subprocess.Popen) -> int:
     line = process.stdout.readline()
     match = re.search(r"tritonserver pid (\d+)", line)
     assert match, line
+    SERVERS.append(int(match[1]))
     return int(match[1])
 
 
