@@ -13,6 +13,7 @@
 # version when the GPU wheel cannot be installed here (CONTAINER_ENV_ORT=auto, the default; =cpu always swaps,
 # =gpu never does). Both wheels ship the same Python API and CPU provider; only the CUDA provider differs, and
 # there is no GPU here to run it.
+# torch (the GPU target's device postprocess) is left out unless CONTAINER_ENV_TORCH=1: see below.
 #
 # Environment: CONTAINER_PYTHON (a python3.10 interpreter; default: python3.10 on PATH, then pyenv's 3.10.x),
 # CONTAINER_VENV (default work/container-venv). Idempotent: the requirements are installed again only when
@@ -21,8 +22,19 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV=${CONTAINER_VENV:-work/container-venv}
-REQUIREMENTS=deploy/docker/requirements.txt
+IMAGE_REQUIREMENTS=deploy/docker/requirements.txt
 ORT_MODE=${CONTAINER_ENV_ORT:-auto}
+# torch serves only the GPU target's device postprocess (mask_postprocess=device): the CPU server here runs the
+# host postprocess, so torch and its ~2.5 GB of CUDA wheels are left out unless CONTAINER_ENV_TORCH=1 (the second
+# difference from the image; nothing the CPU models import needs it, which the import check below shows).
+TORCH_MODE=${CONTAINER_ENV_TORCH:-0}
+mkdir -p work
+REQUIREMENTS=work/container-requirements.txt
+if [ "$TORCH_MODE" = 1 ]; then
+  cp "$IMAGE_REQUIREMENTS" "$REQUIREMENTS"
+else
+  grep -vE '^torch([=<>!~ ]|$)' "$IMAGE_REQUIREMENTS" >"$REQUIREMENTS"
+fi
 
 find_python() {
   if [ -n "${CONTAINER_PYTHON:-}" ]; then

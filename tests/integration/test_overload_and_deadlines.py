@@ -155,3 +155,23 @@ def test_pipeline_metrics_are_exported(triton_server, bus_path):
         'nv_inference_request_failure{model="segment_everything",reason="REJECTED"' in text
         or "REJECTED" in text
     )
+
+
+def test_the_grafana_dashboard_queries_metrics_the_server_exports(triton_server, bus_path):
+    """Every metric the dashboard (deploy/grafana) plots exists on the real server's metrics port (GPU metrics
+    exist only with a GPU)."""
+    import json
+    import re
+    from pathlib import Path
+
+    with SegmentEverythingClient(triton_server.grpc_url, timeout=300) as client:
+        client.segment_everything(bus_path, max_prompts=1)
+    text = metrics_text(triton_server)
+    exported = {line.split("{")[0].split(" ")[0] for line in text.splitlines() if line and line[0] != "#"}
+    dashboard = (
+        Path(__file__).resolve().parents[2] / "deploy" / "grafana" / "segment-everything-dashboard.json"
+    )
+    exprs = [t["expr"] for p in json.loads(dashboard.read_text())["panels"] for t in p["targets"]]
+    used = {name for e in exprs for name in re.findall(r"\b(?:nv|segevery)_\w+", e)}
+    missing = sorted(n for n in used if n not in exported and not n.startswith("nv_gpu_"))
+    assert used and not missing, missing

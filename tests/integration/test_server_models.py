@@ -111,7 +111,8 @@ def test_pipeline_hits_the_300_box_cap_in_one_decoder_call(triton_server, raw_in
         result = client.segment_everything(sample_images[0], conf=0.05, timings=True)
     assert len(result) == 300
     assert np.all(np.diff(result.scores) <= 0), "boxes stay in descending confidence order"
-    assert {"encoder", "discovery", "nms", "decoder", "postprocess", "total"} <= set(result.timings)
+    assert {"discovery", "nms", "decoder", "postprocess", "total"} <= set(result.timings)
+    assert {"encoder", "encoder_cached"} & set(result.timings)  # sample images may be cached by earlier tests
 
 
 def test_raw_array_equals_encoded_png(triton_server, raw_infer, images):
