@@ -87,6 +87,9 @@ EXECUTION_PROVIDER_PARAMETER = "execution_provider"
 DECODER_PROMPTS_PARAMETER = "decoder_max_prompts_per_call"
 #: Present on the BLS model: run encoder and discovery concurrently (GPU) or one after the other (CPU)?
 OVERLAP_PARAMETER = "overlap_encoder_and_discovery"
+#: Pipeline (BLS) instances on a GPU server, and requests admitted to wait per instance (the CPU config: 2 and 2).
+BLS_INSTANCES = 4
+QUEUE_PER_INSTANCE = 2
 #: Present on the BLS model: where the mask postprocess runs (host numpy/OpenCV, or device torch).
 POSTPROCESS_PARAMETER = "mask_postprocess"
 #: Warm-up shapes for inputs declared with variable dims (object discovery's letterboxed image: at most 1024).
@@ -274,6 +277,12 @@ def gpu_model_config(
         _drop_parameters(config, CPU_ONLY_PARAMETERS)
         if DECODER_PROMPTS_PARAMETER in config.parameters:
             _set_parameter(config, DECODER_PROMPTS_PARAMETER, str(max_prompts))
+            # more pipelines in flight keep a GPU busy while others post-process; the admission queue follows
+            for group in config.instance_group:
+                group.count = BLS_INSTANCES
+            if config.dynamic_batching.HasField("default_queue_policy"):
+                policy = config.dynamic_batching.default_queue_policy
+                policy.max_queue_size = QUEUE_PER_INSTANCE * BLS_INSTANCES
         if OVERLAP_PARAMETER in config.parameters:
             # encoder and discovery each use a fraction of a GPU: at once (on CPU each takes all cores)
             _set_parameter(config, OVERLAP_PARAMETER, "true")
