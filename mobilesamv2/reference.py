@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-
 from .modeling.checkpoints import DEFAULT_ENCODER, encoder_spec, load_image_encoder, load_prompt_decoder
 from .modeling.detector import ObjectAwareNetwork, load_object_aware_model
 from .modeling.sam import InteractiveDecoder, PromptDecoder

@@ -1,19 +1,20 @@
 """The wire contract of the MobileSAMv2 service on Triton: every tensor name, dtype, default, range and limit.
 
-One file, imported by the client, the Triton models, the load tests and the benchmarks, so that a limit changes
-in one place and client and server cannot disagree (``tests/test_contract.py`` sends the same settings through
-both and compares the verdicts). numpy only: the client distribution ships it, the server depends on it.
+One file, imported by the client, the Triton models, the load tests and the benchmarks, so that a limit
+changes in one place and client and server cannot disagree (``tests/test_contract.py`` sends the same settings
+through both and compares the verdicts). numpy only: the client distribution ships it, the server depends on
+it.
 
 Three kinds of things live here:
 
-* **Tensors** (:class:`TensorSpec`): the inputs and outputs of the public ``segment_everything`` model and of the
-  three internal models it calls. The ``config.pbtxt`` files must declare exactly these (tested).
-* **Settings** (:class:`Settings`): the optional per-request knobs, their defaults (MobileSAMv2's reference) and
-  valid ranges; :meth:`Settings.from_inputs` is the server's parser, :meth:`Settings.to_inputs` the client's
-  writer.
-* **Limits** (:class:`Limits`): what one request may ask for (image size, prompts, points, response bytes). The
-  server may be configured stricter (``config.pbtxt`` parameters), never looser than the hard caps here, which
-  are what the exported graphs were traced and profiled for.
+* **Tensors** (:class:`TensorSpec`): the inputs and outputs of the public ``segment_everything`` model and of
+  the internal models it calls. The ``config.pbtxt`` files must declare exactly these (tested).
+* **Settings** (:class:`Settings`): the optional per-request knobs, their defaults (MobileSAMv2's reference)
+  and valid ranges; :meth:`Settings.from_inputs` is the server's parser, :meth:`Settings.to_inputs` the
+  client's writer.
+* **Limits** (:class:`Limits`): what one request may ask for (image size, prompts, points, response bytes).
+  The server may be configured stricter (``config.pbtxt`` parameters), never looser than the hard caps here,
+  which are what the exported graphs were traced and profiled for.
 
 Every refusal is a :class:`ContractError` whose message names the input, the value and the limit; the server
 answers it with Triton's ``INVALID_ARG`` (HTTP 400, gRPC ``INVALID_ARGUMENT``), the client raises it as
@@ -42,9 +43,6 @@ __all__ = [
     "DECODER_INPUTS",
     "DECODER_MODEL",
     "DECODER_OUTPUTS",
-    "INTERACTIVE_DECODER_INPUTS",
-    "INTERACTIVE_DECODER_MODEL",
-    "INTERACTIVE_DECODER_OUTPUTS",
     "DISCOVERY_INPUTS",
     "DISCOVERY_MODEL",
     "DISCOVERY_OUTPUTS",
@@ -52,6 +50,9 @@ __all__ = [
     "ENCODER_MODEL",
     "ENCODER_OUTPUTS",
     "HARD_LIMITS",
+    "INTERACTIVE_DECODER_INPUTS",
+    "INTERACTIVE_DECODER_MODEL",
+    "INTERACTIVE_DECODER_OUTPUTS",
     "OUTPUT_FORMATS",
     "PIPELINE_INPUTS",
     "PIPELINE_MODEL",
@@ -241,8 +242,9 @@ DETECTOR_MAX_SIDE = 1024
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may ask for. :data:`HARD_LIMITS` are the caps of the exported graphs and the wire format;
-    a deployment may lower them (``config.pbtxt`` parameters of ``segment_everything``), never raise them."""
+    """What one request may ask for. :data:`HARD_LIMITS` are the caps of the exported graphs and the wire
+    format; a deployment may lower them (``config.pbtxt`` parameters of ``segment_everything``), never raise
+    them."""
 
     max_image_pixels: int = 64_000_000
     """Refused from the header, before decoding (decompression bombs)."""
@@ -304,8 +306,8 @@ def check_image_shape(height: int, width: int, limits: Limits = HARD_LIMITS) -> 
         )
     if height * width > limits.max_image_pixels:
         raise ContractError(
-            f"image is {width}x{height} = {height * width} pixels, over the limit of {limits.max_image_pixels} "
-            "(max_image_pixels)"
+            f"image is {width}x{height} = {height * width} pixels, over the limit of "
+            f"{limits.max_image_pixels} (max_image_pixels)"
         )
     ratio = max(height, width) / min(height, width)
     if ratio > limits.max_aspect_ratio:
@@ -328,8 +330,8 @@ def check_image_bytes(size: int, limits: Limits = HARD_LIMITS) -> None:
 
 
 def _number(name: str, value: Any) -> tuple[float, float]:
-    """A float setting and the float32 value the server will see (the wire carries FP32): ranges are checked on
-    the latter, so a value that rounds onto a bound gets the same verdict on both sides."""
+    """A float setting and the float32 value the server will see (the wire carries FP32): ranges are checked
+    on the latter, so a value that rounds onto a bound gets the same verdict on both sides."""
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise ContractError(f"{name} must be a number, got {value!r}")
     wire = float(np.float32(value))
@@ -434,7 +436,7 @@ class Settings:
 
 
 def validate_box_prompts(boxes: Any, limits: Limits = HARD_LIMITS) -> np.ndarray:
-    """SegAny boxes ``(K, 4)`` xyxy in image pixels: float32, finite, ordered corners, 1 <= K <= max_prompts."""
+    """SegAny boxes ``(K, 4)`` xyxy in image pixels: float32, finite, ordered corners, 1..max_prompts."""
     array = np.asarray(boxes)
     if array.dtype.kind not in "fiu":
         raise ContractError(f"boxes must be numbers, got {array.dtype}")
@@ -497,7 +499,8 @@ def check_prompts_inside(
             k, p = (int(i) for i in np.argwhere(outside)[0])
             x, y = points[k, p]
             raise ContractError(
-                f"point [{k}, {p}] = ({x:g}, {y:g}) lies outside the {w}x{h} image (x in [0, {w}], y in [0, {h}])"
+                f"point [{k}, {p}] = ({x:g}, {y:g}) lies outside the {w}x{h} image "
+                f"(x in [0, {w}], y in [0, {h}])"
             )
     if boxes is None:
         return None

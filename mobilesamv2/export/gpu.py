@@ -87,7 +87,7 @@ EXECUTION_PROVIDER_PARAMETER = "execution_provider"
 DECODER_PROMPTS_PARAMETER = "decoder_max_prompts_per_call"
 #: Present on the BLS model: run encoder and discovery concurrently (GPU) or one after the other (CPU)?
 OVERLAP_PARAMETER = "overlap_encoder_and_discovery"
-#: Pipeline (BLS) instances on a GPU server, and requests admitted to wait per instance (the CPU config: 2 and 2).
+#: Pipeline (BLS) instances on a GPU server, and requests admitted to wait per instance (CPU config: 2, 2).
 BLS_INSTANCES = 4
 QUEUE_PER_INSTANCE = 2
 #: Present on the BLS model: where the mask postprocess runs (host numpy/OpenCV, or device torch).

@@ -88,7 +88,7 @@ def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
             frames = int(getattr(header, "n_frames", 1) or 1) if fmt == "GIF" else 1
-            # OpenCV turns JPEG and PNG (eXIf) by their EXIF orientation; PIL reports TIFF sizes turned already
+            # OpenCV turns JPEG and PNG (eXIf) by their EXIF orientation; PIL reports TIFF sizes turned
             orientation = _orientation(header) if fmt in ("JPEG", "PNG") else 1
     except Exception:
         raise InvalidImageError(

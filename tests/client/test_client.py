@@ -22,9 +22,9 @@ from tritonclient.utils import InferenceServerException
 import segment_everything_contract as contract
 from segment_everything_client import (
     AsyncSegmentEverythingClient,
-    SegmentEverythingError,
     InvalidInputError,
     SegmentEverythingClient,
+    SegmentEverythingError,
     ServerError,
     ServerUnavailableError,
     rle,

@@ -1,5 +1,5 @@
-"""The embedding caches without Triton: the shared one (files in a RAM-backed directory) and the in-process one,
-and the pipeline's use of them (a cached image is neither decoded nor encoded again)."""
+"""The embedding caches without Triton: the shared one (files in a RAM-backed directory) and the in-process
+one, and the pipeline's use of them (a cached image is neither decoded nor encoded again)."""
 
 from __future__ import annotations
 
@@ -9,10 +9,10 @@ import time
 
 import numpy as np
 import pytest
-from segment_everything_contract import Prompts, Settings
 
 from mobilesamv2.pipeline import MemoryEmbeddingCache, Models, Pipeline, SegmentRequest
 from mobilesamv2.server.embedding_cache import SharedEmbeddingCache, cache_directory
+from segment_everything_contract import Prompts, Settings
 
 EMBEDDING = np.arange(256 * 64 * 64, dtype=np.float32).reshape(1, 256, 64, 64)
 MiB = 2**20
