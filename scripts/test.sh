@@ -4,6 +4,11 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh || exit 1
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False YOLO_CONFIG_DIR="$PWD/work/ultralytics"
+# Step 0: lint with the project's configuration (pyproject.toml [tool.ruff]): rules and formatting.
+echo "[test] ruff check . && ruff format --check ."
+lint_status=0
+.venv/bin/ruff check . || lint_status=1
+.venv/bin/ruff format --check . || lint_status=1
 .venv/bin/python -m pytest -q -p no:cacheprovider --timeout=1800 "$@"
 status=$?
 # pytest exits 5 when no test was collected (e.g. a -k filter matching nothing): not a failure of the code.
@@ -15,8 +20,8 @@ fi
 # tests again with the Python models served from the Docker image's Python side (Python 3.10, only
 # deploy/docker/requirements.txt, the package installed --no-deps; scripts/container_env.sh), so that a missing
 # server requirement or a 3.11-only construct fails here rather than in a deployment. The repository is still
-# built by .venv (torch); only serving uses work/container-venv. About 2.5 minutes (plus ~2 minutes the first
-# time, to install the environment with torch's CUDA wheels).
+# built by .venv (torch); only serving uses work/container-venv. About 2.5 minutes (plus about a minute the
+# first time, to install the environment; torch, which only the GPU target's postprocess uses, is left out).
 if [ "${CONTAINER_PYTHON_TESTS:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; then
   echo "[test] server-side tests with the models on the container's Python (work/container-venv)"
   if bash scripts/container_env.sh; then
@@ -29,5 +34,9 @@ if [ "${CONTAINER_PYTHON_TESTS:-$([ $# -eq 0 ] && echo 1 || echo 0)}" = 1 ]; the
     container_status=1
   fi
   [ "$status" -eq 0 ] && status=$container_status
+fi
+if [ "$lint_status" -ne 0 ]; then
+  echo "[test] ruff found problems (above)"
+  [ "$status" -eq 0 ] && status=1
 fi
 exit "$status"
