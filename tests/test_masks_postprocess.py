@@ -20,7 +20,6 @@ import cv2
 import numpy as np
 import pytest
 
-from mobilesamv2.processing import masks
 from mobilesamv2.processing.image import encoder_input_size
 from mobilesamv2.processing.masks import masks_to_rles, upsample_masks
 from segment_everything_contract import rle as rle_codec
@@ -164,18 +163,6 @@ def test_identical_to_opencv_two_step(size, kind):
     np.testing.assert_array_equal(dense, expected)
     if kind == "smooth":
         assert 0 < expected.mean() < 1  # real outlines, not trivial masks
-
-
-def test_taps_are_the_device_paths():
-    """The host's coefficients are :mod:`.device_masks`' (the GPU path computes the same bits)."""
-    from mobilesamv2.processing.device_masks import linear_taps
-
-    for src, dst in [(256, 1024), (1024, 1080), (768, 810), (1024, 100), (7, 3), (3, 7), (5, 5), (1024, 512)]:
-        for clamp in (True, False):
-            for ours, theirs in zip(
-                masks._linear_taps(src, dst, clamp), linear_taps(src, dst, clamp), strict=True
-            ):
-                assert ours.dtype == theirs.dtype and np.array_equal(ours, theirs), (src, dst, clamp)
 
 
 @pytest.mark.parametrize("threshold", [-1.5, 2.5, 1e-3])

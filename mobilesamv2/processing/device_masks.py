@@ -34,7 +34,6 @@ torch is imported lazily: this module imports without it (the CPU server's envir
 
 from __future__ import annotations
 
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -43,7 +42,7 @@ import numpy as np
 from segment_everything_contract import rle as rle_codec
 
 from .image import ENCODER_IMAGE_SIZE
-from .masks import DEFAULT_CHUNK_BYTES, MASK_THRESHOLD
+from .masks import DEFAULT_CHUNK_BYTES, MASK_THRESHOLD, linear_taps
 
 DEFAULT_DEVICE_CHUNK_BYTES = 256 * 2**20
 """Transient accelerator memory per chunk (all full-resolution intermediates of its masks together). The CPU
@@ -53,35 +52,6 @@ LOW_RES_SIZE = 256
 
 
 # ------------------------------------------------------------------------------------- OpenCV's coefficients
-
-
-@functools.lru_cache(maxsize=128)
-def linear_taps(
-    src: int, dst: int, clamp_weights: bool
-) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-    """Source indices ``i0, i1`` (int64) and weights ``w0, w1`` (float32) of OpenCV's ``INTER_LINEAR`` resize
-    of an axis from ``src`` to ``dst`` samples: ``out[d] = in[i0[d]] * w0[d] + in[i1[d]] * w1[d]``.
-
-    ``clamp_weights`` selects OpenCV's horizontal pass (outside the source, the weight goes to the border
-    sample: ``in[0] * 1 + in[1] * 0``); otherwise its vertical pass (the source row index is clamped, the
-    weights are kept: ``in[0] * w0 + in[0] * w1``, which need not round to ``in[0]``).
-    """
-    if src < 1 or dst < 1:
-        raise ValueError(f"cannot resize {src} samples to {dst}")
-    scale = 1.0 / (dst / src)  # OpenCV: inv_scale = (double)dsize / ssize; scale = 1. / inv_scale
-    pos = ((np.arange(dst, dtype=np.float64) + 0.5) * scale - 0.5).astype(np.float32)
-    i0 = np.floor(pos).astype(np.int64)
-    frac = (pos - i0.astype(np.float32)).astype(np.float32)  # exact: pos minus its integer part
-    if clamp_weights:
-        outside = (i0 < 0) | (i0 >= src - 1)
-        frac[outside] = 0.0
-        i0 = np.clip(i0, 0, src - 1)
-        i1 = np.minimum(i0 + 1, src - 1)
-    else:
-        i1 = np.clip(i0 + 1, 0, src - 1)
-        i0 = np.clip(i0, 0, src - 1)
-    w0 = (np.float32(1.0) - frac).astype(np.float32)
-    return i0, i1, w0, frac
 
 
 _device_taps_cache: dict[tuple, tuple] = {}

@@ -7,7 +7,7 @@ The numbers. Both resizes are OpenCV's ``INTER_LINEAR`` on float32 as OpenCV's o
 also what :mod:`.device_masks` computes on an accelerator, bit for bit. It works on the *transposed* frame
 (rows are the mask's x, columns its y: the C order of that frame is COCO's column-major order); each resize is
 a pass along the columns (y), then one along the rows (x); every output sample is ``a * w0 + b * w1`` in
-float32 (two rounded products, one rounded sum) with OpenCV's taps and weights (:func:`_linear_taps`).
+float32 (two rounded products, one rounded sum) with OpenCV's taps and weights (:func:`linear_taps`).
 opencv-python's Intel IPP kernels, which ``cv2.resize`` picks for 1, 3 or 4 channels by default, use other
 coefficients (logits differ by ~1e-5, masks in the odd outline pixel), so the dense path turns IPP off.
 
@@ -59,13 +59,14 @@ _RELATIVE_MARGIN = 2.0**-16  # "certain" margin relative to |threshold|: 4 passe
 
 
 @functools.lru_cache(maxsize=128)
-def _linear_taps(src: int, dst: int, clamp_weights: bool) -> tuple[np.ndarray, ...]:
-    """Source indices ``i0, i1`` and float32 weights ``w0, w1`` of OpenCV's ``INTER_LINEAR`` resize of one
-    axis from ``src`` to ``dst`` samples: ``out[d] = in[i0[d]] * w0[d] + in[i1[d]] * w1[d]``.
+def linear_taps(src: int, dst: int, clamp_weights: bool) -> tuple[np.ndarray, ...]:
+    """Source indices ``i0, i1`` (int64) and float32 weights ``w0, w1`` of OpenCV's ``INTER_LINEAR`` resize of
+    one axis from ``src`` to ``dst`` samples: ``out[d] = in[i0[d]] * w0[d] + in[i1[d]] * w1[d]``.
 
-    ``clamp_weights``: OpenCV's horizontal pass (outside the source the weight goes to the border sample);
-    otherwise its vertical pass (the source index is clamped, the weights kept). The same coefficients as
-    :func:`mobilesamv2.processing.device_masks.linear_taps` (the tests check that they agree).
+    ``clamp_weights``: OpenCV's horizontal pass (outside the source the weight goes to the border sample:
+    ``in[0] * 1 + in[1] * 0``); otherwise its vertical pass (the source index is clamped, the weights kept:
+    ``in[0] * w0 + in[0] * w1``, which need not round to ``in[0]``). Shared with the device postprocess
+    (:mod:`mobilesamv2.processing.device_masks`), so host and device use the very same coefficients.
     """
     if src < 1 or dst < 1:
         raise ValueError(f"cannot resize {src} samples to {dst}")
@@ -121,8 +122,8 @@ def _positions(table: np.ndarray, values: np.ndarray) -> np.ndarray:
 
 @functools.lru_cache(maxsize=64)
 def _axis_plan(src: int, crop: int, size: int, clamp_weights: bool, block: int) -> _AxisPlan:
-    f0, f1, fw0, fw1 = (a[:crop] for a in _linear_taps(src, ENCODER_IMAGE_SIZE, clamp_weights))
-    s0, s1, sw0, sw1 = _linear_taps(crop, size, clamp_weights)
+    f0, f1, fw0, fw1 = (a[:crop] for a in linear_taps(src, ENCODER_IMAGE_SIZE, clamp_weights))
+    s0, s1, sw0, sw1 = linear_taps(crop, size, clamp_weights)
     count = -(-size // block)
     out = np.minimum(np.arange(count * block), size - 1).reshape(count, block)
     mids = _padded_rows([np.unique(np.concatenate((s0[o], s1[o]))) for o in out])
