@@ -54,6 +54,14 @@ RUN groupadd --gid "${APP_UID}" mobilesamv2 \
 USER ${APP_UID}:${APP_UID}
 WORKDIR /opt/mobilesamv2
 
+# --- allocator (BENCHMARKS.md "Allocator"; the launcher's MOBILESAMV2_ALLOCATOR=glibc-tuned): tritonserver and every
+# Python stub keep large blocks in the heap instead of mapping fresh zero-filled pages per allocation.
+ENV MALLOC_MMAP_THRESHOLD_=33554432 \
+    MALLOC_TRIM_THRESHOLD_=1073741824 \
+    MALLOC_TOP_PAD_=268435456 \
+    MALLOC_MMAP_MAX_=0
+# --- end allocator
+
 EXPOSE 8000 8001 8002
 # Health = real inferences through every model within a deadline (mobilesamv2.server.probe: a SegAny box, a
 # multimask point and a SegEvery request on a tiny generated image), not /v2/health/ready, which stays 200 when a
