@@ -3,8 +3,9 @@
 Triton glue only: the orchestration is :class:`mobilesamv2.pipeline.Pipeline`, plain Python tested without a
 server. This file reads the request tensors, hands the pipeline three async callables that run the sub-models
 (``image_encoder``, ``object_discovery``, ``prompt_decoder``) as BLS requests, and turns the result into
-response tensors. The embedding is passed from the encoder's response to the decoder's request as it is (no
-copy through numpy). Tensor names, defaults and limits: ``segment_everything_contract``.
+response tensors. The embedding is passed from the encoder's response to the decoder's request as it is (on
+a GPU it stays on the device); one host copy goes to the embedding cache the instances share, so a repeated
+image skips decoding and the encoder. Tensor names, defaults and limits: ``segment_everything_contract``.
 """
 
 from __future__ import annotations
