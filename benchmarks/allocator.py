@@ -19,6 +19,7 @@ import json
 import math
 import os
 import resource
+import shlex
 import subprocess
 import sys
 import time
@@ -279,7 +280,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     data = image.read_bytes()
     variants = [v.strip() for v in args.variants.split(",") if v.strip()]
     results: dict = {
-        "command": "flock /tmp/heavy.lock .venv/bin/python -m benchmarks.allocator " + " ".join(argv),
+        "command": shlex.join(
+            ["flock", "/tmp/heavy.lock", ".venv/bin/python", "-m", "benchmarks.allocator", *argv]
+        ),
         "machine": f"{cpu_model()}, {len(os.sched_getaffinity(0))} cores",
         "conf": args.conf,
         "variants": variants,
