@@ -135,7 +135,6 @@ def server_run(repository: Path, variant: str, data: bytes, conf: float, reps: i
             env=overrides(variant),
             log_path=log_dir / f"tritonserver-{variant}.log",
             startup_timeout=300,
-            cache_mb=0,
         ) as server,
         SegmentEverythingClient(server.grpc_url, timeout=600, retries=0) as client,
     ):

@@ -24,6 +24,7 @@ packages unchanged (the before/after comparison).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import os
 import re
@@ -95,6 +96,22 @@ def reexec_with_server_allocator(argv: Sequence[str], repository: Path | str) ->
     print(f"[benchmarks] re-executing with the server's allocator: {missing}", flush=True)
     sys.stdout.flush()
     os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+def load_reference(weights: Path | str, encoder: str = "efficientvit_l2"):
+    """``ReferencePipeline.from_checkpoints``, leaving ``OMP_NUM_THREADS`` as it was: ultralytics (the
+    detector's package) sets it to 1 in ``os.environ`` when imported, and every process started afterwards
+    inherits that, among them a server started by the launcher, whose ONNX Runtime sessions then take one
+    thread each (their default is ``$OMP_NUM_THREADS``). PyTorch here keeps the thread count it had chosen."""
+    from mobilesamv2.reference import ReferencePipeline
+
+    before = os.environ.get("OMP_NUM_THREADS")
+    pipe = ReferencePipeline.from_checkpoints(weights, encoder=encoder)
+    if before is None:
+        os.environ.pop("OMP_NUM_THREADS", None)
+    else:
+        os.environ["OMP_NUM_THREADS"] = before
+    return pipe
 
 
 # --- process-tree statistics --------------------------------------------------------------------------------
@@ -393,10 +410,20 @@ def e2e_section(
 
         image = next(p for p in sample_images() if p.name == points[0][0])
         log("  encoder standalone (ONNX Runtime, served options, fresh process)")
-        out["encoder_standalone"] = encoder_standalone(repository, image)
+        try:
+            out["encoder_standalone"] = encoder_standalone(repository, image)
+        except (subprocess.CalledProcessError, ValueError, OSError) as exc:
+            log(f"  encoder standalone failed: {exc}")
+            out["encoder_standalone"] = {"error": str(exc)}
         fifty = min(rows, key=lambda r: abs((r["server_masks"] or 0) - 50))
         log(f"  decoder standalone at {fifty['server_masks']} prompts (benchmarks/decoder_efficiency.py)")
-        out["decoder_standalone"] = decoder_standalone(repository, weights, int(fifty["server_masks"] or 50))
+        try:
+            out["decoder_standalone"] = decoder_standalone(
+                repository, weights, int(fifty["server_masks"] or 50)
+            )
+        except (ValueError, OSError, KeyError) as exc:
+            log(f"  decoder standalone failed: {exc}")
+            out["decoder_standalone"] = {"error": str(exc)}
     return out
 
 
@@ -423,7 +450,6 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mobilesamv2 import __file__ as package_file
     from mobilesamv2.assets import sample_images
-    from mobilesamv2.reference import ReferencePipeline
     from mobilesamv2.server.launcher import TritonServer
     from segment_everything_client import SegmentEverythingClient
 
@@ -448,10 +474,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             {"segment_everything": {"embedding_cache_mb": "0"}},
         )
     log(f"checkout {checkout} ({commit}), repository {variant}")
-    pipe = ReferencePipeline.from_checkpoints(args.weights, encoder="efficientvit_l2")
+    pipe = load_reference(args.weights)
+    # Triton's response cache: off where the launcher has one (older launchers start none)
+    no_cache = {"cache_mb": 0} if "cache_mb" in inspect.signature(TritonServer).parameters else {}
     with (
         TritonServer(
-            variant, log_path=args.out.resolve().parent / "tritonserver.log", startup_timeout=300, cache_mb=0
+            variant, log_path=args.out.resolve().parent / "tritonserver.log", startup_timeout=300, **no_cache
         ) as server,
         SegmentEverythingClient(server.grpc_url, timeout=1800, retries=0) as client,
     ):
@@ -463,6 +491,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
         "started": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)),
         "allocator_env": {k: os.environ[k] for k in ALLOCATOR_KEYS if k in os.environ},
+        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
         "points": [list(p) for p in points],
         "rows": rows,
     }

@@ -7,19 +7,16 @@ load, thermal state, caches) hits both sides alike.
 
 from __future__ import annotations
 
-import re
 import statistics
-import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Self
 
 import cv2
 import numpy as np
-import psutil
 
+from benchmarks.e2e import PeakRss
 from loadtest.run import LoadTestSettings, percentile, run_locust, summarize_samples
 from mobilesamv2.processing import boxes as box_ops
 
@@ -138,69 +135,6 @@ def decoder_section(pipe, images: dict[str, np.ndarray], plan: Plan, log: Log = 
     return {"rows": rows}
 
 
-# --- 2. end to end: one request through Triton vs the in-process reference ----------------------------------
-
-
-def reference_request(
-    pipe, data: bytes, max_prompts: int | None = None
-) -> tuple[float, dict[str, float], int]:
-    """The in-process pipeline on encoded bytes, timed like the server: decode, SegEvery, RLE."""
-    start = time.perf_counter()
-    rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
-    decoded = time.perf_counter()
-    result = pipe(rgb) if max_prompts is None else pipe(rgb, max_detections=max_prompts)
-    segmented = time.perf_counter()
-    result.rles()
-    wall = _ms(start)
-    stages = {
-        "decode_image": (decoded - start) * 1e3,
-        **result.timings_ms,
-        "postprocess": _ms(segmented),
-        "total": wall,
-    }
-    return wall, stages, len(result)
-
-
-def server_request(
-    client, data: bytes, max_prompts: int | None = None
-) -> tuple[float, dict[str, float], int]:
-    """One SegEvery request through Triton: client-observed wall time and the server's own stage timings."""
-    start = time.perf_counter()
-    segmentation = client.segment_everything(data, max_prompts=max_prompts, timings=True)
-    wall = _ms(start)
-    return wall, dict(segmentation.timings or {}), len(segmentation)
-
-
-def e2e_section(pipe, client, images: dict[str, bytes], plan: Plan, log: Log = print) -> dict:
-    """Alternating Triton / reference requests on the same encoded image (default settings: conf 0.4, 300
-    max)."""
-    rows = []
-    for name, data in images.items():
-        server_request(client, data, max_prompts=8)  # warm-up (untimed, few prompts: the cost is per image)
-        reference_request(pipe, data, max_prompts=8)
-        row: dict = {
-            "image": name,
-            "server_wall_ms": [],
-            "server_stages": [],
-            "server_masks": None,
-            "reference_wall_ms": [],
-            "reference_stages": [],
-            "reference_masks": None,
-        }
-        for rep in range(plan.reps):
-            for side in ("server", "reference") if rep % 2 == 0 else ("reference", "server"):
-                if side == "server":
-                    wall, stages, masks = server_request(client, data)
-                else:
-                    wall, stages, masks = reference_request(pipe, data)
-                row[f"{side}_wall_ms"].append(wall)
-                row[f"{side}_stages"].append(stages)
-                row[f"{side}_masks"] = masks
-                log(f"  e2e {name}: {side} {wall:.0f} ms, {masks} masks")
-        rows.append(row)
-    return {"rows": rows}
-
-
 # --- 3. throughput and latency vs concurrency (locust) ------------------------------------------------------
 
 
@@ -284,62 +218,6 @@ def soak_section(host: str, plan: Plan, out_dir: Path, log: Log = print) -> dict
 
 
 # --- 4. peak memory vs prompts and image size ---------------------------------------------------------------
-
-
-def _label(proc: psutil.Process) -> str:
-    """``tritonserver``, or the model a backend stub serves (its instance name, e.g. ``prompt_decoder_0_0``,
-    is on its command line)."""
-    try:
-        cmdline = proc.cmdline()
-    except psutil.Error:
-        return "?"
-    if cmdline and cmdline[0].endswith("triton_python_backend_stub"):
-        instance = next((a for a in cmdline[1:] if re.fullmatch(r"[A-Za-z0-9_.-]+_\d+_\d+", a)), "")
-        return re.sub(r"_\d+_\d+$", "", instance) or "stub"
-    return proc.name()
-
-
-class PeakRss:
-    """Samples the summed RSS of a process tree every ``interval`` s while active: ``peak`` (bytes, of the
-    sum) and the peak of each label's sum (a model's instances together)."""
-
-    def __init__(self, root_pid: int, interval: float = 0.01) -> None:
-        root = psutil.Process(root_pid)
-        self.processes = [root, *root.children(recursive=True)]
-        self.labels = {p.pid: _label(p) for p in self.processes}
-        self.interval = interval
-        self.peak = 0
-        self.by_label: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def current(self) -> int:
-        sums: dict[str, int] = {}
-        for proc in self.processes:
-            try:
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                continue
-            label = self.labels[proc.pid]
-            sums[label] = sums.get(label, 0) + rss
-        for label, rss in sums.items():
-            self.by_label[label] = max(self.by_label.get(label, 0), rss)
-        return sum(sums.values())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> Self:
-        self.peak, self.by_label = self.current(), {}
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
 
 
 def rescaled_jpeg(bgr: np.ndarray, longest_side: int) -> tuple[bytes, tuple[int, int]]:

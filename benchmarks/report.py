@@ -8,9 +8,16 @@ import statistics
 from collections.abc import Sequence
 from pathlib import Path
 
-TARGET_E2E_SPEEDUP = 1.5
+TARGET_E2E_SPEEDUP = 5.0  # Triton vs the in-process reference ...
+TARGET_E2E_BOXES = 50  # ... at about this many boxes
+TARGET_ENCODER_OVERHEAD = 0.10  # encoder in the server vs a standalone ONNX Runtime session
+TARGET_DECODER_MS_PER_PROMPT = 20.0  # in the server, at ~50 prompts
+TARGET_DECODER_PEAK_MB = 2048.0  # the decoder's process during a 300-prompt call
 TARGET_DECODER_RATIO = 8.0
 TARGET_SOAK = "0 failed requests, 4 users, 5 minutes"
+TARGET_CLICK_MS = 100.0
+TARGET_REJECTION_MS = 100.0
+TARGET_SOAK_RSS_GROWTH = 0.10
 # Image-size growth at the largest prompt count must stay below this share of the prompts x pixels footprint.
 MAX_PIXEL_SHARE = 0.05
 
@@ -22,8 +29,12 @@ GPU_SECTION = (
     "CPU-only.\n"
 )
 
-SERVER_STAGES = ("decode_image", "encoder", "discovery", "nms", "decoder", "postprocess", "total")
-REFERENCE_STAGES = ("decode_image", "encoder", "discovery", "decoder", "postprocess", "total")
+SERVER_STAGES = ("decode_image", "discovery", "nms", "encoder", "decoder", "postprocess", "total")
+REFERENCE_STAGES = ("decode_image", "discovery", "encoder", "decoder", "postprocess", "total")
+# Results of the benchmarks that run on their own (committed next to this file); the Targets table and the
+# before/after comparison read them when present.
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+ATTACHED = ("allocator", "overload", "interactive")
 
 
 def median(values: Sequence[float]) -> float:
@@ -68,6 +79,41 @@ def e2e_ratio(row: dict) -> float:
     return reference / server if server else math.nan
 
 
+def nearest_row(rows: Sequence[dict], boxes: int) -> dict | None:
+    """The e2e row whose server mask count is closest to ``boxes``."""
+    rows = [r for r in rows if r.get("server_masks") is not None]
+    return min(rows, key=lambda r: abs(r["server_masks"] - boxes)) if rows else None
+
+
+def e2e_efficiency(e2e: dict) -> dict[str, float]:
+    """Encoder in the server vs standalone, decoder ms per prompt at ~50 prompts in the server vs standalone,
+    the server's peak RSS at the most prompts (total and the decoder's process)."""
+    out: dict[str, float] = {}
+    rows = e2e.get("rows", [])
+    encoder = median([s.get("encoder", math.nan) for r in rows for s in r["server_stages"]])
+    standalone = (e2e.get("encoder_standalone") or {}).get("median_ms", math.nan)
+    out.update(encoder_server_ms=encoder, encoder_standalone_ms=standalone)
+    out["encoder_overhead"] = encoder / standalone - 1 if standalone else math.nan
+    fifty = nearest_row(rows, TARGET_E2E_BOXES)
+    if fifty is not None and fifty["server_masks"]:
+        decoder = stage_medians(fifty["server_stages"], ("decoder",))["decoder"]
+        out.update(
+            decoder_prompts=fifty["server_masks"], decoder_ms_per_prompt=decoder / fifty["server_masks"]
+        )
+    dec = e2e.get("decoder_standalone") or {}
+    out["decoder_standalone_ms_per_prompt"] = dec.get("ms_per_prompt", math.nan)
+    out["decoder_standalone_prompts"] = dec.get("prompts", math.nan)
+    most = max(rows, key=lambda r: r.get("server_masks") or 0) if rows else None
+    if most is not None and most.get("peak_rss_mb"):
+        by = most.get("peak_rss_by_process_mb") or {}
+        out.update(
+            peak_prompts=most["server_masks"],
+            peak_rss_mb=most["peak_rss_mb"],
+            decoder_peak_rss_mb=by.get("prompt_decoder", math.nan),
+        )
+    return out
+
+
 def memory_verdict(memory: dict) -> dict[str, float]:
     """How peak memory scales. ``mb_per_prompt``: average growth per extra prompt at the smallest image.
     ``image_growth_few``/``_many``: growth from the smallest to the largest image at the fewest/most prompts;
@@ -110,17 +156,50 @@ def memory_verdict(memory: dict) -> dict[str, float]:
 def target_rows(results: dict) -> list[list[str]]:
     rows = []
     if "e2e" in results:
-        for row in results["e2e"]["rows"]:
+        e2e = results["e2e"]
+        row = nearest_row(e2e["rows"], TARGET_E2E_BOXES)
+        if row is not None:
             ratio = e2e_ratio(row)
             rows.append(
                 [
-                    (
-                        f"SegEvery through Triton vs in-process reference ({row['image']}, "
-                        f"{row['server_masks']} masks)"
-                    ),
-                    f">= {TARGET_E2E_SPEEDUP}x faster",
-                    f"{fmt(ratio, 2)}x",
+                    f"SegEvery through Triton vs in-process reference ({row['image']}, {row['server_masks']} "
+                    "masks)",
+                    f">= {TARGET_E2E_SPEEDUP:g}x faster at ~{TARGET_E2E_BOXES} boxes",
+                    f"{fmt(ratio, 2)}x ({fmt(median(row['server_wall_ms']))} vs "
+                    f"{fmt(median(row['reference_wall_ms']))} ms)",
                     status(ratio >= TARGET_E2E_SPEEDUP, ratio / TARGET_E2E_SPEEDUP),
+                ]
+            )
+        eff = e2e_efficiency(e2e)
+        if not math.isnan(eff.get("encoder_overhead", math.nan)):
+            rows.append(
+                [
+                    "Encoder in the server vs standalone ONNX Runtime",
+                    f"within {TARGET_ENCODER_OVERHEAD:.0%}",
+                    f"{fmt(eff['encoder_server_ms'])} vs {fmt(eff['encoder_standalone_ms'])} ms "
+                    f"({eff['encoder_overhead']:+.1%})",
+                    status(abs(eff["encoder_overhead"]) <= TARGET_ENCODER_OVERHEAD),
+                ]
+            )
+        if "decoder_ms_per_prompt" in eff:
+            ms = eff["decoder_ms_per_prompt"]
+            standalone = eff["decoder_standalone_ms_per_prompt"]
+            rows.append(
+                [
+                    f"Decoder in the server, ms per prompt ({eff['decoder_prompts']} prompts)",
+                    f"<= {TARGET_DECODER_MS_PER_PROMPT:g} ms/prompt",
+                    f"{fmt(ms, 1)} ms/prompt (standalone ONNX Runtime {fmt(standalone, 1)})",
+                    status(ms <= TARGET_DECODER_MS_PER_PROMPT, TARGET_DECODER_MS_PER_PROMPT / ms),
+                ]
+            )
+        if "peak_rss_mb" in eff:
+            rows.append(
+                [
+                    f"Server peak RSS during a {eff['peak_prompts']}-prompt call",
+                    f"decoder call <= {TARGET_DECODER_PEAK_MB / 1024:g} GB",
+                    f"prompt_decoder process {fmt(eff['decoder_peak_rss_mb'])} MB; tritonserver + all stubs "
+                    f"{fmt(eff['peak_rss_mb'])} MB",
+                    status(eff["decoder_peak_rss_mb"] <= TARGET_DECODER_PEAK_MB),
                 ]
             )
     if "decoder" in results:
@@ -174,6 +253,64 @@ def target_rows(results: dict) -> list[list[str]]:
                 verdict,
             ]
         )
+    attached = results.get("attached", {})
+    if "overload" in attached:
+        rows += overload_targets(attached["overload"])
+    if "interactive" in attached:
+        rows += interactive_targets(attached["interactive"])
+    return rows
+
+
+def overload_targets(overload: dict) -> list[list[str]]:
+    over, soak = overload["overload"]["summary"], overload["soak"]["summary"]
+    rss = overload["soak"]["rss"]
+    rate = overload["overload"]["rate"]
+    minutes = overload["overload"]["seconds"] / 60
+    growth = rss["end_mb"] / rss["start_mb"] - 1
+    return [
+        [
+            f"No hung request at 2x capacity ({rate:.2f} req/s, {minutes:.0f} min)",
+            "0 without an answer within timeout + 5 s",
+            f"{over['hung']} hung of {over['requests']}; {over['other_errors']} other errors, "
+            f"{over['deadline']} deadline exceeded",
+            status(over["hung"] == 0),
+        ],
+        [
+            "Overload refused fast",
+            f"rejection p95 <= {TARGET_REJECTION_MS:g} ms",
+            f"{over['rejected']} rejected, p50 {fmt(over['rejected_p50_ms'], 1)} ms, p95 "
+            f"{fmt(over['rejected_p95_ms'], 1)} ms; goodput {fmt(over['goodput_rps'], 3)} req/s, admitted "
+            "p95 "
+            f"{fmt(over['ok_p95_ms'])} ms",
+            status(over["rejected"] > 0 and over["rejected_p95_ms"] <= TARGET_REJECTION_MS),
+        ],
+        [
+            f"Soak at capacity, {overload['soak']['seconds'] / 60:.0f} min",
+            f"0 failed, RSS growth <= {TARGET_SOAK_RSS_GROWTH:.0%}",
+            f"{soak['requests'] - soak['ok']} failed of {soak['requests']}; RSS {rss['start_mb']:,.0f} -> "
+            f"{rss['end_mb']:,.0f} MB ({growth:+.1%})",
+            status(soak["ok"] == soak["requests"] and growth <= TARGET_SOAK_RSS_GROWTH),
+        ],
+    ]
+
+
+def interactive_targets(interactive: dict) -> list[list[str]]:
+    rows = []
+    for name, sessions in interactive["images"].items():
+        later = [c["ms"] for s in sessions for c in s["clicks"][1:]]
+        first = [s["clicks"][0]["ms"] for s in sessions]
+        p50, worst = median(later), max(later)
+        rows.append(
+            [
+                f"Interactive click after the first ({name}, one-point prompt, cached embedding)",
+                f"<= {TARGET_CLICK_MS:g} ms per click",
+                f"p50 {fmt(p50, 1)} ms, max {fmt(worst, 1)} ms over {len(later)} clicks (first click "
+                f"{fmt(median(first))} ms)",
+                status(worst <= TARGET_CLICK_MS)
+                if worst <= TARGET_CLICK_MS or p50 > TARGET_CLICK_MS
+                else "**met at p50**, not at max",
+            ]
+        )
     return rows
 
 
@@ -221,6 +358,10 @@ def decoder_markdown(decoder: dict) -> str:
     )
 
 
+def _point(row: dict) -> str:
+    return f"{row['image']}, conf {row['conf']:g}" if "conf" in row else row["image"]
+
+
 def e2e_markdown(e2e: dict) -> str:
     parts = []
     rows = []
@@ -228,7 +369,7 @@ def e2e_markdown(e2e: dict) -> str:
         server, reference = median(row["server_wall_ms"]), median(row["reference_wall_ms"])
         rows.append(
             [
-                row["image"],
+                _point(row),
                 f"{row['server_masks']} / {row['reference_masks']}",
                 fmt(server),
                 fmt(reference),
@@ -239,7 +380,7 @@ def e2e_markdown(e2e: dict) -> str:
     parts.append(
         table(
             [
-                "image",
+                "image, detector conf",
                 "masks (Triton / reference)",
                 "Triton ms (client wall)",
                 "reference ms",
@@ -249,21 +390,152 @@ def e2e_markdown(e2e: dict) -> str:
             rows,
         )
     )
+    header = ["stage"]
+    stage_rows: dict[str, list[str]] = {s: [s] for s in (*SERVER_STAGES[:-1], "transport", "total")}
     for row in e2e["rows"]:
+        header += [f"Triton, {row['server_masks']} masks", f"reference, {row['reference_masks']} masks"]
         server = stage_medians(row["server_stages"], SERVER_STAGES)
         reference = stage_medians(row["reference_stages"], REFERENCE_STAGES)
         wall = median(row["server_wall_ms"])
-        stage_rows = [
-            [stage, fmt(server.get(stage), 1), fmt(reference.get(stage), 1)] for stage in SERVER_STAGES
-        ]
-        stage_rows.insert(
-            -1, ["transport + client (wall - server total)", fmt(wall - server["total"], 1), "–"]
+        for stage in SERVER_STAGES[:-1]:
+            stage_rows[stage] += [fmt(server.get(stage), 1), fmt(reference.get(stage, math.nan), 1)]
+        stage_rows["transport"] += [fmt(wall - server["total"], 1), "–"]
+        stage_rows["total"] += [fmt(wall, 1), fmt(median(row["reference_wall_ms"]), 1)]
+    stage_rows["nms"][2::2] = ["(in discovery)"] * (len(stage_rows["nms"]) // 2)
+    stage_rows["transport"][0] = "transport + client (wall - server total)"
+    stage_rows["total"][0] = "total (client wall)"
+    parts.append(
+        "Per-stage medians (ms). Triton: the server's own `timings` (discovery, then the encoder: on CPU "
+        "they run one after the other); reference: its stages, discovery including NMS.\n\n"
+        + table(header, list(stage_rows.values()))
+    )
+    eff = e2e_efficiency(e2e)
+    if eff:
+        decoder_gap = (
+            eff.get("decoder_ms_per_prompt", math.nan) / eff.get("decoder_standalone_ms_per_prompt", math.nan)
+            - 1
         )
-        stage_rows.append(["client wall", fmt(wall, 1), fmt(median(row["reference_wall_ms"]), 1)])
+        lines = [
+            table(
+                ["measure", "in the server", "standalone", "difference"],
+                [
+                    [
+                        "encoder (EfficientViT-L2, batch 1), ms",
+                        fmt(eff.get("encoder_server_ms"), 1),
+                        fmt(eff.get("encoder_standalone_ms"), 1),
+                        f"{eff.get('encoder_overhead', math.nan):+.1%}",
+                    ],
+                    [
+                        f"decoder, ms per prompt at {eff.get('decoder_prompts', '–')} prompts",
+                        fmt(eff.get("decoder_ms_per_prompt"), 1),
+                        fmt(eff.get("decoder_standalone_ms_per_prompt"), 1),
+                        f"{decoder_gap:+.1%}",
+                    ],
+                ],
+            )
+        ]
+        enc = e2e.get("encoder_standalone") or {}
+        dec = e2e.get("decoder_standalone") or {}
+        lines.append(
+            "In the server: the `encoder` and `decoder` stage timings of the requests above (the encoder "
+            "over every request, the decoder at the point nearest 50 boxes), i.e. the BLS call from the "
+            "pipeline "
+            "including its input preparation and the tensors' way through shared memory. Standalone: the "
+            f"served `image_encoder/1/model.onnx` in a fresh ONNX Runtime session with the served config's "
+            f"options ({enc.get('threads', '?')} threads, same allocator), median of "
+            f"{len(enc.get('ms', []))}; "
+            f"the decoder as `benchmarks/decoder_efficiency.py` runs it (factorized graph, slices of "
+            f"{dec.get('slice_rows', '?')} rows, {dec.get('threads', '?')} threads, its own process, peak "
+            f"RSS {dec.get('peak_rss_gib', math.nan):.2f} GiB)."
+        )
+        if "peak_rss_mb" in eff:
+            most = max(e2e["rows"], key=lambda r: r.get("server_masks") or 0)
+            by = ", ".join(
+                f"{k} {v:,.0f}"
+                for k, v in sorted((most.get("peak_rss_by_process_mb") or {}).items(), key=lambda kv: -kv[1])
+            )
+            lines.append(
+                f"Peak RSS of the server during the {eff['peak_prompts']}-prompt requests (tritonserver + "
+                f"every stub, psutil every 20 ms): **{eff['peak_rss_mb']:,.0f} MB**; per process group "
+                f"(MB): {by}."
+            )
+        parts.append("\n\n".join(lines))
+    return "\n\n".join(parts)
+
+
+def before_after_markdown(baseline: dict, e2e: dict) -> str:
+    """The old main's server and benchmark vs this checkout's, from their own runs."""
+    parts = []
+    old = baseline.get("e2e")
+    if old:
+        rows = []
+        pairs = []
+        for new_row in e2e["rows"]:
+            old_row = nearest_row(old["rows"], new_row["server_masks"] or 0)
+            if old_row is None:
+                continue
+            pairs.append((old_row, new_row))
+            rows.append(
+                [
+                    f"{_point(new_row)}",
+                    f"{old_row['server_masks']} / {new_row['server_masks']}",
+                    f"{fmt(median(old_row['server_wall_ms']))} / {fmt(median(new_row['server_wall_ms']))}",
+                    f"{median(old_row['server_wall_ms']) / median(new_row['server_wall_ms']):.2f}x",
+                    f"{fmt(median(old_row['reference_wall_ms']))} / "
+                    f"{fmt(median(new_row['reference_wall_ms']))}",
+                    f"{fmt(e2e_ratio(old_row), 2)}x / {fmt(e2e_ratio(new_row), 2)}x",
+                ]
+            )
         parts.append(
-            f"Per-stage medians, {row['image']} (ms; Triton runs encoder and discovery concurrently, so its "
-            f"stages add up to more than its total; the reference's discovery includes NMS):\n\n"
-            + table(["stage", "Triton", "reference"], stage_rows)
+            table(
+                [
+                    "image, conf",
+                    "masks before / after",
+                    "Triton ms before / after",
+                    "Triton faster by",
+                    "reference ms before / after",
+                    "speed-up vs reference before / after",
+                ],
+                rows,
+            )
+        )
+        for old_row, new_row in pairs:
+            if (new_row["server_masks"] or 0) < 30:
+                continue
+            a = stage_medians(old_row["server_stages"], SERVER_STAGES)
+            b = stage_medians(new_row["server_stages"], SERVER_STAGES)
+            stage_rows = [[s, fmt(a[s], 1), fmt(b[s], 1)] for s in SERVER_STAGES]
+            stage_rows.append(
+                [
+                    "client wall",
+                    fmt(median(old_row["server_wall_ms"]), 1),
+                    fmt(median(new_row["server_wall_ms"]), 1),
+                ]
+            )
+            parts.append(
+                f"Triton stages at {old_row['server_masks']} / {new_row['server_masks']} masks (ms, medians; "
+                "the old server ran encoder and discovery concurrently, so its stages add up to more than "
+                "its "
+                "total):\n\n" + table(["stage", "before", "after"], stage_rows)
+            )
+    run = baseline.get("run")
+    if run and "e2e" in run:
+        rows = [
+            [
+                row["image"],
+                str(row["server_masks"]),
+                fmt(median(row["server_wall_ms"])),
+                fmt(median(row["reference_wall_ms"])),
+                fmt(e2e_ratio(row), 2) + "x",
+                str(len(row["server_wall_ms"])),
+            ]
+            for row in run["e2e"]["rows"]
+        ]
+        parts.append(
+            f"The old main's own benchmark (`{run['meta']['command']}` in the worktree, commit "
+            f"{run['meta']['commit']}, default conf 0.4, same weights), "
+            f"{run['meta'].get('finished', '')}:\n\n"
+            + table(["image", "masks", "Triton ms", "reference ms", "speed-up", "reps"], rows)
         )
     return "\n\n".join(parts)
 
@@ -361,6 +633,16 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
         "",
         f"```\n{meta['command']}\n```",
         "",
+        *(
+            [
+                f"Carried over from an earlier run (`--merge {meta['carried_over']['from']}`): "
+                f"{', '.join(meta['carried_over']['sections'])}, measured {meta['carried_over']['measured']} "
+                f"by `{meta['carried_over']['command']}`.",
+                "",
+            ]
+            if meta.get("carried_over", {}).get("sections")
+            else []
+        ),
         (
             f"({'quick' if meta['quick'] else 'full'} run, {meta['duration_s'] / 60:.0f} minutes; every "
             "heavy run on this machine is wrapped in `flock /tmp/heavy.lock` so that nothing else competes "
@@ -372,18 +654,34 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
         f"reference pipeline load the same checkpoints (`{meta['weights_dir']}`, encoder {meta['encoder']}). "
         + (
             "These are seeded random weights in the official formats: timings are those of the real networks "
-            "(same shapes, same operations), but the detector's output is noise, so it finds as many boxes "
-            "as the cap allows on busy images (300 on bus.jpg at the default conf 0.4). With the real "
-            "weights a photo typically yields tens of objects, which makes every per-prompt cost below "
-            "smaller and the box-vs-grid ratio larger."
+            "(same shapes, same operations), but the detector's scores are noise, so the number of boxes is "
+            "set by the confidence threshold, not by the image's content: at the default conf 0.4 it finds "
+            "as many boxes as the cap allows on bus.jpg (300), and the end-to-end section picks conf per "
+            "point to get about 10, 50 and 300 boxes (the actual mask counts are reported). With the real "
+            "weights a photo typically yields tens of objects."
             if meta["weights"] == "fake"
             else ""
         ),
+        "",
+        "**Allocator**: "
+        + (
+            ", ".join(f"`{k}={v}`" for k, v in meta["allocator_env"].items())
+            if meta.get("allocator_env")
+            else "glibc defaults"
+        )
+        + " for tritonserver, every stub and this benchmark's own process (the in-process reference), as "
+        "the launcher sets it (section Allocator).",
         "",
     ]
     if plot_path:
         out += [f"![benchmarks]({plot_path})", ""]
     out += ["### Targets", "", table(["target", "goal", "measured", "status"], target_rows(results)), ""]
+    if results.get("attached"):
+        out += [
+            "Overload, soak and interactive rows: from their own runs (sections below; raw numbers in "
+            "`benchmarks/results/`).",
+            "",
+        ]
     if "decoder" in results:
         out += [
             "### 1. Decoder cost: object-aware box prompts vs the 32x32 grid",
@@ -405,11 +703,34 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
             "",
             (
                 "Triton: the client sends the encoded JPEG over gRPC and gets COCO RLE back (client wall "
-                "time). Reference: `ReferencePipeline` in this process on the same bytes: decode, discovery, "
-                "encoder, decoder (PyTorch), RLE. Default settings (conf 0.4, IoU 0.9, at most 300 prompts)."
+                "time). Reference: `ReferencePipeline` (the original MobileSAMv2 formulation in PyTorch) in "
+                "this process on the same bytes: decode, discovery, encoder, decoder, RLE. IoU 0.9, at most "
+                "300 prompts, conf per point. Sides alternate (A B, B A, A B) within one run, one untimed "
+                "warm-up each per point; medians. Cold embeddings: the server runs a copy of the repository "
+                "with `embedding_cache_mb` 0 (and no response cache), so every request runs the encoder."
             ),
             "",
             e2e_markdown(results["e2e"]),
+            "",
+        ]
+    if "baseline" in results and "e2e" in results:
+        base = results["baseline"]
+        out += [
+            "### 2b. Before / after: the old main (bc36653) vs this checkout",
+            "",
+            (
+                "The old main checked out in a git worktree "
+                f"(`{base.get('worktree', 'work/baseline')}`), its repository built with its own build code "
+                "from the same fake weights, served by its own "
+                "server code, measured with the same driver (`benchmarks/e2e.py` run as a file with the old "
+                "checkout's packages first on the path) under the old deployment's allocator (glibc "
+                "defaults, which the old launcher left alone, for its server and its reference alike); "
+                "after = section 2. Commands:"
+            ),
+            "",
+            "```\n" + "\n".join(base.get("commands", [])) + "\n```",
+            "",
+            before_after_markdown(base, results["e2e"]),
             "",
         ]
     if "concurrency" in results:
@@ -562,44 +883,31 @@ def plot(results: dict, path: Path) -> Path:
         for row in rows:
             s = stage_medians(row["server_stages"], SERVER_STAGES)
             wall = median(row["server_wall_ms"])
-            labels.append(f"{row['image']}\nTriton")
-            segments.append(
-                {
-                    "decode": s["decode_image"],
-                    "encoder ∥ discovery": max(s["encoder"], s["discovery"]),
-                    "nms": s["nms"],
-                    "decoder": s["decoder"],
-                    "postprocess": s["postprocess"],
-                    "transport/other": max(
-                        wall
-                        - (
-                            s["decode_image"]
-                            + max(s["encoder"], s["discovery"])
-                            + s["nms"]
-                            + s["decoder"]
-                            + s["postprocess"]
-                        ),
-                        0,
-                    ),
-                }
-            )
+            labels.append(f"{row['server_masks']} masks\nTriton")
+            parts = {
+                "decode": s["decode_image"],
+                "discovery (+nms)": s["discovery"] + (0.0 if math.isnan(s["nms"]) else s["nms"]),
+                "encoder": s["encoder"],
+                "decoder": s["decoder"],
+                "postprocess": s["postprocess"],
+            }
+            parts["transport/other"] = max(wall - sum(v for v in parts.values() if not math.isnan(v)), 0)
+            segments.append(parts)
             r = stage_medians(row["reference_stages"], REFERENCE_STAGES)
-            labels.append(f"{row['image']}\nreference")
+            labels.append(f"{row['reference_masks']} masks\nreference")
             segments.append(
                 {
                     "decode": r["decode_image"],
-                    "encoder": r["encoder"],
                     "discovery (+nms)": r["discovery"],
+                    "encoder": r["encoder"],
                     "decoder": r["decoder"],
                     "postprocess": r["postprocess"],
                 }
             )
         colors = {
             "decode": "#999999",
-            "encoder ∥ discovery": "#1f77b4",
             "encoder": "#1f77b4",
             "discovery (+nms)": "#aec7e8",
-            "nms": "#aec7e8",
             "decoder": "#ff7f0e",
             "postprocess": "#2ca02c",
             "transport/other": "#d62728",
@@ -618,8 +926,8 @@ def plot(results: dict, path: Path) -> Path:
         ax_e2e.set_yticks(range(len(labels)), labels, fontsize=8)
         ax_e2e.invert_yaxis()
         ax_e2e.set_xlabel("seconds (median)")
-        speedups = ", ".join(f"{row['image']} {e2e_ratio(row):.2f}x" for row in rows)
-        ax_e2e.set_title(f"2. One request end to end (Triton speed-up: {speedups})", fontsize=10)
+        speedups = ", ".join(f"{row['server_masks']} masks {e2e_ratio(row):.1f}x" for row in rows)
+        ax_e2e.set_title(f"2. One request, bus.jpg (Triton speed-up: {speedups})", fontsize=10)
         ax_e2e.legend(fontsize=7, loc="lower right")
     else:
         ax_e2e.set_visible(False)
@@ -642,6 +950,26 @@ def plot(results: dict, path: Path) -> Path:
         more = ax_lat.get_legend_handles_labels()
         ax_conc.legend(handles[0] + more[0], handles[1] + more[1], fontsize=8, loc="upper left")
         ax_conc.set_title(f"3. Load (locust, max_prompts {results['concurrency']['max_prompts']})")
+    elif "overload" in results.get("attached", {}):
+        over = results["attached"]["overload"]
+        samples = over.get("rss_samples") or []
+        if samples:
+            t0 = samples[0][0]
+            ax_conc.plot(
+                [(t - t0) / 60 for t, _ in samples], [mb / 1024 for _, mb in samples], "-", color="black"
+            )
+            for name in ("capacity", "overload", "soak"):
+                phase = over[name]
+                start = (phase["started"] - t0) / 60
+                ax_conc.axvline(start, color="grey", linestyle=":")
+                ax_conc.annotate(name, (start, 0), xytext=(3, 3), textcoords="offset points", fontsize=8)
+            ax_conc.set_xlabel("minutes")
+            ax_conc.set_ylabel("server RSS (tritonserver + stubs), GiB")
+            ax_conc.set_ylim(bottom=0)
+            cap = over["capacity"]["summary"]["goodput_rps"]
+            ax_conc.set_title(f"3. Capacity {cap:.2f} req/s, 2x overload, soak: server RSS", fontsize=10)
+        else:
+            ax_conc.set_visible(False)
     else:
         ax_conc.set_visible(False)
 

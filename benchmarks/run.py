@@ -7,10 +7,18 @@
     .venv/bin/python -m benchmarks.run --render work/benchmarks/<time>/results.json
 
 Sections: ``decoder`` (box prompts vs the 32x32 grid, in-process), ``e2e`` (Triton vs the in-process
-reference), ``concurrency`` (locust at 1, 2, 4, 8 users), ``soak`` (locust, 4 users, 5 min; 60 s with --quick)
-and ``memory`` (server RSS vs prompts and image size, first, on a fresh server). The server is started with
-the launcher on the built model repository; the reference pipeline loads the weights that repository was built
-from. Raw numbers (every repetition, every request) go to ``work/benchmarks/<time>/results.json``.
+reference at about 10, 50 and 300 boxes with cold embeddings, stage by stage; the encoder and the decoder in
+the server vs standalone ONNX Runtime; the server's peak RSS; ``benchmarks/e2e.py``), ``concurrency``
+(locust at 1, 2, 4, 8 users), ``soak`` (locust, 4 users, 5 min; 60 s with --quick) and ``memory`` (server RSS
+vs prompts and image size, on a fresh server). The servers are started with the launcher on the built model
+repository (e2e: on a copy with the embedding cache off); the reference pipeline loads the weights that
+repository was built from, in this process, which first re-executes itself with the allocator variables the
+launcher gives the servers. ``--baseline-e2e``/``--baseline-run`` add the before/after comparison
+(``benchmarks/baseline.sh``). Raw numbers (every repetition, every request) go to
+``work/benchmarks/<time>/results.json``, with the default ``--out`` also to benchmarks/results/segevery.json.
+The Targets table also reads ``benchmarks/results/overload.json`` and ``interactive.json`` (written by
+``benchmarks/overload.py`` and ``benchmarks/interactive.py``); ``benchmarks/allocator.py`` writes its own
+section.
 """
 
 from __future__ import annotations
@@ -78,10 +86,21 @@ def _nan_from_none(value: object) -> object:
     return value
 
 
+def load_attached(directory: Path = report.RESULTS_DIR) -> dict:
+    """Results of the benchmarks that run on their own (overload, interactive, allocator), when present."""
+    attached = {}
+    for name in report.ATTACHED:
+        path = directory / f"{name}.json"
+        if path.is_file():
+            attached[name] = json.loads(path.read_text())
+    return attached
+
+
 def write_outputs(results: dict, out: Path, plot_path: Path | None) -> None:
     """This report's section of BENCHMARKS.md (``out``; other sections are kept) and the PNG; the markdown
-    links the plot relative to itself."""
-    results = _nan_from_none(results)  # type: ignore[assignment]
+    links the plot relative to itself. The Targets table also covers the benchmarks that run on their own
+    (``benchmarks/results/{overload,interactive}.json``, read now)."""
+    results = _nan_from_none({**results, "attached": load_attached()})  # type: ignore[assignment]
     link = None
     if plot_path is not None:
         report.plot(results, plot_path)
@@ -128,6 +147,31 @@ def build_parser() -> argparse.ArgumentParser:
         help="raw results and locust reports (default work/benchmarks/<time>/)",
     )
     parser.add_argument(
+        "--merge",
+        type=Path,
+        default=None,
+        metavar="RESULTS_JSON",
+        help="carry the sections not measured now (and a baseline) over from an earlier results.json",
+    )
+    parser.add_argument(
+        "--baseline-e2e",
+        type=Path,
+        default=None,
+        help="results of benchmarks/e2e.py run against the old checkout (the before/after table)",
+    )
+    parser.add_argument(
+        "--baseline-run",
+        type=Path,
+        default=None,
+        help="results.json of the old checkout's own benchmarks/run.py --sections e2e",
+    )
+    parser.add_argument(
+        "--baseline-command",
+        action="append",
+        default=[],
+        help="a command that produced the baseline (for the report; repeatable)",
+    )
+    parser.add_argument(
         "--render",
         type=Path,
         default=None,
@@ -153,6 +197,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
+    # The in-process reference must run under the server's allocator (glibc reads MALLOC_* at start only).
+    from benchmarks.e2e import ALLOCATOR_KEYS, reexec_with_server_allocator
+
+    reexec_with_server_allocator(["-m", "benchmarks.run", *argv], args.model_repository)
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / "work" / "ultralytics"))
@@ -195,8 +243,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             "weights": build_info.get("weights", "unknown"),
             "encoder": encoder,
             "results_json": os.path.relpath(results_json, REPO_ROOT),
+            "allocator_env": {k: os.environ[k] for k in ALLOCATOR_KEYS if k in os.environ},
         }
     }
+    if args.merge is not None:
+        previous = json.loads(args.merge.read_text())
+        carried = [k for k in (*SECTIONS, "baseline") if k in previous and k not in sections]
+        for key in carried:
+            results[key] = previous[key]
+        results["meta"]["carried_over"] = {
+            "from": os.path.relpath(args.merge.resolve(), REPO_ROOT),
+            "sections": carried,
+            "measured": previous["meta"].get("finished"),
+            "command": previous["meta"].get("command"),
+        }
+    if args.baseline_e2e or args.baseline_run:
+        results["baseline"] = {
+            "e2e": json.loads(args.baseline_e2e.read_text()) if args.baseline_e2e else None,
+            "run": json.loads(args.baseline_run.read_text()) if args.baseline_run else None,
+            "commands": args.baseline_command,
+            "worktree": "work/baseline",
+        }
     timer = measure.Timer()
     images = {p.name: p.read_bytes() for p in sample_images()}
     decoded = {
@@ -209,10 +276,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     pipe = None
     if {"decoder", "e2e"} & set(sections):
-        from mobilesamv2.reference import ReferencePipeline
+        from benchmarks.e2e import load_reference
 
         log(f"loading the reference pipeline ({encoder}) from {weights_dir}")
-        pipe = ReferencePipeline.from_checkpoints(weights_dir, encoder=encoder)
+        pipe = load_reference(weights_dir, encoder)  # leaves no OMP_NUM_THREADS=1 to the servers started next
 
     if "decoder" in sections:
         log("section decoder: box prompts vs 32x32 grid")
@@ -221,7 +288,24 @@ def main(argv: Sequence[str] | None = None) -> int:
             results["decoder"] = measure.decoder_section(pipe, rgb, plan, log)
         save(results, results_json)
 
-    if {"e2e", "concurrency", "soak", "memory"} & set(sections):
+    if "e2e" in sections:
+        from benchmarks import e2e
+
+        cold = e2e.repository_variant(
+            repository, run_dir / "repository-cold", {"segment_everything": {"embedding_cache_mb": "0"}}
+        )
+        log(f"section e2e: Triton (cold embeddings: {cold}) vs in-process reference")
+        with (
+            timer.section("e2e"),
+            TritonServer(cold, log_path=run_dir / "tritonserver-e2e.log", startup_timeout=300) as server,
+            SegmentEverythingClient(server.grpc_url, timeout=1800, retries=0) as client,
+        ):
+            results["e2e"] = e2e.e2e_section(
+                pipe, client, server.pid, images, cold, weights_dir, plan.reps, log=log
+            )
+        save(results, results_json)
+
+    if {"concurrency", "soak", "memory"} & set(sections):
         log(f"starting Triton on {repository}")
         with (
             TritonServer(repository, log_path=run_dir / "tritonserver.log", startup_timeout=300) as server,
@@ -233,11 +317,6 @@ def main(argv: Sequence[str] | None = None) -> int:
                     results["memory"] = measure.memory_section(
                         server.pid, client, decoded["bus.jpg"], plan, log
                     )
-                save(results, results_json)
-            if "e2e" in sections:
-                log("section e2e: Triton vs in-process reference")
-                with timer.section("e2e"):
-                    results["e2e"] = measure.e2e_section(pipe, client, images, plan, log)
                 save(results, results_json)
             if "concurrency" in sections:
                 log(
@@ -260,6 +339,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     results["meta"]["duration_s"] = time.time() - started
     results["meta"]["section_seconds"] = timer.seconds
     save(results, results_json)
+    if args.out.resolve() == DEFAULT_OUT.resolve():  # the committed copy BENCHMARKS.md is rendered from
+        save(results, report.RESULTS_DIR / "segevery.json")
     write_outputs(json.loads(results_json.read_text()), args.out, args.plot)
     print("\n" + report.console_summary(_nan_from_none(results)))  # type: ignore[arg-type]
     print(f"\nwrote {args.out}, {args.plot} and {results_json} in {(time.time() - started) / 60:.1f} min")

@@ -53,7 +53,6 @@ WORK_DIR = REPO_ROOT / "work"
 BACKENDS_SOURCE = Path(__file__).resolve().parent / "backends"
 DEFAULT_BACKEND_DIR = WORK_DIR / "triton" / "backends"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-DEFAULT_CACHE_MB = 256
 """Response cache (image embeddings, 4 MiB each: about 60 recent images)."""
 PYTHON_ENV_VAR = "MOBILESAMV2_SERVER_PYTHON_ENV"
 """Serve the Python models from this virtual environment when ``TritonServer(python_env=...)`` is None."""
@@ -191,7 +190,6 @@ class TritonServer:
         exit_timeout_s: int = 10,
         log_path: str | os.PathLike[str] | None = None,
         backend_directory: str | os.PathLike[str] | None = None,
-        cache_mb: int = DEFAULT_CACHE_MB,
         python_env: str | os.PathLike[str] | None = None,
         restriction: Restriction | None = None,
         grpc_tls: GrpcTls | None = None,
@@ -224,7 +222,6 @@ class TritonServer:
                 else DEFAULT_BACKEND_DIR.with_name(f"backends-py{self.python_env.version}")
             )
         self.backend_directory = Path(backend_directory).resolve()
-        self.cache_mb = cache_mb
         self.restriction = restriction
         self.grpc_tls = grpc_tls
         if restriction is not None or grpc_tls is not None:
@@ -300,7 +297,6 @@ class TritonServer:
             "--allow-gpu-metrics=false",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             f"--log-verbose={self.log_verbose}",
-            *self.cache_args(),
             *self.security_args(),
             *self.extra_args,
         ]
@@ -311,14 +307,6 @@ class TritonServer:
             mode_given = any(a.startswith("--model-control-mode") for a in self.extra_args)
             return [] if mode_given else ["--model-control-mode=none"]
         return hardened_args(self.extra_args, self.restriction, self.grpc_tls)
-
-    def cache_args(self) -> list[str]:
-        """Triton's local response cache (models opt in with ``response_cache``; ``image_encoder`` does, so a
-        repeated image skips the encoder: the interactive SegAny case)."""
-        if self.cache_mb <= 0:
-            return []
-        caches = find_pytriton() / "tritonserver" / "caches"
-        return [f"--cache-directory={caches}", f"--cache-config=local,size={self.cache_mb << 20}"]
 
     def environment(self) -> dict[str, str]:
         """Environment of the server and, through it, of every Python stub."""
@@ -530,9 +518,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--startup-timeout", type=float, default=300.0)
     parser.add_argument("--exit-timeout-secs", type=int, default=10, help="how long SIGTERM drains requests")
     parser.add_argument(
-        "--cache-mb", type=int, default=DEFAULT_CACHE_MB, help="response cache for image embeddings (0: off)"
-    )
-    parser.add_argument(
         "--python-env",
         type=Path,
         default=None,
@@ -613,7 +598,6 @@ def main(argv: Sequence[str] | None = None) -> int:
             startup_timeout=args.startup_timeout,
             exit_timeout_s=args.exit_timeout_secs,
             log_path=args.log_file,
-            cache_mb=args.cache_mb,
             python_env=args.python_env,
             restriction=restriction,
             grpc_tls=tls,
