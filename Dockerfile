@@ -54,13 +54,10 @@ RUN groupadd --gid "${APP_UID}" mobilesamv2 \
 USER ${APP_UID}:${APP_UID}
 WORKDIR /opt/mobilesamv2
 
-# --- allocator (BENCHMARKS.md "Allocator"; the launcher's MOBILESAMV2_ALLOCATOR=glibc-tuned): tritonserver and every
-# Python stub keep large blocks in the heap instead of mapping fresh zero-filled pages per allocation.
-ENV MALLOC_MMAP_THRESHOLD_=33554432 \
-    MALLOC_TRIM_THRESHOLD_=1073741824 \
-    MALLOC_TOP_PAD_=268435456 \
-    MALLOC_MMAP_MAX_=0
-# --- end allocator
+# --- allocator (BENCHMARKS.md "Allocator"): nothing process-wide. On CPU the ONNX Runtime stubs tune their own heap
+# (config parameter malloc_keep_large_blocks); MALLOC_* here would reach the pipeline stub too, whose memory then
+# follows the largest image it ever decoded (measured: 10 GB in one stub). MOBILESAMV2_ALLOCATOR=glibc turns the
+# per-stub tuning off.
 
 EXPOSE 8000 8001 8002
 # Health = real inferences through every model within a deadline (mobilesamv2.server.probe: a SegAny box, a

@@ -35,16 +35,18 @@ from benchmarks.sections import write_section  # noqa: E402
 
 START, END = "<!-- allocator:start -->", "<!-- allocator:end -->"
 ALLOCATOR_VAR = "MOBILESAMV2_ALLOCATOR"
-VARIANTS = ("glibc", "glibc-mmap-threshold", "glibc-tuned", "jemalloc", "tcmalloc")
+VARIANTS = ("glibc", "default", "glibc-tuned", "glibc-mmap-threshold", "jemalloc", "tcmalloc")
 # Not a launcher choice: the launcher's glibc-tuned without MALLOC_MMAP_MAX_=0 (blocks above glibc's 32 MiB
 # threshold cap are still mmap'd and unmapped per allocation).
 EXPERIMENTS = {
+    # the launcher's default: nothing process-wide, the ONNX Runtime stubs tune their own heap (mallopt)
+    "default": {},
     "glibc-mmap-threshold": {
         ALLOCATOR_VAR: "glibc",
         "MALLOC_MMAP_THRESHOLD_": str(32 << 20),
         "MALLOC_TRIM_THRESHOLD_": str(1 << 30),
         "MALLOC_TOP_PAD_": str(256 << 20),
-    }
+    },
 }
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "allocator.json"
 DEFAULT_REPOSITORY = REPO_ROOT / "work" / "test-cache" / "model_repository"
@@ -73,8 +75,13 @@ def variant_env(repository: Path, variant: str) -> dict[str, str]:
 # --- (b) the reference, in a child with the variant's environment -------------------------------------------
 
 
-def _child_reference(weights: Path, image: Path, conf: float, reps: int) -> dict:
+def _child_reference(weights: Path, image: Path, conf: float, reps: int, heap: bool = False) -> dict:
     from mobilesamv2.reference import ReferencePipeline
+    from mobilesamv2.server.glue import keep_large_blocks_in_heap
+
+    heap_tuned = (
+        heap and keep_large_blocks_in_heap()
+    )  # "default": what benchmarks/run.py does for its reference
 
     pipe = ReferencePipeline.from_checkpoints(weights, encoder="efficientvit_l2")
     data = image.read_bytes()
@@ -100,13 +107,14 @@ def _child_reference(weights: Path, image: Path, conf: float, reps: int) -> dict
         "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
         "ld_preload": os.environ.get("LD_PRELOAD", ""),
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "heap_tuned": heap_tuned,
     }
 
 
 def reference_run(repository: Path, variant: str, weights: Path, image: Path, conf: float, reps: int) -> dict:
     command = [
         sys.executable, "-m", "benchmarks.allocator", "--child-reference",
-        str(weights), str(image), str(conf), str(reps),
+        str(weights), str(image), str(conf), str(reps), "heap" if variant == "default" else "",
     ]  # fmt: skip
     result = subprocess.run(
         command,
@@ -220,6 +228,15 @@ def render(results: dict) -> str:
     ]
     lines += ["", "Variants (what the launcher sets; `MOBILESAMV2_ALLOCATOR` picks one):", ""]
     for variant, applied in results.get("applied", {}).items():
+        if variant == "default":
+            lines.append(
+                "- `default` (`MOBILESAMV2_ALLOCATOR` unset): nothing process-wide; the image_encoder, "
+                "prompt_decoder and interactive_decoder stubs call glibc's `mallopt` at load (config "
+                "parameter "
+                "`malloc_keep_large_blocks`: mmap threshold 32 MiB, no mmap, trim threshold 1 GiB, top pad "
+                "256 MiB); the reference child calls the same (as `benchmarks/run.py` does for its reference)"
+            )
+            continue
         lines.append(f"- `{variant}`: {', '.join(f'`{a}`' for a in applied) or 'nothing (glibc defaults)'}")
     if results.get("decision"):
         lines += ["", results["decision"]]
@@ -231,7 +248,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--child-reference":
         weights, image, conf, reps = Path(argv[1]), Path(argv[2]), float(argv[3]), int(argv[4])
-        print(json.dumps(_child_reference(weights, image, conf, reps)))
+        heap = len(argv) > 5 and argv[5] == "heap"
+        print(json.dumps(_child_reference(weights, image, conf, reps, heap)))
         return 0
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)

@@ -665,12 +665,30 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
         "",
         "**Allocator**: "
         + (
-            ", ".join(f"`{k}={v}`" for k, v in meta["allocator_env"].items())
-            if meta.get("allocator_env")
-            else "glibc defaults"
-        )
-        + " for tritonserver, every stub and this benchmark's own process (the in-process reference), as "
-        "the launcher sets it (section Allocator).",
+            "the launcher's default: nothing process-wide"
+            + (
+                ", " + ", ".join(f"`{k}={v}`" for k, v in meta["allocator_env"].items())
+                if meta.get("allocator_env")
+                else ""
+            )
+            + "; the ONNX Runtime stubs (image_encoder, prompt_decoder, interactive_decoder) keep large "
+            "blocks in their heap (`malloc_keep_large_blocks`: glibc mallopt, mmap threshold 32 MiB, "
+            "no mmap, trim threshold 1 GiB, top pad 256 MiB)"
+            + (
+                ", and so does this benchmark's own process (the in-process reference)"
+                if meta["reference_heap_tuned"]
+                else ""
+            )
+            + " (section Allocator)."
+            if "reference_heap_tuned" in meta
+            else (
+                ", ".join(f"`{k}={v}`" for k, v in meta["allocator_env"].items())
+                if meta.get("allocator_env")
+                else "glibc defaults"
+            )
+            + " for tritonserver, every stub and this benchmark's own process (the in-process reference), as "
+            "the launcher sets it (section Allocator)."
+        ),
         "",
     ]
     if plot_path:

@@ -197,10 +197,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return 2
 
-    # The in-process reference must run under the server's allocator (glibc reads MALLOC_* at start only).
-    from benchmarks.e2e import ALLOCATOR_KEYS, reexec_with_server_allocator
+    # The in-process reference gets the heap tuning the server's ONNX Runtime stubs give themselves (it helps
+    # PyTorch more than ONNX Runtime: BENCHMARKS.md "Allocator"), so that no ratio here flatters the server.
+    from benchmarks.e2e import ALLOCATOR_KEYS
+    from mobilesamv2.server.glue import keep_large_blocks_in_heap
 
-    reexec_with_server_allocator(["-m", "benchmarks.run", *argv], args.model_repository)
+    reference_heap_tuned = keep_large_blocks_in_heap()
     os.environ.setdefault("YOLO_OFFLINE", "1")
     os.environ.setdefault("YOLO_AUTOINSTALL", "False")
     os.environ.setdefault("YOLO_CONFIG_DIR", str(REPO_ROOT / "work" / "ultralytics"))
@@ -244,6 +246,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             "encoder": encoder,
             "results_json": os.path.relpath(results_json, REPO_ROOT),
             "allocator_env": {k: os.environ[k] for k in ALLOCATOR_KEYS if k in os.environ},
+            "reference_heap_tuned": reference_heap_tuned,
         }
     }
     if args.merge is not None:

@@ -4,9 +4,6 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup_env.sh || exit 1
 export YOLO_OFFLINE=1 YOLO_AUTOINSTALL=False YOLO_CONFIG_DIR="$PWD/work/ultralytics"
-# --- allocator (BENCHMARKS.md "Allocator"; the launcher's MOBILESAMV2_ALLOCATOR=glibc-tuned): the tests' in-process
-# reference and pipelines run with the malloc settings of the server's processes.
-export MALLOC_MMAP_THRESHOLD_=33554432 MALLOC_TRIM_THRESHOLD_=1073741824 MALLOC_TOP_PAD_=268435456 MALLOC_MMAP_MAX_=0
 # Step 0: lint with the project's configuration (pyproject.toml [tool.ruff]): rules and formatting.
 echo "[test] ruff check . && ruff format --check ."
 lint_status=0

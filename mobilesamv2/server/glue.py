@@ -8,6 +8,7 @@ those three import ``triton_python_backend_utils``, which exists only inside a T
 
 from __future__ import annotations
 
+import ctypes
 import os
 import uuid
 from collections.abc import Iterable, Mapping
@@ -73,6 +74,41 @@ class Parameters(Mapping[str, str]):
 
     def list(self, key: str) -> list[str]:
         return [item.strip() for item in self._values.get(key, "").split(",") if item.strip()]
+
+
+# ------------------------------------------------------------------------------------------------ allocator
+
+ALLOCATOR_VAR = "MOBILESAMV2_ALLOCATOR"
+# glibc's mallopt(3) options (malloc.h) and the values of BENCHMARKS.md "Allocator": blocks of any size are
+# served from the heap and reused (no mmap, page faults and zeroing per large allocation); the heap's top is
+# returned to the system above 1 GiB.
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
+HEAP_MALLOPT = (
+    (_M_MMAP_THRESHOLD, 32 << 20),  # glibc's maximum
+    (_M_TRIM_THRESHOLD, 1 << 30),
+    (_M_TOP_PAD, 256 << 20),
+    (_M_MMAP_MAX, 0),
+)
+
+
+def keep_large_blocks_in_heap(environ: Mapping[str, str] = os.environ) -> bool:
+    """Apply ``HEAP_MALLOPT`` to this process (glibc only; True when applied).
+
+    For processes whose allocations are bounded, i.e. the ONNX Runtime stubs behind their input guards
+    (config parameter ``malloc_keep_large_blocks``), and the benchmarks' in-process reference. Never
+    process-wide: a heap that does not give big blocks back is unsafe where request sizes vary as much as
+    images do (with it set for every process, one ``segment_everything`` stub grew to 10 GB during the
+    hostile-input suite and was killed for memory). ``$MOBILESAMV2_ALLOCATOR`` ``glibc``, ``jemalloc`` or
+    ``tcmalloc`` turns it off.
+    """
+    if environ.get(ALLOCATOR_VAR, "").strip().lower() in ("glibc", "jemalloc", "tcmalloc"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(None).mallopt  # the C library the process runs on
+    except (OSError, AttributeError):  # not glibc (e.g. musl): leave its allocator alone
+        return False
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    return all(mallopt(option, value) == 1 for option, value in HEAP_MALLOPT)
 
 
 # --------------------------------------------------------------------------------------------------- errors

@@ -328,28 +328,27 @@ class TritonServer:
         )
         env.update(self.env)
         # --- allocator (BENCHMARKS.md "Allocator", measured by benchmarks/allocator.py) ------------------
-        # $MOBILESAMV2_ALLOCATOR: glibc-tuned (default), jemalloc, tcmalloc (LD_PRELOAD when the library is
-        # installed, else glibc-tuned, logged) or glibc (nothing set). Variables already set are kept.
+        # $MOBILESAMV2_ALLOCATOR: unset (default): nothing process-wide; the ONNX Runtime stubs tune their own
+        # heap (config parameter malloc_keep_large_blocks, glue.keep_large_blocks_in_heap). glibc: nothing
+        # anywhere. glibc-tuned: the same tuning for every process (tritonserver and all stubs; measured
+        # unsafe for the pipeline stub, whose memory follows the image size). jemalloc, tcmalloc: LD_PRELOAD
+        # when the library is installed (else the default, logged). Variables already set are kept.
         import logging
         import platform
 
-        allocator = env.get("MOBILESAMV2_ALLOCATOR", "glibc-tuned").strip().lower() or "glibc-tuned"
+        allocator = env.get("MOBILESAMV2_ALLOCATOR", "").strip().lower()
         preload = {"jemalloc": "libjemalloc.so.2", "tcmalloc": "libtcmalloc_minimal.so.4"}
         if allocator in preload:
             library = Path(f"/usr/lib/{platform.machine()}-linux-gnu") / preload[allocator]
             if library.is_file():
                 env["LD_PRELOAD"] = " ".join(p for p in (str(library), env.get("LD_PRELOAD")) if p)
             else:
-                logging.getLogger(__name__).warning("%s not found: glibc-tuned allocator instead", library)
-                allocator = "glibc-tuned"
-        elif allocator not in ("glibc", "glibc-tuned"):
-            logging.getLogger(__name__).warning("unknown MOBILESAMV2_ALLOCATOR %r: glibc-tuned", allocator)
-            allocator = "glibc-tuned"
+                logging.getLogger(__name__).warning("%s not found: the default allocator instead", library)
+                env.pop("MOBILESAMV2_ALLOCATOR")
+        elif allocator not in ("", "glibc", "glibc-tuned"):
+            logging.getLogger(__name__).warning("unknown MOBILESAMV2_ALLOCATOR %r: the default", allocator)
+            env.pop("MOBILESAMV2_ALLOCATOR")
         if allocator == "glibc-tuned":
-            # Big blocks (decoder activations, logits, tensors through shared memory) are reused from the
-            # heap instead of a fresh zero-filled mmap each time: far fewer page faults, less system time.
-            # MMAP_MAX_ 0: also the blocks above the 32 MiB threshold cap (threads' arenas still fall back
-            # to mmap when their heap cannot grow).
             env.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc's maximum
             env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
             env.setdefault("MALLOC_TOP_PAD_", str(256 << 20))

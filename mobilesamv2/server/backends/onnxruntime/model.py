@@ -107,6 +107,8 @@ class TritonPythonModel:
             raise pb_utils.TritonModelException(f"{self.name}: ONNX file not found: {path}")
 
         params = glue.Parameters.from_config(config)
+        if params.flag("malloc_keep_large_blocks", False):
+            glue.keep_large_blocks_in_heap()
         settings = glue.ort_settings(params)
         self.session = ort.InferenceSession(
             path,
