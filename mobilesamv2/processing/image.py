@@ -84,35 +84,49 @@ def probe_image(data: bytes, limits: Limits = HARD_LIMITS) -> ImageHeader:
         Image.MAX_IMAGE_PIXELS,
         None,
     )  # our limit applies, with a better message
+    unrecognised = InvalidImageError(
+        f"data is not a recognised image ({len(data)} bytes); expected one of {', '.join(SUPPORTED_FORMATS)}"
+    )
     try:
         with Image.open(io.BytesIO(data)) as header:
             fmt, (width, height) = header.format, header.size
+            if fmt not in SUPPORTED_FORMATS:
+                raise InvalidImageError(
+                    f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}"
+                )
+            # The limits first, on the header's size (turning by the orientation changes neither the pixel
+            # count nor the aspect ratio): nothing below may read pixels of an image over them. (PIL's getexif
+            # on a PNG without an eXIf chunk before IDAT loads the whole image: a PNG header announcing
+            # 100000x100000 took a stub to 9.5 GB when the orientation was read first.)
+            try:
+                check_image_shape(height, width, limits)
+            except ContractError as exc:
+                raise InvalidImageError(str(exc)) from None
             frames = int(getattr(header, "n_frames", 1) or 1) if fmt == "GIF" else 1
             # OpenCV turns JPEG and PNG (eXIf) by their EXIF orientation; PIL reports TIFF sizes turned
             orientation = _orientation(header) if fmt in ("JPEG", "PNG") else 1
+    except InvalidImageError:
+        raise
     except Exception:
-        raise InvalidImageError(
-            f"data is not a recognised image ({len(data)} bytes); expected one of "
-            f"{', '.join(SUPPORTED_FORMATS)}"
-        ) from None
+        raise unrecognised from None
     finally:
         Image.MAX_IMAGE_PIXELS = pil_limit
-    if fmt not in SUPPORTED_FORMATS:
-        raise InvalidImageError(
-            f"unsupported image format {fmt}; expected one of {', '.join(SUPPORTED_FORMATS)}"
-        )
     if orientation in _TRANSPOSING_ORIENTATIONS:
         width, height = height, width
-    try:
-        check_image_shape(height, width, limits)
-    except ContractError as exc:
-        raise InvalidImageError(str(exc)) from None
     return ImageHeader(fmt, height, width, frames)
 
 
 def _orientation(header: Image.Image) -> int:
-    """EXIF orientation (OpenCV applies it when it decodes); 1 when absent or unreadable."""
+    """EXIF orientation (OpenCV applies it when it decodes); 1 when absent or unreadable. Never decodes
+    pixels: a PNG's EXIF is read from the eXIf chunk PIL met before the image data (where OpenCV reads it)."""
     try:
+        if header.format == "PNG":
+            raw = header.info.get("exif")
+            if not raw:
+                return 1
+            exif = Image.Exif()
+            exif.load(raw)
+            return int(exif.get(0x0112, 1))
         return int(header.getexif().get(0x0112, 1))
     except Exception:
         return 1

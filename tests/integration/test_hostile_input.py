@@ -14,8 +14,8 @@ Three groups of cases, sent raw (``raw_infer``: no client-side validation), over
 
 The results table (case, input, verdict, message, time) and the peak memory of tritonserver and its stubs
 are written to ``$HOSTILE_INPUT_REPORT`` (default ``work/hostile-input/results.md``); docs/hostile-input.md
-shows a committed run. One shared server (the session's ``triton_server``), small images, tiny
-``max_prompts``.
+shows a committed run. A fresh server of its own (its memory is the suite's, whatever ran before), small
+images, tiny ``max_prompts``.
 """
 
 from __future__ import annotations
@@ -1091,6 +1091,8 @@ class Row:
     healthy: bool
     rss_after: int = 0
     outcome: str = "?"
+    peak_during: int = 0  # the process tree's largest summed RSS sampled while this case ran
+    peak_by_process: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass
@@ -1104,17 +1106,29 @@ class Runner:
     start_rss: int = 0
     stubs: dict[int, str] = field(default_factory=dict)
     _stop: threading.Event = field(default_factory=threading.Event)
+    _case_peak: int = 0
+    _case_peak_by: dict[str, int] = field(default_factory=dict)
 
     def processes(self) -> list[psutil.Process]:
         root = psutil.Process(self.server.pid)
         return [root, *root.children(recursive=True)]
 
-    def rss(self) -> int:
-        total = 0
+    def rss_by_process(self) -> dict[str, int]:
+        out = {}
         for process in self.processes():
             with contextlib.suppress(psutil.Error):  # a process may end between listing and reading
-                total += process.memory_info().rss
-        return total
+                out[self.stubs.get(process.pid, "tritonserver")] = process.memory_info().rss
+        return out
+
+    def rss(self) -> int:
+        return sum(self.rss_by_process().values())
+
+    def _sample(self) -> None:
+        by_process = self.rss_by_process()
+        total = sum(by_process.values())
+        self.peak_rss = max(self.peak_rss, total)
+        if total > self._case_peak:
+            self._case_peak, self._case_peak_by = total, by_process
 
     def start(self) -> None:
         self.stubs = {p.pid: " ".join(p.cmdline()[-3:]) for p in self.processes()[1:]}
@@ -1122,7 +1136,7 @@ class Runner:
 
         def sample() -> None:
             while not self._stop.wait(0.05):
-                self.peak_rss = max(self.peak_rss, self.rss())
+                self._sample()
 
         threading.Thread(target=sample, daemon=True).start()
 
@@ -1147,13 +1161,17 @@ class Runner:
 
     def run(self, case: Case, protocol: str) -> tuple[Row, dict | None]:
         inputs = case.inputs()
+        self._case_peak, self._case_peak_by = 0, {}
         started = time.perf_counter()
         result, verdict, message = None, "ok", ""
         try:
             result = self.call(case.model, inputs, list(case.outputs) if case.outputs else None, protocol)
         except InferenceServerException as exc:
             verdict, message = _code(exc), str(exc.message())
-        row = Row(case, protocol, verdict, message, time.perf_counter() - started, self.healthy(), self.rss())
+        seconds = time.perf_counter() - started
+        self._sample()
+        row = Row(case, protocol, verdict, message, seconds, self.healthy(), self.rss())
+        row.peak_during, row.peak_by_process = self._case_peak, self._case_peak_by
         self.rows.append(row)
         return row, result
 
@@ -1162,13 +1180,16 @@ RUNNER: Runner  # set by the module fixture (the first-frame checks call the ser
 
 
 @pytest.fixture(scope="module")
-def runner(triton_server, raw_infer):
+def runner(built_repository, triton_server_factory, raw_infer):
+    """A server of its own, fresh: its memory during the suite is the suite's, whatever ran before."""
     global RUNNER
-    RUNNER = Runner(triton_server, raw_infer)
+    server = triton_server_factory(built_repository, startup_timeout=300)
+    RUNNER = Runner(server, raw_infer)
     RUNNER.start()
     yield RUNNER
     RUNNER.stop()
     write_report(RUNNER)
+    server.stop()
 
 
 # -------------------------------------------------------------------------------------------------- the tests
@@ -1218,7 +1239,12 @@ def test_peak_memory_stays_bounded(runner):
         f"\ntritonserver + {len(runner.stubs)} stubs: {runner.start_rss / 2**30:.2f} GiB at the start, "
         f"peak {runner.peak_rss / 2**30:.2f} GiB during {len(runner.rows)} hostile requests"
     )
-    assert runner.peak_rss < PEAK_RSS_LIMIT
+    spike = max(runner.rows, key=lambda r: r.peak_during)
+    by_process = {k: round(v / 2**30, 2) for k, v in spike.peak_by_process.items()}
+    assert runner.peak_rss < PEAK_RSS_LIMIT, (
+        f"peak {runner.peak_rss / 2**30:.2f} GiB; the largest while a case ran: "
+        f"{spike.peak_during / 2**30:.2f} GiB during {spike.case.id} ({spike.protocol}): {by_process}"
+    )
 
 
 def test_there_are_at_least_40_distinct_cases():
@@ -1305,6 +1331,11 @@ def write_report(runner: Runner) -> None:
     if not rows:
         return
     biggest = max(rows, key=lambda r: r.rss_after)
+    spike = max(rows, key=lambda r: r.peak_during)
+    spike_by = ", ".join(
+        f"{name.split()[1] if len(name.split()) > 1 else name} {rss / 2**30:.2f}"
+        for name, rss in sorted(spike.peak_by_process.items(), key=lambda kv: -kv[1])
+    )
     counts: dict[str, int] = {}
     for row in rows:
         counts[row.outcome] = counts.get(row.outcome, 0) + 1
@@ -1321,7 +1352,9 @@ def write_report(runner: Runner) -> None:
         f"(at the start {runner.start_rss / 2**30:.2f} GiB; "
         f"limit asserted {PEAK_RSS_LIMIT / 2**30:.0f} GiB). "
         f"The largest RSS right after a case: {biggest.rss_after / 2**30:.2f} GiB, after "
-        f"`{biggest.case.id}` ({biggest.protocol}). "
+        f"`{biggest.case.id}` ({biggest.protocol}). The largest peak while a case ran: "
+        f"{spike.peak_during / 2**30:.2f} GiB, during `{spike.case.id}` ({spike.protocol}; GiB per process: "
+        f"{spike_by}). "
         "Every case was followed by a readiness check and a "
         f"check that every stub process is alive: {sum(r.healthy for r in rows)}/{len(rows)} healthy.",
         "",
