@@ -150,7 +150,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         env = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
         results["allocator"] = (
-            ", ".join(e.decode() for e in env if e.split(b"=")[0].decode() in e2e.ALLOCATOR_KEYS) or "glibc"
+            ", ".join(e.decode() for e in env if e.split(b"=")[0].decode() in e2e.ALLOCATOR_KEYS)
+            or "default: nothing process-wide, the ONNX Runtime stubs tune their own heap"
         )
         warm = load_image(sample_images()[0])
         warm[0, 0] = (salt, 0, 255)

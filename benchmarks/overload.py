@@ -369,7 +369,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     ):
         env = Path(f"/proc/{server.pid}/environ").read_bytes().split(b"\0")
         results["allocator"] = (
-            ", ".join(e.decode() for e in env if e.split(b"=")[0].decode() in e2e.ALLOCATOR_KEYS) or "glibc"
+            ", ".join(e.decode() for e in env if e.split(b"=")[0].decode() in e2e.ALLOCATOR_KEYS)
+            or "default: nothing process-wide, the ONNX Runtime stubs tune their own heap"
         )
         sampler = RssSampler(server.pid).start()
         results["idle_rss_mb"] = sampler.sample()

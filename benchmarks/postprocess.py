@@ -37,6 +37,7 @@ import numpy as np  # noqa: E402
 from benchmarks.environment import cpu_model, git_commit, package_versions  # noqa: E402
 from mobilesamv2.processing import masks  # noqa: E402
 from mobilesamv2.processing.image import ENCODER_IMAGE_SIZE, encoder_input_size  # noqa: E402
+from mobilesamv2.synthetic_logits import noise_logits, smooth_logits  # noqa: E402
 from segment_everything_contract import rle as rle_codec  # noqa: E402
 
 DEFAULT_OUT = REPO_ROOT / "work" / "benchmarks" / "postprocess.md"
@@ -92,36 +93,6 @@ def new_masks_to_rles(low_res_logits, input_size, original_size) -> list[dict]:
 
 
 # ------------------------------------------------------------------------------------------------ logits
-
-
-def smooth_logits(n: int, seed: int = 0) -> np.ndarray:
-    """Realistic low-res logits (about -20..+20): alternately sums of 1-4 Gaussian blobs on a negative
-    background, and scaled signed distance fields of an ellipse or a rectangle (some cut by the border)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64) + 0.5
-    out = np.empty((n, 256, 256), np.float32)
-    for i in range(n):
-        if i % 2 == 0:
-            f = np.full((256, 256), -rng.uniform(1, 4))
-            for _ in range(rng.integers(1, 5)):
-                cy, cx = rng.uniform(-20, 276, 2)
-                s, a = rng.uniform(6, 70), rng.uniform(2, 20)
-                f += a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
-        else:
-            cy, cx = rng.uniform(0, 256, 2)
-            ry, rx = rng.uniform(5, 120, 2)
-            if rng.random() < 0.5:
-                d = (np.hypot((yy - cy) / ry, (xx - cx) / rx) - 1) * min(ry, rx)
-            else:
-                qy, qx = np.abs(yy - cy) - ry, np.abs(xx - cx) - rx
-                d = np.hypot(np.maximum(qy, 0), np.maximum(qx, 0)) + np.minimum(np.maximum(qy, qx), 0)
-            f = np.clip(-d * rng.uniform(0.3, 2.0), -20, 20)
-        out[i] = f
-    return out
-
-
-def noise_logits(n: int, seed: int = 0) -> np.ndarray:
-    return np.random.default_rng(seed).standard_normal((n, 256, 256)).astype(np.float32)
 
 
 # ------------------------------------------------------------------------------------------- measuring

@@ -27,6 +27,7 @@ from mobilesamv2.processing.device_masks import (
 )
 from mobilesamv2.processing.image import encoder_input_size
 from mobilesamv2.processing.masks import iter_upsampled_transposed
+from mobilesamv2.synthetic_logits import noise_logits, smooth_logits
 from segment_everything_contract import Prompts, Settings
 from segment_everything_contract import rle as rle_codec
 
@@ -56,37 +57,6 @@ def opencv_default():
 
 
 # ------------------------------------------------------------------------------------------------ logits
-
-
-def smooth_logits(n: int, seed: int = 0) -> np.ndarray:
-    """Realistic low-res logits: alternately sums of Gaussian blobs and scaled signed distance fields of
-    ellipses and rectangles (some cut by the image border), SAM-like magnitudes (about -20..+20)."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[0:256, 0:256].astype(np.float64) + 0.5
-    out = np.empty((n, 256, 256), np.float32)
-    for i in range(n):
-        if i % 2 == 0:
-            f = np.full((256, 256), -rng.uniform(1, 4))
-            for _ in range(rng.integers(1, 5)):
-                cy, cx = rng.uniform(-20, 276, 2)
-                s, a = rng.uniform(6, 70), rng.uniform(2, 20)
-                f += a * np.exp(-((yy - cy) ** 2 + (xx - cx) ** 2) / (2 * s * s))
-        else:
-            cy, cx = rng.uniform(0, 256, 2)
-            ry, rx = rng.uniform(5, 120, 2)
-            if rng.random() < 0.5:  # ellipse
-                d = (np.hypot((yy - cy) / ry, (xx - cx) / rx) - 1) * min(ry, rx)
-            else:  # rectangle: distance outside, negative depth inside
-                qy, qx = np.abs(yy - cy) - ry, np.abs(xx - cx) - rx
-                d = np.hypot(np.maximum(qy, 0), np.maximum(qx, 0)) + np.minimum(np.maximum(qy, qx), 0)
-            f = np.clip(-d * rng.uniform(0.3, 2.0), -20, 20)
-        out[i] = f
-    return out
-
-
-def noise_logits(n: int, seed: int = 0) -> np.ndarray:
-    """What random weights produce at worst: independent N(0, 1) logits per low-res pixel."""
-    return np.random.default_rng(seed).standard_normal((n, 256, 256)).astype(np.float32)
 
 
 def count(size: tuple[int, int]) -> int:
