@@ -31,7 +31,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a file
     sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import e2e  # noqa: E402
-from benchmarks.sections import write_section  # noqa: E402
+from benchmarks.sections import publish, write_section  # noqa: E402
 
 START, END = "<!-- allocator:start -->", "<!-- allocator:end -->"
 ALLOCATOR_VAR = "MOBILESAMV2_ALLOCATOR"
@@ -330,11 +330,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"{r['ms']:,.0f} ms sys {r['system_s']:.2f} s {r['minflt']:,} faults" for r in run["records"]
             )
         )
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    write_section(args.out, START, END, render(results))
-    print(render(results))
+    publish(results, args.json, args.out, START, END, render)
     return 0
 
 

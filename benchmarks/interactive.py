@@ -31,7 +31,7 @@ for extra in (REPO_ROOT / "client" / "examples",):
         sys.path.insert(0, str(extra))
 
 from benchmarks import e2e  # noqa: E402
-from benchmarks.sections import write_section  # noqa: E402
+from benchmarks.sections import publish, write_section  # noqa: E402
 
 START, END = "<!-- interactive:start -->", "<!-- interactive:end -->"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "interactive.json"
@@ -181,11 +181,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                     + f" ms; cache entry {max(new.values()) if new else '?'} bytes",
                     flush=True,
                 )
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    write_section(args.out, START, END, render(results))
-    print(render(results))
+    publish(results, args.json, args.out, START, END, render)
     return 0
 
 

@@ -45,22 +45,13 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import e2e  # noqa: E402
-from benchmarks.sections import write_section  # noqa: E402
+from benchmarks.sections import publish, write_section  # noqa: E402
+from loadtest.run import percentile  # noqa: E402
 
 START, END = "<!-- overload:start -->", "<!-- overload:end -->"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "overload.json"
 DEFAULT_REPOSITORY = REPO_ROOT / "work" / "test-cache" / "model_repository"
 SENDERS = 64
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 class Images:
@@ -412,11 +403,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         results["soak"] = soak
         sampler.stop()
         results["rss_samples"] = sampler.samples
-    results["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
-    args.json.parent.mkdir(parents=True, exist_ok=True)
-    args.json.write_text(json.dumps(results, indent=1) + "\n")
-    write_section(args.out, START, END, render(results))
-    print(render(results))
+    publish(results, args.json, args.out, START, END, render)
     return 0
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -14,3 +17,14 @@ def write_section(path: Path, start: str, end: str, body: str) -> None:
     else:
         text = text.rstrip() + "\n\n" + section + "\n"
     path.write_text(text)
+
+
+def publish(
+    results: dict, json_path: Path, out: Path, start: str, end: str, render: Callable[[dict], str]
+) -> None:
+    """Stamp ``results`` finished, save them as JSON, write their section of ``out`` and print it."""
+    results["finished"] = time.strftime("%Y-%m-%d %H:%M %Z")
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1) + "\n")
+    write_section(out, start, end, render(results))
+    print(render(results))
