@@ -59,7 +59,7 @@ def overrides(variant: str) -> dict[str, str]:
 
 def variant_env(repository: Path, variant: str) -> dict[str, str]:
     """This process's environment without allocator variables, plus the launcher's for ``variant``."""
-    env = {k: v for k, v in os.environ.items() if k not in e2e.ALLOCATOR_KEYS and k != e2e.REEXEC_MARK}
+    env = {k: v for k, v in os.environ.items() if k not in e2e.ALLOCATOR_KEYS}
     env.update(overrides(variant))
     saved = dict(os.environ)
     os.environ.clear()

@@ -58,7 +58,6 @@ ALLOCATOR_KEYS = (
     "MALLOC_ARENA_MAX",
     "MALLOC_CONF",
 )
-REEXEC_MARK = "MOBILESAMV2_BENCH_ALLOCATOR_APPLIED"
 
 
 def median(values: Sequence[float]) -> float:
@@ -80,22 +79,6 @@ def server_allocator_env(repository: Path | str, overrides: dict[str, str] | Non
 
     env = TritonServer(repository, env=overrides or {}).environment()
     return {k: env[k] for k in ALLOCATOR_KEYS if k in env}
-
-
-def reexec_with_server_allocator(argv: Sequence[str], repository: Path | str) -> None:
-    """Re-execute this interpreter with the server's allocator variables when they are not in effect yet
-    (glibc reads ``MALLOC_*`` and the loader ``LD_PRELOAD`` at process start only). No-op when the launcher
-    sets none (e.g. an older checkout) or when they already match."""
-    if os.environ.get(REEXEC_MARK):
-        return
-    wanted = server_allocator_env(repository)
-    missing = {k: v for k, v in wanted.items() if os.environ.get(k) != v}
-    if not missing:
-        return
-    env = {**os.environ, **missing, REEXEC_MARK: "1"}
-    print(f"[benchmarks] re-executing with the server's allocator: {missing}", flush=True)
-    sys.stdout.flush()
-    os.execve(sys.executable, [sys.executable, *argv], env)
 
 
 def load_reference(weights: Path | str, encoder: str = "efficientvit_l2"):

@@ -79,20 +79,16 @@ class Parameters(Mapping[str, str]):
 # ------------------------------------------------------------------------------------------------ allocator
 
 ALLOCATOR_VAR = "MOBILESAMV2_ALLOCATOR"
-# glibc's mallopt(3) options (malloc.h) and the values of BENCHMARKS.md "Allocator": blocks of any size are
-# served from the heap and reused (no mmap, page faults and zeroing per large allocation); the heap's top is
-# returned to the system above 1 GiB.
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -2, -3, -4
-HEAP_MALLOPT = (
-    (_M_MMAP_THRESHOLD, 32 << 20),  # glibc's maximum
-    (_M_TRIM_THRESHOLD, 1 << 30),
-    (_M_TOP_PAD, 256 << 20),
-    (_M_MMAP_MAX, 0),
-)
+# The values of BENCHMARKS.md "Allocator": blocks of any size are served from the heap and reused (no mmap,
+# page faults and zeroing per large allocation); the heap's top is returned to the system above 1 GiB.
+HEAP_SETTINGS = {"MMAP_THRESHOLD": 32 << 20, "TRIM_THRESHOLD": 1 << 30, "TOP_PAD": 256 << 20, "MMAP_MAX": 0}
+# the same for a whole process tree, as glibc reads them at start (the launcher's opt-in ``glibc-tuned``)
+HEAP_MALLOC_ENV = {f"MALLOC_{name}_": str(value) for name, value in HEAP_SETTINGS.items()}
+_MALLOPT = {"TRIM_THRESHOLD": -1, "TOP_PAD": -2, "MMAP_THRESHOLD": -3, "MMAP_MAX": -4}  # malloc.h's M_*
 
 
 def keep_large_blocks_in_heap(environ: Mapping[str, str] = os.environ) -> bool:
-    """Apply ``HEAP_MALLOPT`` to this process (glibc only; True when applied).
+    """Apply ``HEAP_SETTINGS`` to this process with mallopt(3) (glibc only; True when applied).
 
     For processes whose allocations are bounded, i.e. the ONNX Runtime stubs behind their input guards
     (config parameter ``malloc_keep_large_blocks``), and the benchmarks' in-process reference. Never
@@ -108,7 +104,7 @@ def keep_large_blocks_in_heap(environ: Mapping[str, str] = os.environ) -> bool:
     except (OSError, AttributeError):  # not glibc (e.g. musl): leave its allocator alone
         return False
     mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
-    return all(mallopt(option, value) == 1 for option, value in HEAP_MALLOPT)
+    return all(mallopt(_MALLOPT[name], value) == 1 for name, value in HEAP_SETTINGS.items())
 
 
 # --------------------------------------------------------------------------------------------------- errors

@@ -53,7 +53,6 @@ WORK_DIR = REPO_ROOT / "work"
 BACKENDS_SOURCE = Path(__file__).resolve().parent / "backends"
 DEFAULT_BACKEND_DIR = WORK_DIR / "triton" / "backends"
 DEFAULT_MODEL_REPOSITORY = REPO_ROOT / "model_repository"
-"""Response cache (image embeddings, 4 MiB each: about 60 recent images)."""
 PYTHON_ENV_VAR = "MOBILESAMV2_SERVER_PYTHON_ENV"
 """Serve the Python models from this virtual environment when ``TritonServer(python_env=...)`` is None."""
 
@@ -349,10 +348,10 @@ class TritonServer:
             logging.getLogger(__name__).warning("unknown MOBILESAMV2_ALLOCATOR %r: the default", allocator)
             env.pop("MOBILESAMV2_ALLOCATOR")
         if allocator == "glibc-tuned":
-            env.setdefault("MALLOC_MMAP_THRESHOLD_", str(32 << 20))  # glibc's maximum
-            env.setdefault("MALLOC_TRIM_THRESHOLD_", str(1 << 30))
-            env.setdefault("MALLOC_TOP_PAD_", str(256 << 20))
-            env.setdefault("MALLOC_MMAP_MAX_", "0")
+            from mobilesamv2.server.glue import HEAP_MALLOC_ENV
+
+            for key, value in HEAP_MALLOC_ENV.items():
+                env.setdefault(key, value)
         # --- end allocator --------------------------------------------------------------------------------
         return env
 
