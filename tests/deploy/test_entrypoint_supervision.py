@@ -157,7 +157,11 @@ def test_a_lost_stub_stops_the_server_with_status_4(fake_repo: Path, sig: int) -
     process = run_serve(fake_repo, watch=0.1)
     pid = server_pid(process)
     stubs = wait_for_stubs(pid)
-    time.sleep(0.5)  # the baseline is taken once "ready"
+    # the entrypoint counts its baseline once "ready": wait for it (a stub stopped earlier would not count)
+    line = "-"
+    while line and "serving; Python stub processes per model" not in line:
+        line = process.stdout.readline()
+    assert line, "the entrypoint ended before counting its stubs"
     victim = next(s for s in stubs if s.model == "segment_everything")
     os.kill(victim.pid, sig)
     assert process.wait(timeout=20) == 4
