@@ -14,8 +14,11 @@ torch = pytest.importorskip("torch")
 from mobilesamv2.modeling.efficientvit import (  # noqa: E402
     OFFICIAL_L2_IMAGE_ENCODER_KEY_COUNT,
     LiteMLA,
+    UpSampleLayer,
+    bicubic_resize_matrix,
     build_efficientvit_l2_image_encoder,
     image_encoder_state_dict,
+    resizes_as_matmul,
 )
 
 # (key, shape) pairs taken from the official model; a representative sample of every part.
@@ -108,3 +111,32 @@ def test_litemla_attention_stays_float32_under_autocast() -> None:
             att = mla.relu_linear_att(qkv)
     assert att.dtype == torch.float32
     torch.testing.assert_close(att, expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.parametrize(
+    ("size_in", "size_out"),
+    [((16, 16), (64, 64)), ((32, 32), (64, 64)), ((5, 7), (64, 33)), ((64, 64), (16, 20)), ((1, 3), (4, 4))],
+)
+def test_bicubic_resize_matrices_equal_torch_bicubic(size_in, size_out) -> None:
+    """Upsampling (the encoder's 16->64 and 32->64), odd ratios, downsampling and a 1-pixel side: the two
+    matrix products give F.interpolate's bicubic (align_corners=False, border clamped) to float rounding."""
+    x = torch.randn(2, 3, *size_in, generator=torch.Generator().manual_seed(0)) * 10
+    expected = torch.nn.functional.interpolate(x, size=size_out, mode="bicubic", align_corners=False)
+    rows = torch.from_numpy(bicubic_resize_matrix(size_in[0], size_out[0]))
+    cols = torch.from_numpy(bicubic_resize_matrix(size_in[1], size_out[1]))
+    got = rows @ x @ cols.T
+    assert got.shape == expected.shape
+    assert (got - expected).abs().max() < 1e-4 * x.abs().max()
+
+
+def test_upsample_layers_resize_as_matmul_only_inside_the_block(encoder: torch.nn.Module) -> None:
+    layers = [m for m in encoder.modules() if isinstance(m, UpSampleLayer)]
+    x = torch.randn(1, 256, 16, 16, generator=torch.Generator().manual_seed(1))
+    bicubic = layers[0](x)
+    with resizes_as_matmul(encoder) as count:
+        assert count == len(layers) == 3 and all(layer.as_matmul for layer in layers)
+        as_matmul = layers[0](x)
+    assert not any(layer.as_matmul for layer in layers)
+    assert as_matmul.shape == bicubic.shape == (1, 256, 64, 64)
+    assert (as_matmul - bicubic).abs().max() < 1e-5 * bicubic.abs().max()
+    assert not torch.equal(as_matmul, bicubic), "bit-identical: was the matmul path used?"

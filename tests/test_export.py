@@ -69,6 +69,53 @@ def test_efficientvit_encoder_onnx_matches_pytorch_at_batch_1_and_2(built_reposi
     assert np.abs(single[0] - expected[1]).max() < 1e-3
 
 
+def _op_counts(path) -> tuple[dict[str, int], int]:
+    model = onnx.load(str(path), load_external_data=False)
+    counts: dict[str, int] = {}
+    for node in model.graph.node:
+        counts[node.op_type] = counts.get(node.op_type, 0) + 1
+    return counts, next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+
+
+def test_encoder_is_served_with_fused_gelus_and_matmul_resizes_and_its_tensorrt_source_is_opset_18(
+    built_repository, bus_rgb
+):
+    """The ONNX Runtime graph: one Gelu node per GELU (opset 20) and no Resize (the neck's bicubic resizes are
+    MatMuls). The TensorRT source (plain.onnx): the same graph at opset 18 with every Gelu expanded, and the
+    same embeddings."""
+    served, served_opset = _op_counts(built_repository / ONNX_FILES["image_encoder"])
+    plain, plain_opset = _op_counts(built_repository / ONNX_FILES["image_encoder_plain"])
+    assert served_opset == 20 and plain_opset == 18
+    assert served.get("Gelu", 0) >= 50 and "Resize" not in served and "Tanh" not in served
+    assert "Gelu" not in plain and plain["Tanh"] == served["Gelu"] and "Resize" not in plain
+    canvas, size = encoder_canvas(bus_rgb)
+    feeds = {"image": canvas[None], "image_size": size[None]}
+    (expected,) = _run(built_repository / ONNX_FILES["image_encoder"], feeds)
+    (got,) = _run(built_repository / ONNX_FILES["image_encoder_plain"], feeds)
+    assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_expand_gelu_gives_the_gelu_values_at_opset_18(tmp_path, approximate):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Gelu", ["x"], ["y"], approximate=approximate, name="g")],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None])],
+    )
+    path = tmp_path / "gelu.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), path)
+    assert onnx_export.write_tensorrt_source(path, tmp_path / "plain.onnx") == 1
+    ops, opset = _op_counts(tmp_path / "plain.onnx")
+    assert opset == 18 and "Gelu" not in ops and ops.get("Erf" if approximate == "none" else "Tanh") == 1
+    x = np.linspace(-6, 6, 101, dtype=np.float32)
+    (got,) = _run(tmp_path / "plain.onnx", {"x": x})
+    expected = torch.nn.functional.gelu(torch.from_numpy(x), approximate=approximate).numpy()
+    assert np.abs(got - expected).max() < 1e-5
+
+
 @pytest.mark.parametrize("n", [1, 7, 64])
 def test_decoder_onnx_matches_pytorch(built_repository, fake_weights, n):
     decoder = load_prompt_decoder(fake_weights / FILENAMES["decoder"])

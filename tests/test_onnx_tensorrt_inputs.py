@@ -41,7 +41,7 @@ def test_the_served_graphs_with_uint8_inputs_are_the_ones_expected(built_reposit
         graph = onnx.load(str(built_repository / path), load_external_data=False).graph
         if any(v.type.tensor_type.elem_type == TensorProto.UINT8 for v in graph.input):
             with_uint8.add(key)
-    assert with_uint8 == {"image_encoder", "detector"}
+    assert with_uint8 == {"image_encoder", "image_encoder_plain", "detector"}
 
 
 def _graph(nodes, path: Path) -> Path:

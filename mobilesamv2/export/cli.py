@@ -32,7 +32,8 @@ BUILD_INFO = "BUILD_INFO.json"
 WEIGHTS_KINDS = ("official", "fake")
 
 ONNX_FILES = {
-    "image_encoder": "image_encoder/1/model.onnx",
+    "image_encoder": "image_encoder/1/model.onnx",  # opset 20, resizes as MatMuls (ONNX Runtime)
+    "image_encoder_plain": "image_encoder/1/plain.onnx",  # the same at opset 18, GELU expanded (TensorRT)
     "prompt_decoder": "prompt_decoder/1/model.onnx",  # factorized formulation (ONNX Runtime)
     "prompt_decoder_plain": "prompt_decoder/1/plain.onnx",  # SAM's formulation, same I/O (TensorRT source)
     "interactive_decoder": "interactive_decoder/1/model.onnx",  # SegAny: all mask tokens, previous mask
@@ -149,9 +150,12 @@ def build_repository(
             graph, out / ONNX_FILES["image_encoder"], [encoder_canvas(i) for i in images]
         )
     )
+    expanded = onnx_export.write_tensorrt_source(
+        out / ONNX_FILES["image_encoder"], out / ONNX_FILES["image_encoder_plain"]
+    )
     log(
         f"      exported in {reports[-1].export_seconds:.1f} s, max diff vs PyTorch "
-        f"{reports[-1].max_abs_diff:.2e}"
+        f"{reports[-1].max_abs_diff:.2e}; TensorRT source with {expanded} GELUs expanded"
     )
     with torch.no_grad():
         canvas, size = encoder_canvas(images[0])

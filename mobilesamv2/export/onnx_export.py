@@ -9,6 +9,8 @@ and the decoder's dynamic prompt axis as they are. Shapes that vary in serving a
 
 from __future__ import annotations
 
+import contextlib
+import math
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -22,13 +24,16 @@ from torch.export import Dim
 import segment_everything_contract as contract
 
 from ..modeling.detector import ObjectAwareNetwork
+from ..modeling.efficientvit import resizes_as_matmul
 from ..modeling.image_encoder import ImageEncoderGraph
 from ..modeling.sam import PromptDecoder
 
 OPSET = 18
-DECODER_OPSET = (
-    20  # GELU is one ONNX op from opset 20 (a fused kernel in ONNX Runtime), not Erf + 4 elementwise ops
-)
+#: Graphs served by ONNX Runtime: GELU is one ONNX op from opset 20 (a fused kernel in ONNX Runtime), not Erf
+#: or Tanh + 4 to 7 elementwise ops (the L2 encoder's 57 tanh GELUs took ~20% of its CPU time as such).
+#: Their TensorRT sources are written at :data:`OPSET` (:func:`write_tensorrt_source`).
+GELU_OPSET = 20
+DECODER_OPSET = GELU_OPSET
 
 # Tensor names of the served graphs: the contract's (the detector graph is wrapped by object_discovery).
 ENCODER_INPUTS = tuple(t.name for t in contract.ENCODER_INPUTS)
@@ -138,6 +143,79 @@ def cast_uint8_inputs_first(path: Path) -> bool:
     return changed
 
 
+def _scalar(graph, name: str, value: float) -> str:
+    import onnx
+
+    graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), name))
+    return name
+
+
+def expand_gelu(model) -> int:
+    """Replace every ONNX ``Gelu`` (opset 20) in ``model``'s main graph with the elementary ops of its
+    definition (Erf, or Tanh for ``approximate="tanh"``), as opset 18 writes it; returns how many.
+
+    The result is a graph at opset :data:`OPSET` for TensorRT's ONNX parser, whose opset and operator
+    support trail ONNX Runtime's; values are the same to rounding (tests/test_export.py)."""
+    import onnx
+    from onnx import helper
+
+    graph = model.graph
+    nodes, count = [], 0
+    for node in graph.node:
+        if node.op_type != "Gelu" or node.domain not in ("", "ai.onnx"):
+            nodes.append(node)
+            continue
+        approximate = next((a.s.decode() for a in node.attribute if a.name == "approximate"), "none")
+        x, y, tag = node.input[0], node.output[0], f"gelu{count}"
+        count += 1
+
+        def out(suffix: str, tag=tag) -> str:
+            return f"{tag}_{suffix}"
+
+        half = _scalar(graph, out("half"), 0.5)
+        one = _scalar(graph, out("one"), 1.0)
+        if approximate == "tanh":
+            nodes += [
+                helper.make_node("Mul", [x, x], [out("x2")]),
+                helper.make_node("Mul", [out("x2"), x], [out("x3")]),
+                helper.make_node("Mul", [out("x3"), _scalar(graph, out("c"), 0.044715)], [out("cx3")]),
+                helper.make_node("Add", [x, out("cx3")], [out("inner")]),
+                helper.make_node(
+                    "Mul", [out("inner"), _scalar(graph, out("k"), math.sqrt(2 / math.pi))], [out("arg")]
+                ),
+                helper.make_node("Tanh", [out("arg")], [out("phi")]),
+            ]
+        elif approximate == "none":
+            nodes += [
+                helper.make_node("Mul", [x, _scalar(graph, out("k"), 1 / math.sqrt(2))], [out("arg")]),
+                helper.make_node("Erf", [out("arg")], [out("phi")]),
+            ]
+        else:
+            raise ValueError(f"Gelu node {node.name!r}: unknown approximate={approximate!r}")
+        nodes += [
+            helper.make_node("Add", [out("phi"), one], [out("cdf")]),
+            helper.make_node("Mul", [x, out("cdf")], [out("xcdf")]),
+            helper.make_node("Mul", [out("xcdf"), half], [y], name=node.name),
+        ]
+    del graph.node[:]
+    graph.node.extend(nodes)
+    for opset in model.opset_import:
+        if opset.domain in ("", "ai.onnx"):
+            opset.version = min(opset.version, OPSET)
+    onnx.checker.check_model(model)
+    return count
+
+
+def write_tensorrt_source(path: Path, out: Path) -> int:
+    """Write ``path``'s graph for TensorRT to ``out`` (:func:`expand_gelu`); returns the GELUs expanded."""
+    import onnx
+
+    model = onnx.load(str(path))
+    count = expand_gelu(model)
+    onnx.save(model, str(out))
+    return count
+
+
 def ort_session(path: Path, threads: int = 0):
     import onnxruntime as ort
 
@@ -192,25 +270,35 @@ def export_image_encoder(
     path: Path,
     sample_canvases: Sequence[tuple[np.ndarray, np.ndarray]],
     tolerance: float = 1e-3,
+    tuned: bool = True,
 ) -> ExportReport:
     """``image (B,1024,1024,3) uint8, image_size (B,2) int32 -> image_embeddings (B,256,64,64)``; checked at
-    batch 1 and 2 on the given canvases."""
+    batch 1 and 2 on the given canvases.
+
+    ``tuned`` (the served graph): written for ONNX Runtime, at opset :data:`GELU_OPSET` with the bicubic
+    resizes as matrix products; the build derives the TensorRT source from it with
+    :func:`write_tensorrt_source`. ``tuned=False`` exports the module's ops as they are at :data:`OPSET`
+    (bicubic ``Resize``, GELU as elementary ops), for ``benchmarks/encoder_graph.py``'s comparison."""
     canvases = [torch.from_numpy(c)[None] for c, _ in sample_canvases]
     sizes = [torch.from_numpy(s)[None] for _, s in sample_canvases]
     batch = Dim("batch", min=1, max=64)
     # torch.export specialises dimensions of size 1: trace with a batch of 2
     example = (torch.cat([canvases[0], canvases[-1]]), torch.cat([sizes[0], sizes[-1]]))
-    seconds = _export(
-        graph,
-        example,
-        path,
-        ENCODER_INPUTS,
-        ENCODER_OUTPUTS,
-        {"image": {0: batch}, "image_size": {0: batch}},
-    )
+    # ONNX Runtime's cubic Resize is slow; two MatMuls are the same numbers
+    with resizes_as_matmul(graph) if tuned else contextlib.nullcontext():
+        seconds = _export(
+            graph,
+            example,
+            path,
+            ENCODER_INPUTS,
+            ENCODER_OUTPUTS,
+            {"image": {0: batch}, "image_size": {0: batch}},
+            opset=GELU_OPSET if tuned else OPSET,
+        )
     cases = [("batch 1", (canvases[0], sizes[0]))]
     if len(canvases) > 1:
         cases.append(("batch 2", (torch.cat(canvases[:2]), torch.cat(sizes[:2]))))
+    # checked against the encoder's own formulation (bicubic F.interpolate), not the exported one
     return check_parity("image_encoder", graph, path, ENCODER_INPUTS, cases, tolerance, seconds)
 
 

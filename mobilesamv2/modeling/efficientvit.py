@@ -16,13 +16,17 @@ no antialias), which for an exact 2x reduction equals 2x2 average pooling; that
 step is the caller's job here so the exported graph stays a pure encoder.
 Output: ``(B, 256, 64, 64)`` image embeddings for the SAM prompt encoder/decoder.
 
-Only depends on torch.
+Only depends on torch and numpy.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+import functools
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -45,8 +49,10 @@ __all__ = [
     "ResidualBlock",
     "SamNeck",
     "UpSampleLayer",
+    "bicubic_resize_matrix",
     "build_efficientvit_l2_image_encoder",
     "image_encoder_state_dict",
+    "resizes_as_matmul",
 ]
 
 #: Number of ``image_encoder.*`` tensors (parameters + BN buffers) in the official ``l2.pt``.
@@ -165,14 +171,52 @@ class ConvLayer(nn.Module):
         return x
 
 
+#: PyTorch's bicubic convolution coefficient (``upsample_bicubic2d``; ONNX Resize's ``cubic_coeff_a``).
+BICUBIC_A = -0.75
+
+
+@functools.lru_cache(maxsize=32)
+def bicubic_resize_matrix(size_in: int, size_out: int) -> np.ndarray:
+    """``(size_out, size_in)`` float32 matrix ``M`` with ``M @ v`` == PyTorch's 1-D bicubic resize of ``v``
+    (``align_corners=False``, sizes given, borders clamped), so ``M_h @ x @ M_w.T`` is
+    ``F.interpolate(x, (h_out, w_out), mode="bicubic")`` for ``x`` of spatial size ``(h_in, w_in)``.
+
+    Same source positions and weights as ``upsample_bicubic2d`` (``scale * (o + 0.5) - 0.5`` with ``scale
+    = size_in / size_out``, four taps, indices clamped to the border); equal to rounding (~1e-6).
+    """
+    a, scale = BICUBIC_A, size_in / size_out
+
+    def near(t: float) -> float:  # |t| <= 1
+        return ((a + 2) * t - (a + 3)) * t * t + 1
+
+    def far(t: float) -> float:  # 1 < |t| < 2
+        return ((a * t - 5 * a) * t + 8 * a) * t - 4 * a
+
+    matrix = np.zeros((size_out, size_in), np.float64)
+    for o in range(size_out):
+        source = scale * (o + 0.5) - 0.5
+        first = math.floor(source)
+        t = source - first
+        for k, weight in enumerate((far(t + 1), near(t), near(1 - t), far(2 - t))):
+            matrix[o, min(max(first - 1 + k, 0), size_in - 1)] += weight
+    return matrix.astype(np.float32)
+
+
 class UpSampleLayer(nn.Module):
-    """Resize to a fixed spatial size (bicubic, ``align_corners=False`` as upstream)."""
+    """Resize to a fixed spatial size (bicubic, ``align_corners=False`` as upstream).
+
+    With ``as_matmul`` (set for an export by :func:`resizes_as_matmul`), a bicubic resize runs as two
+    matrix products with :func:`bicubic_resize_matrix`: the same numbers to rounding, but ONNX Runtime's
+    cubic ``Resize`` kernel took 17% of the L2 encoder's CPU time (two nodes, ~190 ms of ~1.1 s) where the
+    products take well under 1% (BENCHMARKS.md, "Image encoder graph").
+    """
 
     def __init__(self, size: int | Sequence[int], mode: str = "bicubic", align_corners: bool = False) -> None:
         super().__init__()
         self.size = tuple(_broadcast(size, 2)[:2])
         self.mode = mode
         self.align_corners = align_corners
+        self.as_matmul = False
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # Spatial dims are static for a fixed input resolution, so this branch is resolved at
@@ -184,8 +228,26 @@ class UpSampleLayer(nn.Module):
             return x
         # Bicubic interpolation is done in float32: half-precision bicubic is unsupported on
         # CPU and loses accuracy on GPU; upstream does the same upcast.
+        if self.as_matmul and self.mode == "bicubic" and not self.align_corners:
+            rows = torch.from_numpy(bicubic_resize_matrix(x.shape[-2], self.size[0])).to(x.device)
+            cols = torch.from_numpy(bicubic_resize_matrix(x.shape[-1], self.size[1]).T.copy()).to(x.device)
+            return torch.matmul(torch.matmul(rows, x.float()), cols).to(x.dtype)
         out = F.interpolate(x.float(), size=self.size, mode=self.mode, align_corners=self.align_corners)
         return out.to(x.dtype)
+
+
+@contextmanager
+def resizes_as_matmul(module: nn.Module) -> Iterator[int]:
+    """Within the block, every :class:`UpSampleLayer` in ``module`` resizes with matrix products (for an ONNX
+    export); yields how many there are. The module's default formulation is restored on exit."""
+    layers = [m for m in module.modules() if isinstance(m, UpSampleLayer)]
+    for layer in layers:
+        layer.as_matmul = True
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            layer.as_matmul = False
 
 
 class IdentityLayer(nn.Module):

@@ -290,11 +290,11 @@ def test_verify_engine_on_the_small_encoder(tmp_path):
 
 
 def test_probe_inputs_run_on_the_exported_graphs(built_repository):
-    """The probes are accepted by the real encoder and (plain, TensorRT-source) decoder graphs at the GPU
+    """The probes are accepted by the real (plain, TensorRT-source) encoder and decoder graphs at the GPU
     profiles, and give non-degenerate outputs: masks that are neither empty nor full."""
     reference = verify.OnnxRuntimeRunner()
     for model, path in (
-        ("image_encoder", built_repository / "image_encoder" / "1" / "model.onnx"),
+        ("image_encoder", built_repository / "image_encoder" / "1" / "plain.onnx"),
         ("prompt_decoder", built_repository / "prompt_decoder" / "1" / "plain.onnx"),
     ):
         inputs, outputs = verify.graph_inputs(path)
