@@ -654,9 +654,10 @@ def render_markdown(results: dict, plot_path: str | None) -> str:
         f"reference pipeline load the same checkpoints (`{meta['weights_dir']}`, encoder {meta['encoder']}). "
         + (
             "These are seeded random weights in the official formats: timings are those of the real encoder "
-            "and decoder (same shapes, same operations); the detector is a YOLOv8n, the smallest size, because "
-            "the official file's size (n to x) is not known here, so with the real file the discovery stage "
-            "may take several times longer. The detector's scores are noise, so the number of boxes is "
+            "and decoder (same shapes, same operations); the detector is a YOLOv8n, the smallest size, "
+            "because the official file's size (n to x) is not known here, so with the real file the "
+            "discovery stage may take several times longer. The detector's scores are noise, so the number "
+            "of boxes is "
             "set by the confidence threshold, not by the image's content: at the default conf 0.4 it finds "
             "as many boxes as the cap allows on bus.jpg (300), and the end-to-end section picks conf per "
             "point to get about 10, 50 and 300 boxes (the actual mask counts are reported). With the real "

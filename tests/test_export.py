@@ -95,6 +95,32 @@ def test_encoder_is_served_with_fused_gelus_and_matmul_resizes_and_its_tensorrt_
     assert np.abs(got - expected).max() < 1e-4 * max(1.0, np.abs(expected).max())
 
 
+def test_dfl_softmax_on_last_axis_gives_upstreams_box_distances_and_restores_it():
+    from ultralytics.nn.modules.block import DFL
+
+    from mobilesamv2.modeling.detector import dfl_softmax_on_last_axis
+
+    head = torch.nn.Sequential(DFL(26), DFL(16))
+    x = [torch.randn(2, 4 * c, 300, generator=torch.Generator().manual_seed(c)) * 5 for c in (26, 16)]
+    expected = [layer(v) for layer, v in zip(head, x, strict=True)]
+    with dfl_softmax_on_last_axis(head) as count:
+        got = [layer(v) for layer, v in zip(head, x, strict=True)]
+    assert count == 2
+    for e, g in zip(expected, got, strict=True):
+        assert g.shape == e.shape and (g - e).abs().max() < 1e-4
+    assert all("forward" not in vars(layer) for layer in head)  # upstream's forward is back
+    assert torch.equal(head[0](x[0]), expected[0])
+
+
+def test_detector_graph_takes_every_softmax_over_the_last_axis(built_repository):
+    model = onnx.load(str(built_repository / ONNX_FILES["detector"]), load_external_data=False)
+    softmaxes = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmaxes, "the DFL softmax is gone: the check says nothing"
+    for node in softmaxes:
+        axis = next((a.i for a in node.attribute if a.name == "axis"), -1)
+        assert axis in (-1, 3), (node.name, axis)  # the DFL's probabilities are (B, 4, A, reg_max)
+
+
 @pytest.mark.parametrize("approximate", ["none", "tanh"])
 def test_expand_gelu_gives_the_gelu_values_at_opset_18(tmp_path, approximate):
     from onnx import TensorProto, helper

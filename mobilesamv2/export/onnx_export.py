@@ -23,7 +23,7 @@ from torch.export import Dim
 
 import segment_everything_contract as contract
 
-from ..modeling.detector import ObjectAwareNetwork
+from ..modeling.detector import ObjectAwareNetwork, dfl_softmax_on_last_axis
 from ..modeling.efficientvit import resizes_as_matmul
 from ..modeling.image_encoder import ImageEncoderGraph
 from ..modeling.sam import PromptDecoder
@@ -403,10 +403,17 @@ class DetectorGraph(nn.Module):
 
 
 def export_detector(
-    network: ObjectAwareNetwork, path: Path, letterboxes: Sequence[np.ndarray], tolerance: float = 1e-4
+    network: ObjectAwareNetwork,
+    path: Path,
+    letterboxes: Sequence[np.ndarray],
+    tolerance: float = 1e-4,
+    tuned: bool = True,
 ) -> ExportReport:
     """``images (B,H,W,3) uint8``, H and W multiples of 32 -> ``predictions (B, 4 + nc, A)``; checked on every
-    letterbox given (different aspect ratios)."""
+    letterbox given (different aspect ratios) against upstream's forward.
+
+    ``tuned`` (the served graph): the head's DFL softmax over the last axis
+    (:func:`~mobilesamv2.modeling.detector.dfl_softmax_on_last_axis`); ``False`` exports upstream's ops."""
     graph = DetectorGraph(network).eval()
     head = network.model.model[-1]
     head.dynamic = True  # rebuild anchors from the feature shapes inside the graph
@@ -414,13 +421,14 @@ def export_detector(
     batch = Dim("batch", min=1, max=16)
     samples = [torch.from_numpy(np.ascontiguousarray(x))[None] for x in letterboxes]
     # torch.export specialises dimensions of size 1: trace with a batch of 2
-    seconds = _export(
-        graph,
-        (samples[0].repeat(2, 1, 1, 1),),
-        path,
-        DETECTOR_INPUTS,
-        DETECTOR_OUTPUTS,
-        {"images": {0: batch, 1: 32 * h32, 2: 32 * w32}},
-    )
+    with dfl_softmax_on_last_axis(network) if tuned else contextlib.nullcontext():
+        seconds = _export(
+            graph,
+            (samples[0].repeat(2, 1, 1, 1),),
+            path,
+            DETECTOR_INPUTS,
+            DETECTOR_OUTPUTS,
+            {"images": {0: batch, 1: 32 * h32, 2: 32 * w32}},
+        )
     cases = [(f"{tuple(x.shape[1:3])}", (x,)) for x in samples]
     return check_parity("detector", graph, path, DETECTOR_INPUTS, cases, tolerance, seconds)

@@ -42,6 +42,8 @@ import os
 import pickle
 import types
 from collections import OrderedDict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
@@ -95,6 +97,33 @@ class ObjectAwareNetwork(nn.Module):
         out = self.model(images)
         out = out[0] if isinstance(out, (tuple, list)) else out
         return out[:, : 4 + self.num_classes]
+
+
+@contextmanager
+def dfl_softmax_on_last_axis(module: nn.Module) -> Iterator[int]:
+    """Within the block, every ``DFL`` in ``module`` (the head's box decoding: a softmax over ``reg_max`` bins
+    per box side, then their expectation) takes its softmax over the last axis and the expectation as a
+    MatMul; yields how many DFLs there are. For an ONNX export: the same numbers to rounding, but ONNX
+    Runtime's Softmax over a middle axis (upstream's ``transpose(2, 1).softmax(1)``) took ~24% of the
+    detector's CPU time (BENCHMARKS.md, "Graph formulations"). Upstream's forward is restored on exit."""
+    from ultralytics.nn.modules.block import DFL
+
+    def last_axis_forward(layer: nn.Module):
+        def forward(x: torch.Tensor) -> torch.Tensor:
+            b, _, a = x.shape
+            bins = layer.conv.weight.reshape(layer.c1).to(x.dtype)  # the expectation's weights: 0 .. c1 - 1
+            return torch.matmul(x.view(b, 4, layer.c1, a).transpose(2, 3).softmax(-1), bins)
+
+        return forward
+
+    layers = [m for m in module.modules() if isinstance(m, DFL)]
+    for layer in layers:
+        layer.forward = last_axis_forward(layer)
+    try:
+        yield len(layers)
+    finally:
+        for layer in layers:
+            del layer.forward
 
 
 def load_object_aware_model(path: str | Path, fuse: bool = True) -> ObjectAwareNetwork:

@@ -208,7 +208,7 @@ class UpSampleLayer(nn.Module):
     With ``as_matmul`` (set for an export by :func:`resizes_as_matmul`), a bicubic resize runs as two
     matrix products with :func:`bicubic_resize_matrix`: the same numbers to rounding, but ONNX Runtime's
     cubic ``Resize`` kernel took 17% of the L2 encoder's CPU time (two nodes, ~190 ms of ~1.1 s) where the
-    products take well under 1% (BENCHMARKS.md, "Image encoder graph").
+    products take well under 1% (BENCHMARKS.md, "Graph formulations").
     """
 
     def __init__(self, size: int | Sequence[int], mode: str = "bicubic", align_corners: bool = False) -> None:

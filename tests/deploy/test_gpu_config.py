@@ -308,8 +308,8 @@ def test_main_writes_the_repository(tmp_path, capsys):
 
 
 def test_the_gpu_repository_gives_tensorrt_opset_18_sources_without_gelu(built_repository, tmp_path):
-    """From the real build: every ONNX file a TensorRT model is built from is at opset 18 without ``Gelu`` (the
-    served CPU graphs of the encoder and decoder are opset 20; their ``plain.onnx`` replace them)."""
+    """From the real build: every ONNX file a TensorRT model is built from is at opset 18 without ``Gelu``
+    (the served CPU graphs of the encoder and decoder are opset 20; their ``plain.onnx`` replace them)."""
     import onnx
 
     gpu.write_gpu_repository(built_repository, tmp_path / "gpu")
