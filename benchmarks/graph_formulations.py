@@ -46,7 +46,7 @@ import numpy as np  # noqa: E402
 
 from benchmarks.e2e import served_parameters  # noqa: E402
 from benchmarks.environment import describe_machine, git_commit, package_versions  # noqa: E402
-from benchmarks.sections import publish, write_section  # noqa: E402
+from benchmarks.sections import publish, rerender  # noqa: E402
 
 START, END = "<!-- graph-formulations:start -->", "<!-- graph-formulations:end -->"
 DEFAULT_WEIGHTS = REPO_ROOT / "work" / "test-cache" / "weights"
@@ -274,10 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only re-render --out from --json")
     args = parser.parse_args(argv)
     if args.render:
-        results = json.loads(args.json.read_text())
-        write_section(args.out, START, END, render(results))
-        print(render(results))
-        return 0
+        return rerender(args.json, args.out, START, END, render)
     args.run_dir.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="graph-formulations-weights-") as tmp:
         weights = args.weights or (DEFAULT_WEIGHTS if (DEFAULT_WEIGHTS / "l2.pt").is_file() else None)

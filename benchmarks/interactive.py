@@ -14,7 +14,6 @@ choice for an array). Cache memory per image: the size of the ``.npy`` entry the
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import shlex
 import statistics
@@ -31,7 +30,7 @@ for extra in (REPO_ROOT / "client" / "examples",):
         sys.path.insert(0, str(extra))
 
 from benchmarks import e2e  # noqa: E402
-from benchmarks.sections import publish, write_section  # noqa: E402
+from benchmarks.sections import publish, rerender  # noqa: E402
 
 START, END = "<!-- interactive:start -->", "<!-- interactive:end -->"
 RESULTS = REPO_ROOT / "benchmarks" / "results" / "interactive.json"
@@ -119,10 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only re-render from --json")
     args = parser.parse_args(argv)
     if args.render:
-        results = json.loads(args.json.read_text())
-        write_section(args.out, START, END, render(results))
-        print(render(results))
-        return 0
+        return rerender(args.json, args.out, START, END, render)
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from labelling_session import session

@@ -25,7 +25,6 @@ Raw numbers: ``benchmarks/results/overload.json``; the tables go into BENCHMARKS
 from __future__ import annotations
 
 import argparse
-import json
 import math
 import os
 import queue
@@ -45,7 +44,7 @@ import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
 from benchmarks import e2e  # noqa: E402
-from benchmarks.sections import publish, write_section  # noqa: E402
+from benchmarks.sections import publish, rerender  # noqa: E402
 from loadtest.run import percentile  # noqa: E402
 
 START, END = "<!-- overload:start -->", "<!-- overload:end -->"
@@ -327,10 +326,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--render", action="store_true", help="only re-render from --json")
     args = parser.parse_args(argv)
     if args.render:
-        results = json.loads(args.json.read_text())
-        write_section(args.out, START, END, render(results))
-        print(render(results))
-        return 0
+        return rerender(args.json, args.out, START, END, render)
 
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from benchmarks.environment import cpu_model

@@ -28,3 +28,11 @@ def publish(
     json_path.write_text(json.dumps(results, indent=1) + "\n")
     write_section(out, start, end, render(results))
     print(render(results))
+
+
+def rerender(json_path: Path, out: Path, start: str, end: str, render: Callable[[dict], str]) -> int:
+    """Re-write ``out``'s section from saved results (a script's ``--render``); prints it, returns 0."""
+    results = json.loads(json_path.read_text())
+    write_section(out, start, end, render(results))
+    print(render(results))
+    return 0
