@@ -327,19 +327,33 @@ def encoder_standalone(repository: Path, image: Path, reps: int = 5) -> dict:
     return json.loads(out.strip().splitlines()[-1])
 
 
-def _child_encoder(repository: Path, image: Path, reps: int) -> dict:
+def served_session(path: Path, repository: Path, model: str, profile_prefix: str | None = None):
+    """``(session, intra-op threads)``: the ONNX file ``path`` in a CPU ONNX Runtime session with the options
+    ``model``'s config in ``repository`` gives it when served (``glue.ort_settings``); ONNX Runtime's
+    profiler on when ``profile_prefix`` is given."""
     import onnxruntime as ort
 
-    from mobilesamv2.processing.image import encoder_canvas
     from mobilesamv2.server import glue
 
-    params = glue.Parameters(served_parameters(repository, "image_encoder"))
-    settings = glue.ort_settings(params)
+    settings = glue.ort_settings(glue.Parameters(served_parameters(repository, model)))
+    options = glue.ort_session_options(settings)
+    if profile_prefix:
+        options.enable_profiling = True
+        options.profile_file_prefix = profile_prefix
     session = ort.InferenceSession(
-        str(repository / "image_encoder" / "1" / "model.onnx"),
-        sess_options=glue.ort_session_options(settings),
+        str(path),
+        sess_options=options,
         providers=["CPUExecutionProvider"],
         disabled_optimizers=settings["disabled_optimizers"] or None,
+    )
+    return session, settings["intra_op_thread_count"]
+
+
+def _child_encoder(repository: Path, image: Path, reps: int) -> dict:
+    from mobilesamv2.processing.image import encoder_canvas
+
+    session, threads = served_session(
+        repository / "image_encoder" / "1" / "model.onnx", repository, "image_encoder"
     )
     rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
     canvas, size = encoder_canvas(rgb)
@@ -350,7 +364,7 @@ def _child_encoder(repository: Path, image: Path, reps: int) -> dict:
         start = time.perf_counter()
         session.run(None, feeds)
         times.append(_ms(start))
-    return {"ms": times, "median_ms": median(times), "threads": settings["intra_op_thread_count"]}
+    return {"ms": times, "median_ms": median(times), "threads": threads}
 
 
 def decoder_standalone(repository: Path, weights: Path, prompts: int, repeats: int = 3) -> dict:

@@ -44,7 +44,7 @@ if str(REPO_ROOT) not in sys.path:  # run as a file
 import cv2  # noqa: E402
 import numpy as np  # noqa: E402
 
-from benchmarks.e2e import served_parameters  # noqa: E402
+from benchmarks.e2e import served_session  # noqa: E402
 from benchmarks.environment import describe_machine, git_commit, package_versions  # noqa: E402
 from benchmarks.sections import publish, rerender  # noqa: E402
 
@@ -110,32 +110,9 @@ def export_detectors(weights: Path, run_dir: Path, rgb: np.ndarray) -> tuple[dic
     return paths, {"feeds": feeds, "expected": expected}
 
 
-def op_counts(path: Path) -> tuple[dict[str, int], int]:
-    import onnx
-
-    model = onnx.load(str(path), load_external_data=False)
-    counts = collections.Counter(n.op_type for n in model.graph.node)
-    return dict(counts), next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def session(path: Path, config_model: str, profile_prefix: str | None = None):
-    import onnxruntime as ort
-
-    from mobilesamv2.server import glue
-
-    params = glue.Parameters(served_parameters(REPO_ROOT / "model_repository", config_model))
-    settings = glue.ort_settings(params)
-    options = glue.ort_session_options(settings)
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    sess = ort.InferenceSession(
-        str(path),
-        sess_options=options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=settings["disabled_optimizers"] or None,
-    )
-    return sess, settings["intra_op_thread_count"]
+    """The graph in an ONNX Runtime session with the committed config's served options."""
+    return served_session(path, REPO_ROOT / "model_repository", config_model, profile_prefix)
 
 
 def op_profile(path: Path, config_model: str, feeds: dict, run_dir: Path, runs: int = 4) -> dict[str, float]:
@@ -154,6 +131,8 @@ def op_profile(path: Path, config_model: str, feeds: dict, run_dir: Path, runs: 
 
 
 def measure_model(name: str, paths: dict[str, Path], data: dict, run_dir: Path, rounds: int) -> dict:
+    from mobilesamv2.export import onnx_export
+
     config_model, variants = MODELS[name]
     feeds, expected = data["feeds"], data["expected"]
     out: dict[str, dict] = {}
@@ -162,7 +141,7 @@ def measure_model(name: str, paths: dict[str, Path], data: dict, run_dir: Path, 
         sess, threads = session(paths[variant], config_model)
         got = sess.run(None, feeds)[0]
         scale = max(1.0, float(np.abs(expected).max()))
-        ops, opset = op_counts(paths[variant])
+        ops, opset = onnx_export.op_counts(paths[variant])
         out[variant] = {
             "file": paths[variant].name,
             "scaled_max_diff": float(np.abs(got - expected).max() / scale),

@@ -69,22 +69,14 @@ def test_efficientvit_encoder_onnx_matches_pytorch_at_batch_1_and_2(built_reposi
     assert np.abs(single[0] - expected[1]).max() < 1e-3
 
 
-def _op_counts(path) -> tuple[dict[str, int], int]:
-    model = onnx.load(str(path), load_external_data=False)
-    counts: dict[str, int] = {}
-    for node in model.graph.node:
-        counts[node.op_type] = counts.get(node.op_type, 0) + 1
-    return counts, next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-
-
 def test_encoder_is_served_with_fused_gelus_and_matmul_resizes_and_its_tensorrt_source_is_opset_18(
     built_repository, bus_rgb
 ):
     """The ONNX Runtime graph: one Gelu node per GELU (opset 20) and no Resize (the neck's bicubic resizes are
     MatMuls). The TensorRT source (plain.onnx): the same graph at opset 18 with every Gelu expanded, and the
     same embeddings."""
-    served, served_opset = _op_counts(built_repository / ONNX_FILES["image_encoder"])
-    plain, plain_opset = _op_counts(built_repository / ONNX_FILES["image_encoder_plain"])
+    served, served_opset = onnx_export.op_counts(built_repository / ONNX_FILES["image_encoder"])
+    plain, plain_opset = onnx_export.op_counts(built_repository / ONNX_FILES["image_encoder_plain"])
     assert served_opset == 20 and plain_opset == 18
     assert served.get("Gelu", 0) >= 50 and "Resize" not in served and "Tanh" not in served
     assert "Gelu" not in plain and plain["Tanh"] == served["Gelu"] and "Resize" not in plain
@@ -134,7 +126,7 @@ def test_expand_gelu_gives_the_gelu_values_at_opset_18(tmp_path, approximate):
     path = tmp_path / "gelu.onnx"
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20)]), path)
     assert onnx_export.write_tensorrt_source(path, tmp_path / "plain.onnx") == 1
-    ops, opset = _op_counts(tmp_path / "plain.onnx")
+    ops, opset = onnx_export.op_counts(tmp_path / "plain.onnx")
     assert opset == 18 and "Gelu" not in ops and ops.get("Erf" if approximate == "none" else "Tanh") == 1
     x = np.linspace(-6, 6, 101, dtype=np.float32)
     (got,) = _run(tmp_path / "plain.onnx", {"x": x})

@@ -143,11 +143,14 @@ def cast_uint8_inputs_first(path: Path) -> bool:
     return changed
 
 
-def _scalar(graph, name: str, value: float) -> str:
-    import onnx
-
-    graph.initializer.append(onnx.numpy_helper.from_array(np.array(value, np.float32), name))
-    return name
+#: Constants of GELU's definitions (ONNX ``Gelu``-20's function body), by initializer name.
+_GELU_CONSTANTS = {
+    "gelu_half": 0.5,
+    "gelu_one": 1.0,
+    "gelu_cubic": 0.044715,
+    "gelu_sqrt_2_over_pi": math.sqrt(2 / math.pi),
+    "gelu_inv_sqrt_2": 1 / math.sqrt(2),
+}
 
 
 def expand_gelu(model) -> int:
@@ -172,31 +175,32 @@ def expand_gelu(model) -> int:
         def out(suffix: str, tag=tag) -> str:
             return f"{tag}_{suffix}"
 
-        half = _scalar(graph, out("half"), 0.5)
-        one = _scalar(graph, out("one"), 1.0)
         if approximate == "tanh":
             nodes += [
                 helper.make_node("Mul", [x, x], [out("x2")]),
                 helper.make_node("Mul", [out("x2"), x], [out("x3")]),
-                helper.make_node("Mul", [out("x3"), _scalar(graph, out("c"), 0.044715)], [out("cx3")]),
+                helper.make_node("Mul", [out("x3"), "gelu_cubic"], [out("cx3")]),
                 helper.make_node("Add", [x, out("cx3")], [out("inner")]),
-                helper.make_node(
-                    "Mul", [out("inner"), _scalar(graph, out("k"), math.sqrt(2 / math.pi))], [out("arg")]
-                ),
+                helper.make_node("Mul", [out("inner"), "gelu_sqrt_2_over_pi"], [out("arg")]),
                 helper.make_node("Tanh", [out("arg")], [out("phi")]),
             ]
         elif approximate == "none":
             nodes += [
-                helper.make_node("Mul", [x, _scalar(graph, out("k"), 1 / math.sqrt(2))], [out("arg")]),
+                helper.make_node("Mul", [x, "gelu_inv_sqrt_2"], [out("arg")]),
                 helper.make_node("Erf", [out("arg")], [out("phi")]),
             ]
         else:
             raise ValueError(f"Gelu node {node.name!r}: unknown approximate={approximate!r}")
         nodes += [
-            helper.make_node("Add", [out("phi"), one], [out("cdf")]),
+            helper.make_node("Add", [out("phi"), "gelu_one"], [out("cdf")]),
             helper.make_node("Mul", [x, out("cdf")], [out("xcdf")]),
-            helper.make_node("Mul", [out("xcdf"), half], [y], name=node.name),
+            helper.make_node("Mul", [out("xcdf"), "gelu_half"], [y], name=node.name),
         ]
+    if count:
+        graph.initializer.extend(
+            onnx.numpy_helper.from_array(np.array(value, np.float32), name)
+            for name, value in _GELU_CONSTANTS.items()
+        )
     del graph.node[:]
     graph.node.extend(nodes)
     for opset in model.opset_import:
@@ -204,6 +208,17 @@ def expand_gelu(model) -> int:
             opset.version = min(opset.version, OPSET)
     onnx.checker.check_model(model)
     return count
+
+
+def op_counts(path: Path) -> tuple[dict[str, int], int]:
+    """``({op type: nodes in the main graph}, default-domain opset)`` of an ONNX file."""
+    import collections
+
+    import onnx
+
+    model = onnx.load(str(path), load_external_data=False)
+    counts = collections.Counter(node.op_type for node in model.graph.node)
+    return dict(counts), next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
 
 
 def write_tensorrt_source(path: Path, out: Path) -> int:
