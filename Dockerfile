@@ -44,8 +44,6 @@ COPY mobilesamv2/ mobilesamv2/
 RUN python3 -m pip install --no-cache-dir --no-deps --ignore-requires-python . \
     && rm -rf /opt/mobilesamv2/src
 
-COPY deploy/docker/entrypoint.py /opt/mobilesamv2/entrypoint.py
-
 # Non-root: the engine cache and the runtime repository are the only places the server writes to.
 RUN groupadd --gid "${APP_UID}" mobilesamv2 \
     && useradd --no-log-init --uid "${APP_UID}" --gid "${APP_UID}" --create-home --shell /usr/sbin/nologin mobilesamv2 \
@@ -60,12 +58,12 @@ WORKDIR /opt/mobilesamv2
 # per-stub tuning off.
 
 EXPOSE 8000 8001 8002
-# Health = real inferences through every model within a deadline (mobilesamv2.server.probe: a SegAny box, a
+# Health = real inferences through every model within a deadline (mobilesamv2.runner.probe: a SegAny box, a
 # multimask point and a SegEvery request on a tiny generated image), not /v2/health/ready, which stays 200 when a
 # Python model's stub died or hangs. A full queue ("overloaded") is healthy unless it lasts 10 checks in a row.
 # The first start on a GPU type builds the TensorRT engines (minutes): failures do not count during start-period.
 HEALTHCHECK --interval=30s --timeout=20s --start-period=30m --retries=3 \
-    CMD ["python3", "-m", "mobilesamv2.server.probe", "--url=127.0.0.1:8000", "--timeout=15", "--overloaded-ok", \
+    CMD ["python3", "-m", "mobilesamv2.runner.probe", "--url=127.0.0.1:8000", "--timeout=15", "--overloaded-ok", \
          "--max-overloaded=10", "--state-file=/tmp/mobilesamv2/healthcheck-overloaded"]
 # NVIDIA's entrypoint checks the driver and prints the banner, then execs ours, which runs tritonserver as its
 # child in a process group of its own: it forwards SIGTERM/SIGINT, reaps orphans (it is PID 1), kills what is left
@@ -75,7 +73,7 @@ HEALTHCHECK --interval=30s --timeout=20s --start-period=30m --retries=3 \
 # model-repository, model-config, logging, trace, statistics) behind the key in $ADMIN_KEY_FILE (a mounted secret;
 # without one a random key locks them), gRPC TLS with $GRPC_TLS_CERT/$GRPC_TLS_KEY (+ $GRPC_TLS_CLIENT_CA for
 # mutual TLS); see docs/deploy.md. Arguments after the image name are tritonserver options (e.g. --log-verbose=1).
-ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "/opt/mobilesamv2/entrypoint.py"]
+ENTRYPOINT ["/opt/nvidia/nvidia_entrypoint.sh", "python3", "-m", "mobilesamv2.runner.entrypoint"]
 
 # Default target: the GPU model repository (mobilesamv2-build --target gpu) baked into the image, owned by root
 # and read-only for the server.

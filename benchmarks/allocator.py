@@ -76,8 +76,8 @@ def variant_env(repository: Path, variant: str) -> dict[str, str]:
 
 
 def _child_reference(weights: Path, image: Path, conf: float, reps: int, heap: bool = False) -> dict:
+    from mobilesamv2.inside_triton.glue import keep_large_blocks_in_heap
     from mobilesamv2.reference import ReferencePipeline
-    from mobilesamv2.server.glue import keep_large_blocks_in_heap
 
     heap_tuned = (
         heap and keep_large_blocks_in_heap()
@@ -133,7 +133,7 @@ def reference_run(repository: Path, variant: str, weights: Path, image: Path, co
 
 
 def server_run(repository: Path, variant: str, data: bytes, conf: float, reps: int, log_dir: Path) -> dict:
-    from mobilesamv2.server.launcher import TritonServer
+    from mobilesamv2.runner.local import TritonServer
     from segment_everything_client import SegmentEverythingClient
 
     records = []

@@ -75,7 +75,7 @@ def _ms(start: float) -> float:
 def server_allocator_env(repository: Path | str, overrides: dict[str, str] | None = None) -> dict[str, str]:
     """The allocator variables (``LD_PRELOAD``, ``MALLOC_*``) the launcher gives tritonserver and its stubs
     (``TritonServer.environment()``), so that an in-process reference can run under the same allocator."""
-    from mobilesamv2.server.launcher import TritonServer
+    from mobilesamv2.runner.local import TritonServer
 
     env = TritonServer(repository, env=overrides or {}).environment()
     return {k: env[k] for k in ALLOCATOR_KEYS if k in env}
@@ -333,7 +333,7 @@ def served_session(path: Path, repository: Path, model: str, profile_prefix: str
     profiler on when ``profile_prefix`` is given."""
     import onnxruntime as ort
 
-    from mobilesamv2.server import glue
+    from mobilesamv2.inside_triton import glue
 
     settings = glue.ort_settings(glue.Parameters(served_parameters(repository, model)))
     options = glue.ort_session_options(settings)
@@ -371,7 +371,7 @@ def decoder_standalone(repository: Path, weights: Path, prompts: int, repeats: i
     """``benchmarks/decoder_efficiency.py``'s "ours" row at ``prompts`` prompts (the served factorized graph
     in     slices of the config's ``max_rows_per_run``, its own subprocess)."""
     from benchmarks import decoder_efficiency
-    from mobilesamv2.server.glue import available_cpus
+    from mobilesamv2.inside_triton.glue import available_cpus
 
     slice_rows = int(served_parameters(repository, "prompt_decoder").get("max_rows_per_run") or 16)
     args = argparse.Namespace(
@@ -447,7 +447,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from mobilesamv2 import __file__ as package_file
     from mobilesamv2.assets import sample_images
-    from mobilesamv2.server.launcher import TritonServer
+    from mobilesamv2.runner.local import TritonServer
     from segment_everything_client import SegmentEverythingClient
 
     started = time.time()

@@ -6,8 +6,8 @@ killed or hung, or tritonserver itself is killed, under light load. Writes the "
     flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py --repeats 1 --out work/fr.md
     .venv/bin/python benchmarks/failure_recovery.py --render work/benchmarks/failure-recovery-<t>/results.json
 
-The service is what ``mobilesamv2-serve`` runs: :class:`~mobilesamv2.server.launcher.TritonServer` with its
-:class:`~mobilesamv2.server.supervisor.Supervisor` (stub census every second, a probe every ``--interval``
+The service is what ``mobilesamv2-serve`` runs: :class:`~mobilesamv2.runner.local.TritonServer` with its
+:class:`~mobilesamv2.runner.supervisor.Supervisor` (stub census every second, a probe every ``--interval``
 seconds, every second while failing, restart after 2 failed probes of the last 3). For every scenario a thread
 sends SegAny box, SegAny multimask point and SegEvery requests (client deadline ``--client-timeout``); the
 fault is injected into the first stub of the model (``kill -9`` or ``SIGSTOP``) or into tritonserver, and the
@@ -114,7 +114,7 @@ class Load:
 
 
 def _serving(server, probe_timeout: float, limit: float) -> None:
-    from mobilesamv2.server.probe import Prober
+    from mobilesamv2.runner.probe import Prober
 
     deadline = time.monotonic() + limit
     while time.monotonic() < deadline:
@@ -125,7 +125,7 @@ def _serving(server, probe_timeout: float, limit: float) -> None:
 
 
 def run_scenario(supervisor, scenario: Scenario, client_timeout: float, limit: float = 120.0) -> Run:
-    from mobilesamv2.server.probe import Prober
+    from mobilesamv2.runner.probe import Prober
 
     server = supervisor.server
     _serving(server, 10.0, limit)
@@ -247,8 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render is not None:
         return write(json.loads(args.render.read_text()), args.out)
 
-    from mobilesamv2.server.launcher import TritonServer
-    from mobilesamv2.server.supervisor import Supervisor
+    from mobilesamv2.runner.local import TritonServer
+    from mobilesamv2.runner.supervisor import Supervisor
 
     chosen = [
         s for s in SCENARIOS if not args.scenarios or any(p in s.name for p in args.scenarios.split(","))
@@ -278,7 +278,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     finally:
         supervisor.stop()
         server.stop()
-    from mobilesamv2.server.launcher import PYTHON_ENV_VAR
+    from mobilesamv2.runner.local import PYTHON_ENV_VAR
 
     env = f"{PYTHON_ENV_VAR}={os.environ[PYTHON_ENV_VAR]} " if os.environ.get(PYTHON_ENV_VAR) else ""
     repeats = f" --repeats {args.repeats}" if args.repeats != 3 else ""

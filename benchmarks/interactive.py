@@ -125,7 +125,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     from benchmarks.environment import cpu_model
     from mobilesamv2.assets import sample_images
-    from mobilesamv2.server.launcher import TritonServer
+    from mobilesamv2.runner.local import TritonServer
     from segment_everything_client import SegmentEverythingClient
     from segment_everything_client.images import load_image
 

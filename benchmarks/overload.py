@@ -331,7 +331,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("YOLO_OFFLINE", "1")
     from benchmarks.environment import cpu_model
     from mobilesamv2.assets import sample_images
-    from mobilesamv2.server.launcher import TritonServer
+    from mobilesamv2.runner.local import TritonServer
     from segment_everything_client import SegmentEverythingClient
 
     started = time.time()

@@ -200,7 +200,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     # The in-process reference gets the heap tuning the server's ONNX Runtime stubs give themselves (it helps
     # PyTorch more than ONNX Runtime: BENCHMARKS.md "Allocator"), so that no ratio here flatters the server.
     from benchmarks.e2e import ALLOCATOR_KEYS
-    from mobilesamv2.server.glue import keep_large_blocks_in_heap
+    from mobilesamv2.inside_triton.glue import keep_large_blocks_in_heap
 
     reference_heap_tuned = keep_large_blocks_in_heap()
     os.environ.setdefault("YOLO_OFFLINE", "1")
@@ -212,7 +212,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from benchmarks import measure
     from benchmarks.environment import describe_machine, git_commit, package_versions
     from mobilesamv2.assets import sample_images
-    from mobilesamv2.server.launcher import TritonServer
+    from mobilesamv2.runner.local import TritonServer
     from segment_everything_client import SegmentEverythingClient
 
     plan = measure.SMOKE if args.smoke else measure.QUICK if args.quick else measure.FULL

@@ -544,7 +544,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     server = None
     if args.model_repository is not None:
-        from mobilesamv2.server.launcher import TritonServer
+        from mobilesamv2.runner.local import TritonServer
 
         server = TritonServer(args.model_repository, startup_timeout=300)
         print(f"loadtest: starting Triton on {args.model_repository} (log {server.log_path})", flush=True)

@@ -56,7 +56,7 @@ def main(argv: list[str] | None = None) -> int:
 
     from segment_everything_client import SegmentEverythingClient
 
-    from .server.launcher import TritonServer
+    from .runner.local import TritonServer
 
     image = args.image or bus_jpg()
     weights_dir, kind = choose_weights(args.weights, args.encoder, REPO_ROOT / "weights/fake")

@@ -168,7 +168,7 @@ class EmbeddingCache(Protocol):
 
 class MemoryEmbeddingCache:
     """A bounded LRU in this process (the in-process pipeline and the tests; the server shares one between its
-    pipeline instances, see ``mobilesamv2/server/embedding_cache.py``)."""
+    pipeline instances, see ``mobilesamv2/inside_triton/embedding_cache.py``)."""
 
     def __init__(self, max_bytes: int) -> None:
         self.max_bytes = max_bytes

@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from triton_calls import RawInfer  # tests/ is on sys.path (pytest's rootdir conftest)
 
-from mobilesamv2.server.launcher import TritonServer
+from mobilesamv2.runner.local import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "work" / "test-cache"
@@ -59,6 +59,17 @@ def built_repository(fake_weights) -> Path:
 
     out = CACHE / "model_repository"
     build_repository(fake_weights, "fake", "efficientvit_l2", out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def committed_repository(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """``model_repository/`` as committed (configs and Python models), without whatever a build wrote into the
+    working tree: a test must not depend on what an earlier command (``scripts/demo.sh``) built."""
+    from mobilesamv2.export.cli import copy_template
+
+    out = tmp_path_factory.mktemp("committed") / "model_repository"
+    copy_template(out)
     return out
 
 

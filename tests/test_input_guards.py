@@ -11,9 +11,9 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 import segment_everything_contract as contract
+from mobilesamv2.inside_triton.glue import Parameters
+from mobilesamv2.inside_triton.input_guards import GuardConfigError, InputGuards, InputInfo, InputRejected
 from mobilesamv2.processing import boxes as box_ops
-from mobilesamv2.server.glue import Parameters
-from mobilesamv2.server.input_guards import GuardConfigError, InputGuards, InputInfo, InputRejected
 from segment_everything_contract import ContractError
 
 REPO = Path(__file__).resolve().parents[1]

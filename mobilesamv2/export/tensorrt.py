@@ -1,5 +1,5 @@
 """TensorRT engine builds for the GPU model repository: which layers stay FP32, the ``trtexec`` command line,
-and the engine cache the container's entrypoint (``deploy/docker/entrypoint.py``) keeps per GPU and TensorRT
+and the engine cache the container entrypoint (``mobilesamv2.runner.entrypoint``) keeps per GPU and TensorRT
 version.
 
 Why FP32 layers: in FP16, LayerNorm's mean of squares and LiteMLA's normaliser (a sum of ``relu(q).relu(k)``

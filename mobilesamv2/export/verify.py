@@ -1,6 +1,6 @@
 """Check a TensorRT engine against ONNX Runtime (FP32, CPU) on a fixed probe input before it is served.
 
-The container's entrypoint (``deploy/docker/entrypoint.py``) runs every engine it builds or reuses on the
+The container's entrypoint (``mobilesamv2/runner/entrypoint.py``) runs every engine it builds or reuses on the
 probe input of its model and compares the outputs with ONNX Runtime's on the ONNX file the engine was built
 from:
 

@@ -1,4 +1,4 @@
-"""Fixtures of the deployment tests: the entrypoint and the GPU check script (outside the package)."""
+"""Fixtures of the deployment tests: the GPU check script (outside the package)."""
 
 from __future__ import annotations
 
@@ -17,11 +17,6 @@ def load_module(name: str, path: Path):
     sys.modules[name] = module  # dataclasses resolve annotations through sys.modules
     spec.loader.exec_module(module)
     return module
-
-
-@pytest.fixture(scope="session")
-def entrypoint():
-    return load_module("mobilesamv2_entrypoint", REPO_ROOT / "deploy" / "docker" / "entrypoint.py")
 
 
 @pytest.fixture(scope="session")

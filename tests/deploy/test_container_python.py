@@ -11,8 +11,8 @@ from pathlib import Path
 REPO_ROOT = Path(__file__).resolve().parents[2]
 ENTRY_FILES = [
     *sorted((REPO_ROOT / "model_repository").glob("*/1/model.py")),
-    REPO_ROOT / "deploy" / "docker" / "entrypoint.py",
-    REPO_ROOT / "mobilesamv2" / "server" / "probe.py",  # the HEALTHCHECK and the Kubernetes probes
+    REPO_ROOT / "mobilesamv2" / "runner" / "entrypoint.py",
+    REPO_ROOT / "mobilesamv2" / "runner" / "probe.py",  # the HEALTHCHECK and the Kubernetes probes
 ]
 PACKAGE_ROOTS = {
     "mobilesamv2": REPO_ROOT / "mobilesamv2",

@@ -65,12 +65,12 @@ def test_base_image_stages_and_runtime_user():
     [healthcheck] = [args for keyword, args in steps if keyword == "HEALTHCHECK"]
     assert "--start-period=30m" in healthcheck
     # real inferences through every model (a dead or hung stub leaves /v2/health/ready at 200)
-    assert '"python3", "-m", "mobilesamv2.server.probe"' in healthcheck and "--overloaded-ok" in healthcheck
+    assert '"python3", "-m", "mobilesamv2.runner.probe"' in healthcheck and "--overloaded-ok" in healthcheck
     deadline = float(re.search(r"--timeout=(\d+)", healthcheck.split("CMD", 1)[1])[1])
     assert deadline < float(re.search(r"--timeout=(\d+)s", healthcheck)[1])  # Docker's own timeout
     assert "/tmp/" in re.search(r"--state-file=(\S+)", healthcheck)[1]  # writable for the non-root user
     [entrypoint] = [args for keyword, args in steps if keyword == "ENTRYPOINT"]
-    assert entrypoint.endswith('"python3", "/opt/mobilesamv2/entrypoint.py"]')
+    assert entrypoint.endswith('"python3", "-m", "mobilesamv2.runner.entrypoint"]')
     exposed = {p for keyword, args in steps if keyword == "EXPOSE" for p in args.split()}
     assert exposed == {"8000", "8001", "8002"}
 

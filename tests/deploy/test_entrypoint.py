@@ -13,8 +13,8 @@ import pytest
 from tiny_engines import FakeTrtexecInference, decoder_onnx, encoder_onnx
 
 from mobilesamv2.export.gpu import write_gpu_repository
+from mobilesamv2.runner import entrypoint
 
-CPU_REPO = Path(__file__).resolve().parents[2] / "model_repository"
 A100 = "NVIDIA A100-SXM4-80GB, 8.0\n"
 L4 = "NVIDIA L4, 8.9\n"
 TRT_10_5 = "&&&& RUNNING TensorRT.trtexec [TensorRT v100500] # trtexec --help\n=== Model Options ===\n"
@@ -66,15 +66,15 @@ class FakeMachine:
 
 
 @pytest.fixture()
-def layout(tmp_path):
+def layout(tmp_path, committed_repository):
     repo = tmp_path / "models"
-    write_gpu_repository(CPU_REPO, repo)
+    write_gpu_repository(committed_repository, repo)
     encoder_onnx(repo / "image_encoder" / "1" / "model.onnx")
     decoder_onnx(repo / "prompt_decoder" / "1" / "model.onnx")
     return {"repo": repo, "cache": tmp_path / "cache", "runtime": tmp_path / "runtime"}
 
 
-def start(entrypoint, layout, machine, *extra, environ=None):
+def start(layout, machine, *extra, environ=None):
     argv = [
         "--model-repository",
         str(layout["repo"]),
@@ -89,20 +89,20 @@ def start(entrypoint, layout, machine, *extra, environ=None):
         run_query=machine.run_query,
         run_build=machine.run_build,
         which=machine.which,
-        run_server=machine.run_server,
+        start_server=machine.run_server,
         environ=environ or {},
     )
 
 
-def dry_run(entrypoint, layout, machine, capsys, *extra) -> dict:
+def dry_run(layout, machine, capsys, *extra) -> dict:
     capsys.readouterr()  # drop what earlier starts printed
-    assert start(entrypoint, layout, machine, "--dry-run", *extra) == 0
+    assert start(layout, machine, "--dry-run", *extra) == 0
     return json.loads(capsys.readouterr().out)
 
 
-def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(entrypoint, layout, capsys):
+def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(layout, capsys):
     machine = FakeMachine()
-    plan = dry_run(entrypoint, layout, machine, capsys, "--log-verbose=1")
+    plan = dry_run(layout, machine, capsys, "--log-verbose=1")
     assert plan["gpu"] == {"name": "NVIDIA A100-SXM4-80GB", "compute_capability": "8.0"}
     assert plan["tensorrt"] == "10.5.0"
     assert [(e["model"], e["state"], e["action"]) for e in plan["engines"]] == [
@@ -151,9 +151,9 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(entrypoint, 
     assert machine.builds == [] and not layout["cache"].exists() and machine.exec_args is None
 
 
-def test_first_start_builds_then_serves_a_runtime_repository(entrypoint, layout):
+def test_first_start_builds_then_serves_a_runtime_repository(layout):
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert len(machine.builds) == 2
     runtime = layout["runtime"]
     for model in ("image_encoder", "prompt_decoder"):
@@ -177,18 +177,18 @@ def test_first_start_builds_then_serves_a_runtime_repository(entrypoint, layout)
     assert machine.exec_args[:2] == ["tritonserver", f"--model-repository={runtime}"]
 
 
-def test_second_start_reuses_the_cache(entrypoint, layout, capsys):
-    start(entrypoint, layout, FakeMachine())
+def test_second_start_reuses_the_cache(layout, capsys):
+    start(layout, FakeMachine())
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert machine.builds == [] and machine.exec_args is not None
-    plan = dry_run(entrypoint, layout, FakeMachine(), capsys)
+    plan = dry_run(layout, FakeMachine(), capsys)
     assert [(e["state"], e["action"], e["command"]) for e in plan["engines"]] == [("hit", "reuse", [])] * 2
 
 
 @pytest.mark.parametrize("change", ["gpu", "tensorrt", "onnx", "build settings"])
-def test_a_different_gpu_tensorrt_onnx_or_build_is_a_miss(entrypoint, layout, capsys, change):
-    start(entrypoint, layout, FakeMachine())
+def test_a_different_gpu_tensorrt_onnx_or_build_is_a_miss(layout, capsys, change):
+    start(layout, FakeMachine())
     machine = FakeMachine(
         gpus=L4 if change == "gpu" else A100, trt_banner=TRT_10_6 if change == "tensorrt" else TRT_10_5
     )
@@ -197,12 +197,12 @@ def test_a_different_gpu_tensorrt_onnx_or_build_is_a_miss(entrypoint, layout, ca
     if change == "build settings":
         config = layout["repo"] / "image_encoder" / "config.pbtxt"
         config.write_text(config.read_text().replace('string_value: "4096"', 'string_value: "2048"'))
-    states = {e["model"]: e["state"] for e in dry_run(entrypoint, layout, machine, capsys)["engines"]}
+    states = {e["model"]: e["state"] for e in dry_run(layout, machine, capsys)["engines"]}
     if change in ("gpu", "tensorrt"):
         assert states == {"image_encoder": "miss", "prompt_decoder": "miss"}
     else:
         assert states == {"image_encoder": "miss", "prompt_decoder": "hit"}
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert len(machine.builds) == sum(s == "miss" for s in states.values())
     assert len(list(layout["cache"].glob("image_encoder/*/engine.json"))) == 2  # the other entry is kept
 
@@ -210,8 +210,8 @@ def test_a_different_gpu_tensorrt_onnx_or_build_is_a_miss(entrypoint, layout, ca
 @pytest.mark.parametrize(
     "damage", ["plan altered", "plan empty", "plan missing", "metadata missing", "metadata garbage"]
 )
-def test_a_damaged_cache_entry_is_rebuilt(entrypoint, layout, capsys, damage):
-    start(entrypoint, layout, FakeMachine())
+def test_a_damaged_cache_entry_is_rebuilt(layout, capsys, damage):
+    start(layout, FakeMachine())
     entry = next(layout["cache"].glob("prompt_decoder/*/engine.json")).parent
     plan, meta = entry / "model.plan", entry / "engine.json"
     {
@@ -221,25 +221,25 @@ def test_a_damaged_cache_entry_is_rebuilt(entrypoint, layout, capsys, damage):
         "metadata missing": meta.unlink,
         "metadata garbage": lambda: meta.write_text("{not json"),
     }[damage]()
-    states = {e["model"]: e["state"] for e in dry_run(entrypoint, layout, FakeMachine(), capsys)["engines"]}
+    states = {e["model"]: e["state"] for e in dry_run(layout, FakeMachine(), capsys)["engines"]}
     assert states == {"image_encoder": "hit", "prompt_decoder": "corrupt"}
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert len(machine.builds) == 1 and "prompt_decoder" in machine.builds[0][1]
     assert json.loads(meta.read_text())["plan_sha256"]  # a complete entry again
 
 
-def test_a_failed_build_leaves_no_entry_and_does_not_start_the_server(entrypoint, layout, capsys):
+def test_a_failed_build_leaves_no_entry_and_does_not_start_the_server(layout, capsys):
     machine = FakeMachine(build_rc=1)
-    assert start(entrypoint, layout, machine) == 2
+    assert start(layout, machine) == 2
     assert "engine build of image_encoder/1 failed" in capsys.readouterr().err
     assert not list(layout["cache"].glob("*/*/engine.json")) and not list(layout["cache"].glob("*/.tmp-*"))
     assert machine.exec_args is None
 
 
-def test_build_only_fills_the_cache_and_exits(entrypoint, layout):
+def test_build_only_fills_the_cache_and_exits(layout):
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine, "--build-only") == 0
+    assert start(layout, machine, "--build-only") == 0
     assert len(machine.builds) == 2 and machine.exec_args is None and not layout["runtime"].exists()
 
 
@@ -252,23 +252,22 @@ def test_build_only_fills_the_cache_and_exits(entrypoint, layout):
         (FakeMachine(trt_banner="no banner"), "cannot tell the TensorRT version"),
     ],
 )
-def test_conditions_the_container_cannot_start_under(entrypoint, layout, capsys, machine, message):
-    assert start(entrypoint, layout, machine) == 2
+def test_conditions_the_container_cannot_start_under(layout, capsys, machine, message):
+    assert start(layout, machine) == 2
     assert message in capsys.readouterr().err and machine.exec_args is None
 
 
-def test_missing_trtexec(entrypoint, layout, capsys):
+def test_missing_trtexec(layout, capsys):
     machine = FakeMachine()
     machine.which = lambda name: None
-    assert start(entrypoint, layout, machine) == 2
+    assert start(layout, machine) == 2
     assert "trtexec not found" in capsys.readouterr().err
 
 
-def test_tensorrt_version_from_the_environment_and_visible_devices(entrypoint, layout, capsys):
+def test_tensorrt_version_from_the_environment_and_visible_devices(layout, capsys):
     machine = FakeMachine(trt_banner="")
     assert (
         start(
-            entrypoint,
             layout,
             machine,
             "--dry-run",
@@ -280,7 +279,7 @@ def test_tensorrt_version_from_the_environment_and_visible_devices(entrypoint, l
     assert machine.queries[0][-1] == "--id=2,3"
 
 
-def test_server_options(entrypoint, tmp_path):
+def test_server_options(tmp_path):
     command = entrypoint.tritonserver_command(tmp_path, ["--http-port=9000", "--log-verbose=1"])
     assert (
         "--http-port=9000" in command and "--http-port=8000" not in command and "--grpc-port=8001" in command
@@ -289,30 +288,30 @@ def test_server_options(entrypoint, tmp_path):
         entrypoint.tritonserver_command(tmp_path, ["--model-repository=/elsewhere"])
 
 
-def test_runtime_repository_is_never_cleared_unless_the_entrypoint_made_it(entrypoint, layout, capsys):
+def test_runtime_repository_is_never_cleared_unless_the_entrypoint_made_it(layout, capsys):
     layout["runtime"].mkdir()
     (layout["runtime"] / "precious.txt").write_text("keep me")
-    assert start(entrypoint, layout, FakeMachine()) == 2
+    assert start(layout, FakeMachine()) == 2
     assert "refusing to clear" in capsys.readouterr().err
     assert (layout["runtime"] / "precious.txt").exists()
 
 
-def test_a_repository_without_tensorrt_models_needs_no_trtexec(entrypoint, layout, capsys):
-    write_gpu_repository(CPU_REPO, layout["repo"], backend="onnxruntime-trt")
+def test_a_repository_without_tensorrt_models_needs_no_trtexec(layout, capsys, committed_repository):
+    write_gpu_repository(committed_repository, layout["repo"], backend="onnxruntime-trt")
     machine = FakeMachine()
     machine.which = lambda name: None
-    plan = dry_run(entrypoint, layout, machine, capsys)
+    plan = dry_run(layout, machine, capsys)
     assert (plan["tensorrt"], plan["engines"]) == (None, [])
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert machine.exec_args is not None and (layout["runtime"] / "image_encoder").is_symlink()
 
 
-def test_a_prebuilt_plan_without_onnx_is_served_as_it_is(entrypoint, layout, capsys):
+def test_a_prebuilt_plan_without_onnx_is_served_as_it_is(layout, capsys):
     (layout["repo"] / "prompt_decoder" / "1" / "model.onnx").unlink()
     (layout["repo"] / "prompt_decoder" / "1" / "model.plan").write_bytes(b"prebuilt")
-    plan = dry_run(entrypoint, layout, FakeMachine(), capsys)
+    plan = dry_run(layout, FakeMachine(), capsys)
     assert [e["model"] for e in plan["engines"]] == ["image_encoder"]
-    assert start(entrypoint, layout, FakeMachine()) == 0
+    assert start(layout, FakeMachine()) == 0
     assert (layout["runtime"] / "prompt_decoder" / "1" / "model.plan").read_bytes() == b"prebuilt"
 
 
@@ -324,11 +323,9 @@ def _verification(layout, model: str) -> dict:
     return meta["verification"]
 
 
-def test_every_engine_is_verified_against_onnxruntime_and_the_numbers_are_recorded(
-    entrypoint, layout, capsys
-):
+def test_every_engine_is_verified_against_onnxruntime_and_the_numbers_are_recorded(layout, capsys):
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert machine.exec_args is not None
     runs = machine.inference.commands
     # the encoder once (2 canvases in one batch), the decoder twice (boxes; points with padding)
@@ -348,21 +345,21 @@ def test_every_engine_is_verified_against_onnxruntime_and_the_numbers_are_record
     assert "prompt_decoder/1 (FP16) vs ONNX Runtime FP32" in out and "lowest mask IoU 1.0000" in out
 
 
-def test_a_reused_engine_is_verified_again(entrypoint, layout):
-    start(entrypoint, layout, FakeMachine())
+def test_a_reused_engine_is_verified_again(layout):
+    start(layout, FakeMachine())
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine) == 0
+    assert start(layout, machine) == 0
     assert machine.builds == [] and len(machine.inference.commands) == 3
 
 
-def test_an_engine_with_nan_outputs_is_refused(entrypoint, layout, capsys):
+def test_an_engine_with_nan_outputs_is_refused(layout, capsys):
     def nan_embeddings(model, output, array):
         if model == "image_encoder":
             array[0, :2] = np.nan
         return array
 
     machine = FakeMachine(inference=FakeTrtexecInference(nan_embeddings))
-    assert start(entrypoint, layout, machine) == 3
+    assert start(layout, machine) == 3
     assert machine.exec_args is None and not layout["runtime"].exists()
     err = capsys.readouterr().err
     assert "engine image_encoder/1 (TF32) refused" in err
@@ -374,11 +371,11 @@ def test_an_engine_with_nan_outputs_is_refused(entrypoint, layout, capsys):
     assert _verification(layout, "prompt_decoder")["passed"] is True  # both were checked
 
 
-def test_an_engine_that_disagrees_is_refused_with_its_numbers(entrypoint, layout, capsys):
+def test_an_engine_that_disagrees_is_refused_with_its_numbers(layout, capsys):
     def flipped_masks(model, output, array):
         return -array if output == "low_res_masks" else array
 
-    assert start(entrypoint, layout, FakeMachine(inference=FakeTrtexecInference(flipped_masks))) == 3
+    assert start(layout, FakeMachine(inference=FakeTrtexecInference(flipped_masks))) == 3
     err = capsys.readouterr().err
     assert "engine prompt_decoder/1 (FP16) refused" in err
     assert "5 box prompts: low_res_masks, max scaled difference" in err and "> tolerance 0.05" in err
@@ -388,35 +385,35 @@ def test_an_engine_that_disagrees_is_refused_with_its_numbers(entrypoint, layout
     assert {c["output"]: c["ok"] for c in checks} == {"low_res_masks": False, "iou_predictions": True}
 
 
-def test_small_differences_pass_and_tolerances_are_settings(entrypoint, layout, capsys):
+def test_small_differences_pass_and_tolerances_are_settings(layout, capsys):
     def shifted(model, output, array):
         return array + np.float32(0.1) if model == "image_encoder" else array
 
     machine = FakeMachine(inference=FakeTrtexecInference(shifted))
-    assert start(entrypoint, layout, machine) == 3  # 0.1 / max|embedding| ~ 0.04 > the FP32/TF32 default
+    assert start(layout, machine) == 3  # 0.1 / max|embedding| ~ 0.04 > the FP32/TF32 default
     assert "> tolerance 0.01" in capsys.readouterr().err
     layout["runtime"] = layout["runtime"].with_name("runtime-2")
-    assert start(entrypoint, layout, machine, "--verify-max-diff-fp32=0.05") == 0
+    assert start(layout, machine, "--verify-max-diff-fp32=0.05") == 0
     assert _verification(layout, "image_encoder")["tolerances"]["max_scaled_diff_fp32"] == 0.05
     environ = {"ENGINE_VERIFY_MAX_DIFF_FP32": "0.05"}
-    assert start(entrypoint, layout, machine, environ=environ) == 0  # the variable the chart can set
+    assert start(layout, machine, environ=environ) == 0  # the variable the chart can set
     assert "--verify-max-diff-fp32=0.05" not in machine.exec_args  # not a tritonserver option
 
 
-def test_an_engine_trtexec_cannot_run_is_refused(entrypoint, layout, capsys):
+def test_an_engine_trtexec_cannot_run_is_refused(layout, capsys):
     machine = FakeMachine(inference=FakeTrtexecInference(returncode=1))
-    assert start(entrypoint, layout, machine) == 3
+    assert start(layout, machine) == 3
     err = capsys.readouterr().err
     assert "trtexec could not run" in err and "engine mismatch" in err and machine.exec_args is None
 
 
-def test_build_only_verifies_too(entrypoint, layout):
+def test_build_only_verifies_too(layout):
     machine = FakeMachine(inference=FakeTrtexecInference(lambda model, output, array: array * 2))
-    assert start(entrypoint, layout, machine, "--build-only") == 3
+    assert start(layout, machine, "--build-only") == 3
 
 
-def test_bad_tolerances_are_refused(entrypoint, layout, capsys):
-    assert start(entrypoint, layout, FakeMachine(), "--verify-min-mask-iou=1.5") == 2
+def test_bad_tolerances_are_refused(layout, capsys):
+    assert start(layout, FakeMachine(), "--verify-min-mask-iou=1.5") == 2
     assert "min_mask_iou must be in [0, 1]" in capsys.readouterr().err
 
 
@@ -432,16 +429,11 @@ def _options(command: list[str], prefix: str) -> list[str]:
     return [a for a in command if a.startswith(prefix)]
 
 
-def test_admin_key_from_a_file_or_the_environment_is_used_and_never_printed(
-    entrypoint, layout, capsys, tmp_path
-):
+def test_admin_key_from_a_file_or_the_environment_is_used_and_never_printed(layout, capsys, tmp_path):
     key_file = tmp_path / "admin-key"
     key_file.write_text(KEY + "\n")
     machine = FakeMachine()
-    assert (
-        start(entrypoint, layout, machine, "--admin-key-file", str(key_file), "--admin-header", "x-admin")
-        == 0
-    )
+    assert start(layout, machine, "--admin-key-file", str(key_file), "--admin-header", "x-admin") == 0
     assert _options(machine.exec_args, "--http-restricted-api") == [
         f"--http-restricted-api={APIS}:x-admin={KEY}"
     ]
@@ -454,18 +446,18 @@ def test_admin_key_from_a_file_or_the_environment_is_used_and_never_printed(
 
     machine = FakeMachine()
     environ = {"ADMIN_KEY": KEY, "ADMIN_HEADER": "x-ops"}
-    assert start(entrypoint, layout, machine, environ=environ) == 0
+    assert start(layout, machine, environ=environ) == 0
     assert f"--http-restricted-api={APIS}:x-ops={KEY}" in machine.exec_args
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine, environ={"ADMIN_KEY_FILE": str(key_file)}) == 0
+    assert start(layout, machine, environ={"ADMIN_KEY_FILE": str(key_file)}) == 0
     assert f"--http-restricted-api={APIS}:mobilesamv2-admin-key={KEY}" in machine.exec_args
 
 
-def test_without_a_key_the_management_apis_get_a_random_one(entrypoint, layout, capsys):
+def test_without_a_key_the_management_apis_get_a_random_one(layout, capsys):
     keys = []
     for _ in range(2):
         machine = FakeMachine()
-        assert start(entrypoint, layout, machine) == 0
+        assert start(layout, machine) == 0
         [option] = _options(machine.exec_args, "--http-restricted-api")
         keys.append(option.rsplit("=", 1)[1])
     assert keys[0] != keys[1] and all(len(k) >= 32 for k in keys)
@@ -473,13 +465,13 @@ def test_without_a_key_the_management_apis_get_a_random_one(entrypoint, layout, 
     assert "--model-control-mode=none" in machine.exec_args
 
 
-def test_restriction_can_be_turned_off_but_model_control_stays_none(entrypoint, layout, capsys):
+def test_restriction_can_be_turned_off_but_model_control_stays_none(layout, capsys):
     for extra, environ in (
         (["--no-restrict-management-apis"], {}),
         ([], {"RESTRICT_MANAGEMENT_APIS": "false"}),
     ):
         machine = FakeMachine()
-        assert start(entrypoint, layout, machine, *extra, environ=environ) == 0
+        assert start(layout, machine, *extra, environ=environ) == 0
         assert not _options(machine.exec_args, "--http-restricted-api")
         assert not _options(machine.exec_args, "--grpc-restricted-protocol")
         assert "--model-control-mode=none" in machine.exec_args
@@ -496,19 +488,19 @@ def test_restriction_can_be_turned_off_but_model_control_stays_none(entrypoint, 
         ["--grpc-use-ssl=false"],
     ],
 )
-def test_server_options_that_would_loosen_it_are_refused(entrypoint, layout, capsys, server_args):
+def test_server_options_that_would_loosen_it_are_refused(layout, capsys, server_args):
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine, *server_args) == 2
+    assert start(layout, machine, *server_args) == 2
     assert "the locked-down server sets" in capsys.readouterr().err and machine.exec_args is None
 
 
-def test_grpc_tls_and_mutual_tls_from_files(entrypoint, layout, capsys, tmp_path):
+def test_grpc_tls_and_mutual_tls_from_files(layout, capsys, tmp_path):
     cert, key, ca = tmp_path / "tls.crt", tmp_path / "tls.key", tmp_path / "ca.crt"
     cert.write_text(PEM_CERT)
     key.write_text(PEM_KEY)
     ca.write_text(PEM_CERT)
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine, "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key)) == 0
+    assert start(layout, machine, "--grpc-tls-cert", str(cert), "--grpc-tls-key", str(key)) == 0
     assert ["--grpc-use-ssl=true", f"--grpc-server-cert={cert}", f"--grpc-server-key={key}"] == [
         a for a in machine.exec_args if a.startswith(("--grpc-use-ssl", "--grpc-server-"))
     ]
@@ -517,7 +509,7 @@ def test_grpc_tls_and_mutual_tls_from_files(entrypoint, layout, capsys, tmp_path
 
     machine = FakeMachine()
     environ = {"GRPC_TLS_CERT": str(cert), "GRPC_TLS_KEY": str(key), "GRPC_TLS_CLIENT_CA": str(ca)}
-    assert start(entrypoint, layout, machine, environ=environ) == 0
+    assert start(layout, machine, environ=environ) == 0
     assert {"--grpc-use-ssl-mutual=true", f"--grpc-root-cert={ca}"} <= set(machine.exec_args)
     assert "mutual TLS" in capsys.readouterr().out
 
@@ -531,7 +523,7 @@ def test_grpc_tls_and_mutual_tls_from_files(entrypoint, layout, capsys, tmp_path
         ("key is not PEM", "is not PEM"),
     ],
 )
-def test_bad_security_settings_stop_the_start(entrypoint, layout, capsys, tmp_path, problem, message):
+def test_bad_security_settings_stop_the_start(layout, capsys, tmp_path, problem, message):
     cert = tmp_path / "tls.crt"
     cert.write_text(PEM_CERT)
     extra = {
@@ -542,5 +534,5 @@ def test_bad_security_settings_stop_the_start(entrypoint, layout, capsys, tmp_pa
     }[problem]
     environ = {"ADMIN_KEY": "short"} if problem == "short key" else {}
     machine = FakeMachine()
-    assert start(entrypoint, layout, machine, *extra, environ=environ) == 2
+    assert start(layout, machine, *extra, environ=environ) == 2
     assert message in capsys.readouterr().err and machine.exec_args is None

@@ -2,9 +2,10 @@
 forwarded, the group reaped when it exits (its Python stubs outlive it otherwise), its exit status passed on,
 and a lost stub process turned into exit status 4.
 
-A fake tritonserver (a Python script) starts fake stubs: processes whose command line looks like Triton's
-(``.../triton_python_backend_stub <repository>/<model>/1/model.py <shm> ... <instance> ...``) and that ignore
-SIGTERM, as a busy stub does; the entrypoint's ``serve`` runs in a subprocess so that real signals are sent.
+A fake tritonserver (a Python script) answers ``/v2/health/ready`` on its ``--http-port`` and starts fake
+stubs: processes whose command line looks like Triton's (``.../triton_python_backend_stub
+<repository>/<model>/1/model.py <shm> ... <instance> ...``) and that ignore SIGTERM, as a busy stub does; the
+entrypoint's ``run_server`` runs in a subprocess so that real signals are sent.
 """
 
 from __future__ import annotations
@@ -20,10 +21,9 @@ from pathlib import Path
 
 import pytest
 
-from mobilesamv2.server import procs
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-ENTRYPOINT = REPO_ROOT / "deploy" / "docker" / "entrypoint.py"
+from mobilesamv2.runner import entrypoint, procs
+from mobilesamv2.runner.local import free_port
+from mobilesamv2.runner.server import TritonProcess, exit_code, ready_url
 
 FAKE_STUB = """
 import signal, time
@@ -33,8 +33,22 @@ while True:
 """
 
 FAKE_SERVER = """
-import os, signal, sys, time
+import http.server, os, signal, sys, threading, time
 repo, exit_after, code = sys.argv[1], float(sys.argv[2]), int(sys.argv[3])
+port = int(sys.argv[4].split("=")[1])
+
+
+class Ready(http.server.BaseHTTPRequestHandler):
+    def do_GET(self):
+        self.send_response(200)
+        self.end_headers()
+
+    def log_message(self, *args):
+        pass
+
+
+server = http.server.HTTPServer(("127.0.0.1", port), Ready)
+threading.Thread(target=server.serve_forever, daemon=True).start()
 stub = os.path.join(repo, "triton_python_backend_stub")
 for model, instances in (("object_discovery", 1), ("segment_everything", 2)):
     for i in range(instances):
@@ -75,22 +89,18 @@ def _no_leftovers():
         procs.kill_group(SERVERS.pop(), timeout=5)
 
 
+def fake_command(fake_repo: Path, exit_after: float = 0, code: int = 0) -> list[str]:
+    script = str(fake_repo / "fake_tritonserver.py")
+    return [sys.executable, script, str(fake_repo), str(exit_after), str(code), f"--http-port={free_port()}"]
+
+
 def run_serve(fake_repo: Path, exit_after: float = 0, code: int = 0, watch: float = 0) -> subprocess.Popen:
-    command = [
-        sys.executable,
-        str(fake_repo / "fake_tritonserver.py"),
-        str(fake_repo),
-        str(exit_after),
-        str(code),
-    ]
+    command = fake_command(fake_repo, exit_after, code)
     script = textwrap.dedent(
         f"""
-        import importlib.util, sys
-        spec = importlib.util.spec_from_file_location("entrypoint", {str(ENTRYPOINT)!r})
-        entrypoint = sys.modules["entrypoint"] = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(entrypoint)
-        ready = lambda url: True
-        sys.exit(entrypoint.serve({command!r}, stub_watch_interval={watch}, is_ready=ready, tick=0.05))
+        import os, sys
+        from mobilesamv2.runner import entrypoint
+        sys.exit(entrypoint.run_server({command!r}, stub_watch_interval={watch}, environ=os.environ))
         """
     )
     process = subprocess.Popen(
@@ -170,17 +180,18 @@ def test_a_lost_stub_stops_the_server_with_status_4(fake_repo: Path, sig: int) -
     assert gone([pid] + [s.pid for s in stubs]) and not procs.group_members(pid)
 
 
-def test_options_and_ready_url(entrypoint) -> None:
+def test_options_and_ready_url() -> None:
     command = ["tritonserver", "--http-port=9000", "--exit-timeout-secs", "12", "--http-address=0.0.0.0"]
-    assert entrypoint._option(command, "--exit-timeout-secs") == "12"
-    assert entrypoint.ready_url(command) == "http://127.0.0.1:9000/v2/health/ready"
-    assert entrypoint.ready_url(["tritonserver"]) == "http://127.0.0.1:8000/v2/health/ready"
-    assert entrypoint.ready_url(["tritonserver", "--allow-http=false"]) is None
-    assert entrypoint.exit_code(7 << 8) == 7
-    assert entrypoint.exit_code(signal.SIGKILL) == 137
+    assert TritonProcess(command).exit_timeout_s == 12
+    assert TritonProcess(["tritonserver"]).exit_timeout_s == 30
+    assert ready_url(command) == "http://127.0.0.1:9000/v2/health/ready"
+    assert ready_url(["tritonserver"]) == "http://127.0.0.1:8000/v2/health/ready"
+    assert ready_url(["tritonserver", "--allow-http=false"]) is None
+    assert exit_code(7 << 8) == 7
+    assert exit_code(signal.SIGKILL) == 137
 
 
-def test_stub_watch_interval_option(entrypoint) -> None:
+def test_stub_watch_interval_option() -> None:
     args, rest = entrypoint.parse_args(["--stub-watch-interval", "0", "--log-verbose=1"], {})
     assert args.stub_watch_interval == 0 and rest == ["--log-verbose=1"]
     args, _ = entrypoint.parse_args([], {"STUB_WATCH_INTERVAL": "2.5"})
@@ -193,13 +204,11 @@ def test_the_server_gets_default_signal_handling_even_if_the_entrypoint_ignores_
     original = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
-        command = [sys.executable, str(fake_repo / "fake_tritonserver.py"), str(fake_repo), "0", "0"]
+        command = fake_command(fake_repo)
         script = (
-            "import importlib.util, sys\n"
-            f"spec = importlib.util.spec_from_file_location('entrypoint', {str(ENTRYPOINT)!r})\n"
-            "entrypoint = sys.modules['entrypoint'] = importlib.util.module_from_spec(spec)\n"
-            "spec.loader.exec_module(entrypoint)\n"
-            f"sys.exit(entrypoint.serve({command!r}, stub_watch_interval=0, tick=0.05))\n"
+            "import os, sys\n"
+            "from mobilesamv2.runner import entrypoint\n"
+            f"sys.exit(entrypoint.run_server({command!r}, stub_watch_interval=0, environ=os.environ))\n"
         )
         process = subprocess.Popen(
             [sys.executable, "-c", script], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True

@@ -200,10 +200,10 @@ def test_engine_precisions_default_to_tf32_encoder_and_fp16_decoder_and_fp16_enc
     )
 
 
-def test_precision_on_the_command_line(tmp_path):
+def test_precision_on_the_command_line(tmp_path, committed_repository):
     def built(*argv) -> tuple[str, str]:
         out = tmp_path / "gpu"
-        gpu.main(["--cpu-repo", str(CPU_REPO), "--out", str(out), *argv])
+        gpu.main(["--cpu-repo", str(committed_repository), "--out", str(out), *argv])
         return tuple(
             EngineBuild.from_parameters(
                 config_string_parameters((out / model / "config.pbtxt").read_text())
@@ -287,11 +287,11 @@ def test_write_gpu_repository_copies_everything_and_rewrites_only_configs(tmp_pa
         gpu.write_gpu_repository(cpu, cpu)
 
 
-def test_main_writes_the_repository(tmp_path, capsys):
+def test_main_writes_the_repository(tmp_path, capsys, committed_repository):
     gpu.main(
         [
             "--cpu-repo",
-            str(CPU_REPO),
+            str(committed_repository),
             "--out",
             str(tmp_path / "gpu"),
             "--instances-per-gpu",

@@ -260,7 +260,7 @@ def check_inference_probes(liveness: dict, readiness: dict) -> None:
     a busy pod at least a minute before a restart."""
     for probe in (liveness, readiness):
         command = probe["exec"]["command"]
-        assert command[:3] == ["python3", "-m", "mobilesamv2.server.probe"]
+        assert command[:3] == ["python3", "-m", "mobilesamv2.runner.probe"]
         assert _probe_option(command, "--url") == "127.0.0.1:8000"
         assert float(_probe_option(command, "--timeout")) + 2 <= probe["timeoutSeconds"]
     live, ready = liveness["exec"]["command"], readiness["exec"]["command"]

@@ -219,7 +219,7 @@ def test_main_rejects_a_bad_run_time(capsys):
 
 
 def test_main_reports_an_unreachable_server(capsys):
-    from mobilesamv2.server.launcher import free_port
+    from mobilesamv2.runner.local import free_port
 
     code = main(["--host", f"127.0.0.1:{free_port()}", "--ready-timeout", "1", "--run-time", "5s"])
     assert code == EXIT_ERROR

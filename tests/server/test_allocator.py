@@ -14,14 +14,14 @@ from pathlib import Path
 
 import pytest
 
-from mobilesamv2.server import launcher
+from mobilesamv2.runner import local
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 REPOSITORY = REPO_ROOT / "model_repository"
 
 PROBE = """
 import ctypes, json, sys
-from mobilesamv2.server.glue import keep_large_blocks_in_heap
+from mobilesamv2.inside_triton.glue import keep_large_blocks_in_heap
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(n, ctypes.c_size_t) for n in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
@@ -88,8 +88,8 @@ def test_only_the_bounded_onnx_runtime_stubs_tune_their_heap():
 def test_the_launcher_sets_nothing_process_wide_by_default(tmp_path, monkeypatch):
     for key in ("MOBILESAMV2_ALLOCATOR", "MALLOC_MMAP_MAX_", "MALLOC_MMAP_THRESHOLD_", "LD_PRELOAD"):
         monkeypatch.delenv(key, raising=False)
-    env = launcher.TritonServer(tmp_path).environment()
+    env = local.TritonServer(tmp_path).environment()
     assert not [k for k in env if k.startswith("MALLOC_")]
     assert "LD_PRELOAD" not in env
-    tuned = launcher.TritonServer(tmp_path, env={"MOBILESAMV2_ALLOCATOR": "glibc-tuned"}).environment()
+    tuned = local.TritonServer(tmp_path, env={"MOBILESAMV2_ALLOCATOR": "glibc-tuned"}).environment()
     assert tuned["MALLOC_MMAP_MAX_"] == "0"

@@ -10,8 +10,8 @@ import time
 import numpy as np
 import pytest
 
+from mobilesamv2.inside_triton.embedding_cache import SharedEmbeddingCache, cache_directory
 from mobilesamv2.pipeline import MemoryEmbeddingCache, Models, Pipeline, SegmentRequest
-from mobilesamv2.server.embedding_cache import SharedEmbeddingCache, cache_directory
 from segment_everything_contract import Prompts, Settings
 
 EMBEDDING = np.arange(256 * 64 * 64, dtype=np.float32).reshape(1, 256, 64, 64)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from mobilesamv2.inside_triton import glue
 from mobilesamv2.pipeline import StageError
-from mobilesamv2.server import glue
 from segment_everything_contract import ContractError
 
 

@@ -32,8 +32,8 @@ from onnx import TensorProto, helper
 from triton_calls import RawInfer
 from tritonclient.utils import InferenceServerException
 
-from mobilesamv2.server import launcher, procs
-from mobilesamv2.server.launcher import REPO_ROOT, TritonServer
+from mobilesamv2.runner import local, procs, serve
+from mobilesamv2.runner.local import REPO_ROOT, TritonServer
 
 pytestmark = pytest.mark.server
 
@@ -381,9 +381,9 @@ def test_build_step_failure_is_reported(tmp_path: Path, monkeypatch: pytest.Monk
         calls.append(command)
         return subprocess.CompletedProcess(command, 1)
 
-    monkeypatch.setattr(launcher.subprocess, "run", failing_run)
+    monkeypatch.setattr(local.subprocess, "run", failing_run)
     with pytest.raises(SystemExit, match=r"building the model repository .* failed"):
-        launcher.main(["--model-repository", str(tmp_path)])
+        serve.main(["--model-repository", str(tmp_path)])
     assert calls == [[sys.executable, "-m", "mobilesamv2.export.cli", "--out", str(tmp_path.resolve())]]
 
 
@@ -407,7 +407,7 @@ def test_stop_ends_the_server_quickly(one_model_repo: Path, tmp_path: Path) -> N
 
 def test_cli_serves_until_sigterm(one_model_repo: Path, tmp_path: Path) -> None:
     command = [
-        sys.executable, "-m", "mobilesamv2.server.launcher", "--model-repository", str(one_model_repo),
+        sys.executable, "-m", "mobilesamv2.runner.serve", "--model-repository", str(one_model_repo),
         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-build", "--no-supervise",
         "--log-file", str(tmp_path / "log.txt"),
     ]  # fmt: skip
@@ -443,6 +443,45 @@ def test_cli_serves_until_sigterm(one_model_repo: Path, tmp_path: Path) -> None:
             process.wait()
 
 
+def test_a_killed_cli_takes_its_server_and_stubs_along(one_model_repo: Path, tmp_path: Path) -> None:
+    """``mobilesamv2-serve`` killed with SIGKILL (no handler runs): the kernel kills its tritonserver, whose
+    stubs then exit, and the ports are free for the next start."""
+    command = [
+        sys.executable, "-m", "mobilesamv2.runner.serve", "--model-repository", str(one_model_repo),
+        "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-build", "--no-supervise",
+        "--log-file", str(tmp_path / "log.txt"),
+    ]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    process = subprocess.Popen(command, cwd=REPO_ROOT, env=env, stdout=subprocess.PIPE, text=True)
+    try:
+        pid, http = None, None
+        for line in process.stdout:
+            if match := re.match(r"Triton ready \(pid (\d+)\)", line):
+                pid = int(match[1])
+            if match := re.match(r"\s+http:\s+(\S+)", line):
+                http = match[1]
+            if "Ctrl-C" in line:
+                break
+        assert pid is not None and http is not None
+        stubs = [s.pid for s in procs.stubs_of(pid)]
+        assert stubs
+        process.kill()
+        process.wait()
+
+        def alive() -> list[int]:
+            return [p for p in [pid, *stubs] if (info := procs.proc_info(p)) and info.state != "Z"]
+
+        deadline = time.monotonic() + 10
+        while alive() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not alive(), "orphans left running"
+        assert not _port_open(http)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+
+
 def test_stubs_are_in_the_servers_process_group(server: TritonServer) -> None:
     stubs = server.stub_pids()
     assert set(stubs) == {"affine", "fixed4", "pairs", "pairs_sliced"}
@@ -463,7 +502,7 @@ def test_a_killed_server_leaves_no_orphan_stubs(one_model_repo: Path, tmp_path: 
         info = procs.proc_info(stub)
         assert info is not None and info.state != "Z", "the stub did not outlive its server here"
         assert not server.is_running()  # the launcher notices...
-        assert server.poll() == -signal.SIGKILL
+        assert server.poll() == 128 + signal.SIGKILL
         assert server.reaped == [stub]  # ...and kills the orphan
         assert procs.proc_info(stub) is None or procs.proc_info(stub).state == "Z"
         assert not procs.group_members(server.pid)
@@ -475,7 +514,7 @@ def test_cli_without_supervisor_reports_a_dead_server_and_reaps_it(
     one_model_repo: Path, tmp_path: Path
 ) -> None:
     command = [
-        sys.executable, "-m", "mobilesamv2.server.launcher", "--model-repository", str(one_model_repo),
+        sys.executable, "-m", "mobilesamv2.runner.serve", "--model-repository", str(one_model_repo),
         "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0", "--no-build", "--no-supervise",
         "--log-file", str(tmp_path / "log.txt"),
     ]  # fmt: skip
@@ -496,7 +535,7 @@ def test_cli_without_supervisor_reports_a_dead_server_and_reaps_it(
         os.kill(pid, signal.SIGKILL)
         assert process.wait(timeout=20) == 1
         out = process.stdout.read()
-        assert "tritonserver died (exit code -9); killed 1 leftover processes of its group" in out, out
+        assert "tritonserver exited with status 137; killed 1 leftover processes of its group" in out, out
         assert not procs.group_members(pid)
     finally:
         if process.poll() is None:

@@ -17,9 +17,9 @@ import tls_certs
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from mobilesamv2.server import launcher
-from mobilesamv2.server.hardening import GRPC_HEADER_PREFIX, GrpcTls, HardeningError, Restriction
-from mobilesamv2.server.launcher import TritonServer
+from mobilesamv2.runner import serve
+from mobilesamv2.runner.hardening import GRPC_HEADER_PREFIX, GrpcTls, HardeningError, Restriction, Security
+from mobilesamv2.runner.local import TritonServer
 from segment_everything_client import SegmentEverythingClient, ServerUnavailableError
 
 pytestmark = pytest.mark.skipif(not tls_certs.available(), reason="neither cryptography nor openssl")
@@ -156,7 +156,7 @@ def test_plaintext_grpc_or_an_unknown_ca_is_refused(locked: TritonServer, certs,
 
 
 def test_the_probe_needs_no_key(locked: TritonServer) -> None:
-    from mobilesamv2.server.probe import Prober
+    from mobilesamv2.runner.probe import Prober
 
     result = Prober(locked.http_url, timeout=60).run()
     assert result.ok, result.line()
@@ -224,25 +224,22 @@ def test_conflicting_extra_args_are_refused(tmp_path: Path) -> None:
     assert not any("restricted" in a or "ssl" in a for a in plain.command())
 
 
-def test_cli_key_sources_and_bad_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
-    monkeypatch.setattr(launcher, "GENERATED_KEY_FILE", tmp_path / "admin-key")
-    parse = launcher.argparse.Namespace
-    args = parse(restrict_apis=True, admin_key_file=None, admin_header=HEADER)
-    monkeypatch.delenv(launcher.ADMIN_KEY_VAR, raising=False)
-    restriction, note = launcher._restriction(args)
+def test_cli_key_sources_and_bad_tls(tmp_path: Path, capsys) -> None:
+    args = serve.parse_args(["--restrict-apis", "--admin-header", HEADER])
+    security = Security.from_args(args, {}, generated_key_file=tmp_path / "admin-key")
     written = (tmp_path / "admin-key").read_text().strip()
-    assert restriction.key == written and oct((tmp_path / "admin-key").stat().st_mode & 0o777) == "0o600"
-    assert "triton-grpc-protocol-mobilesamv2-admin-key" in note and written not in note
-    monkeypatch.setenv(launcher.ADMIN_KEY_VAR, KEY)
-    assert launcher._restriction(args)[0].key == KEY
+    assert security.restriction.key == written
+    assert oct((tmp_path / "admin-key").stat().st_mode & 0o777) == "0o600"
+    notes = " ".join(security.notes())
+    assert "triton-grpc-protocol-mobilesamv2-admin-key" in notes and written not in notes
+    assert str(tmp_path / "admin-key") in notes
+    assert Security.from_args(args, {"ADMIN_KEY": KEY}).restriction.key == KEY
     (tmp_path / "file").write_text(KEY + "X\n")
-    assert (
-        launcher._restriction(parse(**{**vars(args), "admin_key_file": tmp_path / "file"}))[0].key
-        == KEY + "X"
-    )
-    assert launcher._restriction(parse(restrict_apis=False))[0] is None
+    from_file = serve.parse_args(["--restrict-management-apis", "--admin-key-file", str(tmp_path / "file")])
+    assert Security.from_args(from_file, {"ADMIN_KEY": KEY}).restriction.key == KEY + "X"
+    assert Security.from_args(serve.parse_args([]), {}).restriction is None
 
     cert = tmp_path / "c.pem"
     cert.write_text("-----BEGIN CERTIFICATE-----\n")
-    code = launcher.main(["--no-build", "--model-repository", str(tmp_path), "--grpc-tls-cert", str(cert)])
+    code = serve.main(["--no-build", "--model-repository", str(tmp_path), "--grpc-tls-cert", str(cert)])
     assert code == 2 and "needs both" in capsys.readouterr().err

@@ -23,7 +23,7 @@ from onnx import TensorProto, helper
 from triton_calls import RawInfer
 from tritonclient.utils import InferenceServerException
 
-from mobilesamv2.server.launcher import TritonServer
+from mobilesamv2.runner.local import TritonServer
 
 pytestmark = pytest.mark.server
 

@@ -1,4 +1,4 @@
-"""The health probe (``python -m mobilesamv2.server.probe``): its verdicts against a fake server that
+"""The health probe (``python -m mobilesamv2.runner.probe``): its verdicts against a fake server that
 answers, refuses, fails, hangs or lies, and one real run against tritonserver (under the models' Python
 environment when ``$MOBILESAMV2_SERVER_PYTHON_ENV`` names one, as the container's HEALTHCHECK runs it)."""
 
@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from mobilesamv2.server import probe
-from mobilesamv2.server.launcher import PYTHON_ENV_VAR, REPO_ROOT, PythonEnv, TritonServer
+from mobilesamv2.runner import probe
+from mobilesamv2.runner.local import PYTHON_ENV_VAR, REPO_ROOT, PythonEnv, TritonServer
 
 
 def _answer(body: dict) -> dict:
@@ -174,7 +174,7 @@ def test_probe_of_the_real_server(triton_server: TritonServer) -> None:
     env_dir = os.environ.get(PYTHON_ENV_VAR)
     python = str(PythonEnv.of(env_dir).bin_dir / "python") if env_dir else sys.executable
     result = subprocess.run(
-        [python, "-I", "-m", "mobilesamv2.server.probe", "--url", triton_server.http_url, "--timeout", "60"],
+        [python, "-I", "-m", "mobilesamv2.runner.probe", "--url", triton_server.http_url, "--timeout", "60"],
         capture_output=True,
         text=True,
         timeout=90,

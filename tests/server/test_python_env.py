@@ -16,8 +16,8 @@ from pathlib import Path
 import psutil
 import pytest
 
-from mobilesamv2.server import launcher
-from mobilesamv2.server.launcher import PYTHON_ENV_VAR, PythonEnv, TritonServer
+from mobilesamv2.runner import local
+from mobilesamv2.runner.local import PYTHON_ENV_VAR, PythonEnv, TritonServer
 
 THIS_VERSION = f"{sys.version_info[0]}.{sys.version_info[1]}"
 
@@ -34,7 +34,7 @@ def test_an_explicit_env_gets_its_own_stub_folder_and_goes_first_on_path(
 ) -> None:
     monkeypatch.delenv(PYTHON_ENV_VAR, raising=False)
     default = TritonServer(tmp_path)
-    assert default.backend_directory == launcher.DEFAULT_BACKEND_DIR.resolve()
+    assert default.backend_directory == local.DEFAULT_BACKEND_DIR.resolve()
     assert default.python_env.version == THIS_VERSION
 
     server = TritonServer(tmp_path, python_env=sys.prefix)
@@ -49,12 +49,12 @@ def test_an_explicit_env_gets_its_own_stub_folder_and_goes_first_on_path(
 
 
 def test_the_backend_directory_holds_the_stub_of_the_requested_version(tmp_path: Path) -> None:
-    launcher.assemble_backend_directory(tmp_path / "b", "3.10")
+    local.assemble_backend_directory(tmp_path / "b", "3.10")
     stub = tmp_path / "b" / "python" / "triton_python_backend_stub"
-    shipped = launcher.find_pytriton() / "tritonserver" / "python_backend_stubs" / "3.10" / stub.name
+    shipped = local.find_pytriton() / "tritonserver" / "python_backend_stubs" / "3.10" / stub.name
     assert stub.read_bytes() == shipped.read_bytes()
     with pytest.raises(RuntimeError, match=r"no Python backend stub for Python 2\.7"):
-        launcher.assemble_backend_directory(tmp_path / "c", "2.7")
+        local.assemble_backend_directory(tmp_path / "c", "2.7")
 
 
 def _stubs(server: TritonServer) -> list[psutil.Process]:

@@ -23,10 +23,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mobilesamv2.server import procs
-from mobilesamv2.server.launcher import REPO_ROOT, TritonServer
-from mobilesamv2.server.probe import Prober
-from mobilesamv2.server.supervisor import Supervisor
+from mobilesamv2.runner import procs
+from mobilesamv2.runner.local import REPO_ROOT, TritonServer
+from mobilesamv2.runner.probe import Prober
+from mobilesamv2.runner.supervisor import Supervisor
 from segment_everything_client import SegmentEverythingClient, SegmentEverythingError
 
 pytestmark = pytest.mark.server
@@ -219,7 +219,7 @@ def test_cli_supervisor_restarts_a_killed_server(built_repository: Path, tmp_pat
     """``mobilesamv2-serve`` with its supervisor: tritonserver SIGKILLed is noticed, its stubs are killed, it
     is started again on the same ports; SIGTERM then stops everything."""
     command = [
-        sys.executable, "-m", "mobilesamv2.server.launcher", "--model-repository", str(built_repository),
+        sys.executable, "-m", "mobilesamv2.runner.local", "--model-repository", str(built_repository),
         "--no-build", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
         "--log-file", str(tmp_path / "log.txt"), "--probe-interval", "5", "--probe-timeout", "10",
     ]  # fmt: skip

@@ -15,8 +15,8 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import segment_everything_contract as contract
+from mobilesamv2.inside_triton import glue
 from mobilesamv2.processing.boxes import select_candidates
-from mobilesamv2.server import glue
 
 MODEL = contract.DISCOVERY_MODEL
 IMAGES, CONF = contract.DISCOVERY_INPUTS

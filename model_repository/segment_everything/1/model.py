@@ -21,6 +21,9 @@ import numpy as np
 import triton_python_backend_utils as pb_utils
 
 import segment_everything_contract as contract
+from mobilesamv2.inside_triton import glue
+from mobilesamv2.inside_triton.embedding_cache import DEFAULT_ROOT, SharedEmbeddingCache, cache_directory
+from mobilesamv2.inside_triton.metrics import PipelineMetrics
 from mobilesamv2.pipeline import (
     HostPostprocessor,
     Models,
@@ -34,9 +37,6 @@ from mobilesamv2.pipeline import (
 )
 from mobilesamv2.processing.image import DETECTOR_CHANNEL_ORDER
 from mobilesamv2.processing.masks import DEFAULT_CHUNK_BYTES
-from mobilesamv2.server import glue
-from mobilesamv2.server.embedding_cache import DEFAULT_ROOT, SharedEmbeddingCache, cache_directory
-from mobilesamv2.server.metrics import PipelineMetrics
 
 MODEL = contract.PIPELINE_MODEL
 #: The deadline (``time.monotonic()``) of the request being served in this task: sub-requests carry what is

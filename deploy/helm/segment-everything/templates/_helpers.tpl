@@ -29,14 +29,14 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-The probe command (python -m mobilesamv2.server.probe): real inferences through every model within a deadline.
+The probe command (python -m mobilesamv2.runner.probe): real inferences through every model within a deadline.
 Liveness counts a full queue as alive, unless it lasts maxOverloaded probes in a row (hung instances fill it).
 */}}
 {{- define "segment-everything.probeCommand" -}}
 {{- $inference := .root.Values.probes.inference -}}
 - python3
 - -m
-- mobilesamv2.server.probe
+- mobilesamv2.runner.probe
 - --url=127.0.0.1:8000
 - --timeout={{ $inference.deadlineSeconds }}
 {{- if not $inference.interactive }}

@@ -19,7 +19,7 @@ Config ``parameters`` read here (all optional, string values):
                                                    must share their axis-0 length (default: all inputs when
                                                    max_batch_size > 0; required when max_batch_size is 0)
     max_dims, same_dims, finite_inputs, value_ranges
-                                                   input guards (mobilesamv2/server/input_guards.py):
+                                                   input guards (mobilesamv2/inside_triton/input_guards.py):
                                                    every request is checked against them before ORT runs
                                                    and refused with INVALID_ARG naming the model, the
                                                    input, the value and the limit:
@@ -53,8 +53,8 @@ import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from mobilesamv2.server import glue
-from mobilesamv2.server.input_guards import GuardConfigError, InputGuards, InputInfo
+from mobilesamv2.inside_triton import glue
+from mobilesamv2.inside_triton.input_guards import GuardConfigError, InputGuards, InputInfo
 from segment_everything_contract import ContractError
 
 _ORT_TO_NUMPY: dict[str, type] = {

@@ -22,6 +22,8 @@ imports this.
 
 from __future__ import annotations
 
+import argparse
+import os
 import re
 import secrets
 from collections.abc import Mapping, Sequence
@@ -126,7 +128,8 @@ class GrpcTls:
 
 
 def option_values(args: Sequence[str], option: str) -> list[str]:
-    """Every value of ``--option=value`` / ``--option value`` in ``args``."""
+    """Every value of ``--option=value`` / ``--option value`` in ``args``: the one parser of tritonserver
+    command lines in the project."""
     values = []
     for i, arg in enumerate(args):
         if arg.startswith(option + "="):
@@ -134,6 +137,16 @@ def option_values(args: Sequence[str], option: str) -> list[str]:
         elif arg == option and i + 1 < len(args):
             values.append(args[i + 1])
     return values
+
+
+def option_value(args: Sequence[str], option: str) -> str | None:
+    """The value tritonserver takes for ``option`` (the last one given), None when absent."""
+    values = option_values(args, option)
+    return values[-1] if values else None
+
+
+def has_option(args: Sequence[str], option: str) -> bool:
+    return any(a == option or a.startswith(option + "=") for a in args)
 
 
 #: Options a locked-down server must not get from elsewhere: they would change the model control mode or the
@@ -188,14 +201,138 @@ def redact(command: Sequence[str], secrets_: Sequence[str]) -> list[str]:
     return out
 
 
-def restriction_from(
-    environ: Mapping[str, str], key_file: str | None, header: str | None, key_env: str = "ADMIN_KEY"
-) -> tuple[Restriction, bool]:
-    """The restriction from a key file, else ``environ[key_env]``, else a random key; returns it and whether
-    the key was generated (nobody can then use the management APIs: they are off)."""
-    header = header or DEFAULT_ADMIN_HEADER
-    if key_file:
-        return Restriction(read_key(key_file), header), False
-    if environ.get(key_env):
-        return Restriction(environ[key_env].strip(), header), False
-    return Restriction(generate_key(), header), True
+FALSE_WORDS = ("0", "false", "no", "off")
+
+
+def add_security_arguments(
+    parser: argparse.ArgumentParser, environ: Mapping[str, str], *, restrict_by_default: bool
+) -> None:
+    """The locked-down server's options, the same for ``mobilesamv2-serve`` and the container entrypoint
+    (each with its environment variable): only the default of ``--restrict-management-apis`` differs."""
+    group = parser.add_argument_group(
+        "locked-down serving",
+        "tritonserver always runs with --model-control-mode=none. With --restrict-management-apis the "
+        f"management APIs ({', '.join(MANAGEMENT_APIS)}) answer only requests that carry the admin key: HTTP "
+        f"header <admin-header>, gRPC metadata {GRPC_HEADER_PREFIX}<admin-header>. Inference, health and "
+        "metadata stay open.",
+    )
+    restrict = environ.get("RESTRICT_MANAGEMENT_APIS")
+    group.add_argument(
+        "--restrict-management-apis",
+        "--restrict-apis",
+        dest="restrict",
+        action=argparse.BooleanOptionalAction,
+        default=restrict_by_default if restrict is None else restrict.strip().lower() not in FALSE_WORDS,
+        help=f"{'on' if restrict_by_default else 'off'} by default ($RESTRICT_MANAGEMENT_APIS); the key "
+        "comes "
+        f"from --admin-key-file, else ${ADMIN_KEY_VAR}, else a random one",
+    )
+    group.add_argument(
+        "--admin-key-file",
+        type=Path,
+        default=environ.get("ADMIN_KEY_FILE") or None,
+        help="file holding the admin key, e.g. a mounted Secret ($ADMIN_KEY_FILE)",
+    )
+    group.add_argument(
+        "--admin-header",
+        default=environ.get("ADMIN_HEADER") or DEFAULT_ADMIN_HEADER,
+        help="the key's header name ($ADMIN_HEADER)",
+    )
+    group.add_argument(
+        "--grpc-tls-cert",
+        type=Path,
+        default=environ.get("GRPC_TLS_CERT") or None,
+        help="PEM server certificate: gRPC TLS ($GRPC_TLS_CERT)",
+    )
+    group.add_argument(
+        "--grpc-tls-key", type=Path, default=environ.get("GRPC_TLS_KEY") or None, help="PEM server key"
+    )
+    group.add_argument(
+        "--grpc-tls-client-ca",
+        type=Path,
+        default=environ.get("GRPC_TLS_CLIENT_CA") or None,
+        help="PEM CA of the client certificates: mutual TLS ($GRPC_TLS_CLIENT_CA)",
+    )
+
+
+ADMIN_KEY_VAR = "ADMIN_KEY"
+
+
+@dataclass(frozen=True)
+class Security:
+    """What the security options decided: the restriction (None: APIs open), gRPC TLS, where the key is."""
+
+    restriction: Restriction | None
+    tls: GrpcTls | None
+    key_origin: str
+    """``file <path>``, ``$ADMIN_KEY``, ``random, written to <path>`` or ``random, not kept``."""
+
+    @classmethod
+    def from_args(
+        cls, args: argparse.Namespace, environ: Mapping[str, str], generated_key_file: Path | None = None
+    ) -> Security:
+        """From :func:`add_security_arguments`'s options. Without a key file or ``$ADMIN_KEY`` the key is
+        random; with ``generated_key_file`` it is written there (mode 600) for the local user, else nobody
+        knows it and the management APIs are off."""
+        restriction, origin = None, ""
+        if args.restrict:
+            header = args.admin_header or DEFAULT_ADMIN_HEADER
+            if args.admin_key_file:
+                restriction, origin = (
+                    Restriction(read_key(args.admin_key_file), header),
+                    f"file {args.admin_key_file}",
+                )
+            elif environ.get(ADMIN_KEY_VAR):
+                restriction, origin = Restriction(environ[ADMIN_KEY_VAR].strip(), header), f"${ADMIN_KEY_VAR}"
+            else:
+                restriction, origin = Restriction(generate_key(), header), "random, not kept"
+                if generated_key_file is not None:
+                    write_key(generated_key_file, restriction.key)
+                    origin = f"random, written to {generated_key_file}"
+        tls = None
+        if args.grpc_tls_cert or args.grpc_tls_key or args.grpc_tls_client_ca:
+            if not (args.grpc_tls_cert and args.grpc_tls_key):
+                raise HardeningError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
+            tls = GrpcTls(Path(args.grpc_tls_cert), Path(args.grpc_tls_key), args.grpc_tls_client_ca).check()
+        return cls(restriction, tls, origin)
+
+    @property
+    def secrets(self) -> list[str]:
+        return [self.restriction.key] if self.restriction is not None else []
+
+    def args(self, other_args: Sequence[str]) -> list[str]:
+        """The tritonserver options (see :func:`hardened_args`)."""
+        return hardened_args(other_args, self.restriction, self.tls)
+
+    def notes(self) -> list[str]:
+        """What a log should say about it (never the key)."""
+        apis = ", ".join(MANAGEMENT_APIS)
+        if self.restriction is None:
+            notes = [f"warning: management APIs open to every client ({apis})"]
+        elif self.key_origin == "random, not kept":
+            notes = [
+                f"management APIs ({apis}) locked with a random key: give the key in ADMIN_KEY_FILE (or "
+                "ADMIN_KEY) to use them"
+            ]
+        else:
+            grpc_header = next(iter(self.restriction.grpc_headers()))
+            notes = [
+                f"management APIs ({apis}) need the admin key ({self.key_origin}): HTTP header "
+                f"'{self.restriction.header}', gRPC metadata '{grpc_header}'"
+            ]
+        if self.tls is not None:
+            mutual = (
+                "mutual TLS (client certificates signed by the client CA)" if self.tls.client_ca else "TLS"
+            )
+            notes.append(f"gRPC: {mutual}; HTTP stays plain (terminate TLS in front of it)")
+        notes.append("model control mode none: the repository is loaded at start and never changes")
+        return notes
+
+
+def write_key(path: Path, key: str) -> None:
+    """``key`` into a new file only its owner can read."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(key + "\n")

@@ -112,3 +112,17 @@ def kill_group(pgid: int, timeout: float = 10.0, sig: int = signal.SIGKILL) -> l
         if not group_members(pgid) or time.monotonic() > deadline:
             return first
         time.sleep(0.05)
+
+
+def stub_census(server_pid: int) -> dict[str, int]:
+    """Running (not stopped, not zombie) stub processes per model of tritonserver ``server_pid``."""
+    counts: dict[str, int] = {}
+    for stub in stubs_of(server_pid):
+        counts[stub.model] = counts.get(stub.model, 0) + int(stub.serving)
+    return counts
+
+
+def lost_stubs(expected: dict[str, int], now: dict[str, int]) -> str | None:
+    """Which model has fewer running stubs than ``expected`` (``"model now/expected, ..."``); None: none."""
+    lost = [f"{m} {now.get(m, 0)}/{n}" for m, n in expected.items() if now.get(m, 0) < n]
+    return ", ".join(lost) or None

@@ -1,13 +1,14 @@
-"""Self-healing for a local tritonserver: probe it with real inferences, restart it when it stops serving.
+"""Supervision of a tritonserver: count its stubs, probe it with real inferences, restart it (or stop) when it
+stops serving; and :func:`serve`, the one main loop of ``mobilesamv2-serve`` and the container entrypoint.
 
 Python backend 24.10 neither restarts a model's stub process that died nor reports it (``/v2/health/ready``
 stays 200; every request that reaches that model fails), and a stub that hangs holds its requests forever.
-:class:`Supervisor` restarts the server (:meth:`TritonServer.restart`: drain, SIGKILL of the whole process
-group, start on the same ports)
+:class:`Supervisor` restarts the server (:meth:`TritonProcess.restart`: drain, SIGKILL of the whole process
+group, start the same command again)
 
 - at once when tritonserver exited, or when one of its stub processes is gone or stopped (each model's count
   of running stubs, read from ``/proc`` every ``poll`` seconds, is below what it was after the start);
-- after ``failures`` failed probes (:mod:`mobilesamv2.server.probe`: real inferences through every model,
+- after ``failures`` failed probes (:mod:`mobilesamv2.runner.probe`: real inferences through every model,
   every ``interval`` seconds, every ``failure_interval`` seconds while failing) among the last
   ``2 * failures - 1``: in a row, or interleaved with successes (one of two instances broken).
 
@@ -15,25 +16,27 @@ A probe refused because the queue is full ("overloaded") counts as alive, unless
 ``max_overloaded`` times in a row (hung instances fill the queue too). Every decision is logged with its
 reason and kept in :attr:`Supervisor.events`.
 
-``mobilesamv2-serve`` runs it in its main loop (``--probe-interval``, ``--probe-timeout``,
-``--restart-after``, ``--no-supervise``); tests and benchmarks start it in a thread
+With ``restart=False`` (the container entrypoint: the orchestrator restarts the container) the first failure
+raises :class:`GaveUp` instead, and with ``probes=False`` (the container: Kubernetes runs the probe) only the
+stub census and the server's exit are watched. The stub census starts once the server is ready.
+
+``mobilesamv2-serve`` and the entrypoint run it in :func:`serve` (``--probe-interval``, ``--probe-timeout``,
+``--restart-after``, ``--no-supervise``, ``--stub-watch-interval``); tests and benchmarks start it in a thread
 (:meth:`Supervisor.start`).
 """
 
 from __future__ import annotations
 
+import signal
 import threading
 import time
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-from mobilesamv2.server import procs
-from mobilesamv2.server.probe import Prober, ProbeResult
-
-if TYPE_CHECKING:
-    from mobilesamv2.server.launcher import TritonServer
+from mobilesamv2.runner import procs
+from mobilesamv2.runner.probe import Prober, ProbeResult
+from mobilesamv2.runner.server import FORWARDED_SIGNALS, TritonProcess, reap_orphans
 
 
 @dataclass(frozen=True)
@@ -48,13 +51,19 @@ class Event:
 
 
 class GaveUp(RuntimeError):
-    """The server could not be brought back (``max_restarts`` restarts in a row without a healthy probe)."""
+    """The server could not be brought back (``max_restarts`` restarts in a row without a healthy probe), or
+    failed while restarts are off; ``kind`` is the last failure's event (``server_exited``, ``stub_lost``,
+    ``probe_failed``)."""
+
+    def __init__(self, message: str, kind: str = "") -> None:
+        super().__init__(message)
+        self.kind = kind
 
 
 class Supervisor:
     def __init__(
         self,
-        server: TritonServer,
+        server: TritonProcess,
         *,
         interval: float = 15.0,
         failure_interval: float = 2.0,
@@ -65,6 +74,8 @@ class Supervisor:
         max_restarts: int = 5,
         interactive: bool = True,
         watch_stubs: bool = True,
+        probes: bool = True,
+        restart: bool = True,
         headers: dict[str, str] | None = None,
         log: Callable[[str], None] = lambda line: print(line, flush=True),
     ) -> None:
@@ -81,6 +92,10 @@ class Supervisor:
         self.interactive = interactive
         self.watch_stubs = watch_stubs
         """Count stub processes every ``poll``; off: only probes find a dead or hung model."""
+        self.probes = probes
+        """Probe with real inferences every ``interval``; off: only the census and the server's exit."""
+        self.restart = restart
+        """Restart on failure; off: raise :class:`GaveUp` at the first one."""
         self.headers = dict(headers or {})
         self._log = log
         self.events: list[Event] = []
@@ -91,8 +106,9 @@ class Supervisor:
         self.restarts_without_success = 0
         self.restarts = 0
         self._broken_since: float | None = None
-        self.expected_stubs: dict[str, int] = self.stub_census() if server.is_running() else {}
-        """Running stub processes per model after the last start."""
+        self.expected_stubs: dict[str, int] | None = None
+        """Running stub processes per model once the server was ready after its last start (None: not yet)."""
+        self._next_probe: float | None = None
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self.error: BaseException | None = None
@@ -107,32 +123,30 @@ class Supervisor:
 
     def stub_census(self) -> dict[str, int]:
         """Running (not stopped, not zombie) stub processes per model."""
-        counts: dict[str, int] = {}
-        if self.server.pid is not None:
-            for stub in procs.stubs_of(self.server.pid):
-                counts[stub.model] = counts.get(stub.model, 0) + int(stub.serving)
-        return counts
+        return self.server.stub_census()
 
     def lost_stubs(self) -> str | None:
-        """Which model has fewer running stubs than after the start (None: all there)."""
-        if not self.expected_stubs:
+        """Which model has fewer running stubs than once it was ready (None: all there). The first call after
+        the server became ready takes that count."""
+        if self.expected_stubs is None:
+            if self.server.is_ready():
+                self.expected_stubs = self.stub_census()
+                self._log(f"[supervisor] serving; Python stub processes per model: {self.expected_stubs}")
             return None
-        now = self.stub_census()
-        lost = [f"{m} {now.get(m, 0)}/{n}" for m, n in self.expected_stubs.items() if now.get(m, 0) < n]
-        return ", ".join(lost) or None
+        return procs.lost_stubs(self.expected_stubs, self.stub_census())
 
     def watch(self) -> bool:
         """The cheap check (every ``poll`` seconds): restart at once when tritonserver exited or (with
         ``watch_stubs``) a stub process died or stopped. Returns whether it restarted."""
         code = self.server.poll()
         if code is not None:
-            self._event("server_exited", f"tritonserver exited with code {code}")
-            self._restart(f"tritonserver exited with code {code}")
+            self._event("server_exited", f"tritonserver exited with status {code}")
+            self._restart(f"tritonserver exited with status {code}", "server_exited")
             return True
         lost = self.lost_stubs() if self.watch_stubs else None
         if lost:
             self._event("stub_lost", f"stub processes running (now/after start): {lost}")
-            self._restart(f"stub processes dead or stopped: {lost}")
+            self._restart(f"stub processes dead or stopped ({lost} running)", "stub_lost")
             return True
         return False
 
@@ -141,6 +155,8 @@ class Supervisor:
         ``2 * failures - 1``). Returns whether the server served the probe."""
         if self.watch():
             return False
+        if not self.probes:
+            return True
         result = self.probe()
         if result.ok:
             if self._broken_since is not None:
@@ -164,13 +180,19 @@ class Supervisor:
             "probe_failed", f"{failed}/{self.failures} of the last {len(self.recent)}: {result.line()}"
         )
         if failed >= self.failures:
-            self._restart(f"{failed} failed probes of the last {len(self.recent)}, last: {result.message}")
+            self._restart(
+                f"{failed} failed probes of the last {len(self.recent)}, last: {result.message}",
+                "probe_failed",
+            )
         return False
 
-    def _restart(self, reason: str) -> None:
+    def _restart(self, reason: str, kind: str) -> None:
+        if not self.restart:
+            self._event("gave_up", f"{reason}; restarts are off")
+            raise GaveUp(reason, kind)
         if self.restarts_without_success >= self.max_restarts:
             self._event("gave_up", f"{self.restarts_without_success} restarts without a healthy probe")
-            raise GaveUp(f"tritonserver did not recover after {self.restarts_without_success} restarts")
+            raise GaveUp(f"tritonserver did not recover after {self.restarts_without_success} restarts", kind)
         if self._broken_since is None:
             self._broken_since = time.monotonic()
         self.restarts_without_success += 1
@@ -181,7 +203,7 @@ class Supervisor:
         try:
             seconds = self.server.restart(self.drain_timeout)
         except (RuntimeError, TimeoutError, OSError) as exc:
-            self.expected_stubs = {}
+            self.expected_stubs = None
             self._event("restart_failed", str(exc).splitlines()[0])
             return
         self.expected_stubs = self.stub_census()
@@ -193,15 +215,22 @@ class Supervisor:
         """Probe every ``interval`` seconds (``failure_interval`` while failing) and check that tritonserver
         still runs every ``poll`` seconds, until ``stop`` is set. Raises :class:`GaveUp`."""
         stop = stop or self._stop
-        next_probe = time.monotonic() + self.interval
         while not stop.wait(poll):
-            if time.monotonic() < next_probe:
-                if self.watch():
-                    next_probe = time.monotonic() + self.failure_interval
-                continue
-            healthy = self.check()
-            failing = not healthy and self._broken_since is not None
-            next_probe = time.monotonic() + (self.failure_interval if failing else self.interval)
+            self.step()
+
+    def step(self) -> None:
+        """What :meth:`run` does every ``poll`` seconds: the cheap :meth:`watch`, or :meth:`check` when a
+        probe is due."""
+        now = time.monotonic()
+        if self._next_probe is None:
+            self._next_probe = now + self.interval
+        if now < self._next_probe or not self.probes:
+            if self.watch():
+                self._next_probe = time.monotonic() + self.failure_interval
+            return
+        healthy = self.check()
+        failing = not healthy and self._broken_since is not None
+        self._next_probe = time.monotonic() + (self.failure_interval if failing else self.interval)
 
     def start(self) -> Supervisor:
         """Run in a daemon thread (``stop()`` ends it); a :class:`GaveUp` ends up in :attr:`error`."""
@@ -220,3 +249,63 @@ class Supervisor:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout)
+
+
+@dataclass(frozen=True)
+class Ending:
+    """How :func:`serve` ended: ``reason`` is ``stopped`` (a signal asked), ``exited`` (tritonserver exited
+    on its own, unsupervised) or the :class:`GaveUp` kind; ``status`` is tritonserver's exit status."""
+
+    reason: str
+    status: int | None
+    detail: str = ""
+
+
+def serve(
+    server: TritonProcess,
+    supervisor: Supervisor | None,
+    *,
+    poll: float = 1.0,
+    reap_children: bool = False,
+    log: Callable[[str], None] = lambda line: print(line, flush=True),
+) -> Ending:
+    """Run until tritonserver ends, from the main thread: every ``poll`` seconds a :meth:`Supervisor.step`
+    (or, unsupervised, a look whether the server still runs). SIGTERM, SIGINT, SIGHUP and SIGQUIT are passed
+    on to tritonserver, which drains its in-flight requests; past its exit timeout + 5 s it is killed. When it
+    has exited, what is left of its process group is killed. ``reap_children``: as PID 1 in a container,
+    also reap the orphans re-parented to this process."""
+    stopping: list[float] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        server.send_signal(signum)
+        if not stopping:
+            stopping.append(time.monotonic() + server.exit_timeout_s + 5)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
+    tick = min(poll, 0.2)
+    next_step = time.monotonic() + poll
+    try:
+        while True:
+            if reap_children:
+                reap_orphans(server.pid)
+            status = server.poll()
+            now = time.monotonic()
+            if stopping:
+                if status is not None:
+                    return Ending("stopped", status)
+                if now > stopping[0]:
+                    server.send_signal(signal.SIGKILL)
+            elif status is not None and (supervisor is None or not supervisor.restart):
+                log(f"tritonserver exited with status {status}")
+                return Ending("exited", status, f"tritonserver exited with status {status}")
+            elif supervisor is not None and (now >= next_step or status is not None):
+                next_step = now + poll
+                try:
+                    supervisor.step()
+                except GaveUp as exc:
+                    return Ending(exc.kind or "gave_up", server.stop(), str(exc))
+            time.sleep(tick)
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+        server.stop(timeout=0)

@@ -19,15 +19,17 @@ Triton then serves a runtime repository (``--runtime-repository``, a writable sc
 models of ``--model-repository`` and the cached plans.
 
 tritonserver runs as a child of this process (PID 1 in the container), in a process group of its own that
-its Python backend stubs inherit. The entrypoint forwards SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, reaps orphaned
-processes (as PID 1 must), and when tritonserver exits kills what is left of its group (stubs outlive their
-server otherwise) and exits with tritonserver's code. It also counts the stub processes of every Python
-model (every ``--stub-watch-interval`` seconds once the server is ready): Triton neither restarts a stub that
-died nor reports it, so when one is gone or stopped the entrypoint stops tritonserver and exits with status 4,
-for the orchestrator to restart the container. Hangs that leave the processes in place are the liveness
-probe's (``python3 -m mobilesamv2.server.probe``: real inferences with a deadline).
+its Python backend stubs inherit, with the server process and the supervision loop of ``mobilesamv2-serve``
+(:mod:`mobilesamv2.runner.server`, :func:`mobilesamv2.runner.supervisor.serve`). The entrypoint forwards
+SIGTERM/SIGINT/SIGHUP/SIGQUIT to it, reaps orphaned processes (as PID 1 must), and when tritonserver exits
+kills what is left of its group (stubs outlive their server otherwise) and exits with tritonserver's code. It
+also counts the stub processes of every Python model (every ``--stub-watch-interval`` seconds once the server
+is ready): Triton neither restarts a stub that died nor reports it, so when one is gone or stopped the
+entrypoint stops tritonserver and exits with status 4, for the orchestrator to restart the container. Hangs
+that leave the processes in place are the liveness probe's (``python3 -m mobilesamv2.runner.probe``: real
+inferences with a deadline).
 
-    python3 entrypoint.py [--dry-run | --build-only] [entrypoint options] [tritonserver options]
+    python3 -m mobilesamv2.runner.entrypoint [--dry-run | --build-only] [its options] [tritonserver options]
 
 Options it does not know go to tritonserver unchanged. ``--dry-run`` prints the decisions and the commands as
 JSON and runs nothing but the GPU / TensorRT queries. Runs on the container's Python (3.10).
@@ -75,16 +77,9 @@ from mobilesamv2.export.verify import (
     Verification,
     verify_engine,
 )
-from mobilesamv2.server import procs
-from mobilesamv2.server.hardening import (
-    DEFAULT_ADMIN_HEADER,
-    MANAGEMENT_APIS,
-    GrpcTls,
-    HardeningError,
-    hardened_args,
-    redact,
-    restriction_from,
-)
+from mobilesamv2.runner.hardening import HardeningError, Security, add_security_arguments, has_option, redact
+from mobilesamv2.runner.server import TritonProcess
+from mobilesamv2.runner.supervisor import Supervisor, serve
 
 DEFAULT_MODEL_REPOSITORY = "/opt/mobilesamv2/model_repository"
 DEFAULT_ENGINE_CACHE = "/var/cache/mobilesamv2/engines"
@@ -116,7 +111,6 @@ class EngineVerificationError(EntrypointError):
 EXIT_ERROR = 2
 EXIT_VERIFICATION_FAILED = 3
 EXIT_STUB_LOST = 4
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 DEFAULT_STUB_WATCH_INTERVAL = 5.0
 
 
@@ -466,19 +460,15 @@ def assemble_runtime_repository(source: Path, runtime: Path, jobs: Sequence[Engi
     return runtime
 
 
-def _has_option(args: Sequence[str], option: str) -> bool:
-    return any(a == option or a.startswith(option + "=") for a in args)
-
-
 def tritonserver_command(
     runtime: Path, server_args: Sequence[str], tritonserver: str = "tritonserver"
 ) -> list[str]:
-    if _has_option(server_args, "--model-repository") or _has_option(server_args, "--model-store"):
+    if has_option(server_args, "--model-repository") or has_option(server_args, "--model-store"):
         raise EntrypointError(
             "pass the repository as --model-repository to the entrypoint (before the server "
             "options): it serves a runtime copy with the built engines"
         )
-    defaults = [d for d in DEFAULT_SERVER_ARGS if not _has_option(server_args, d.split("=")[0])]
+    defaults = [d for d in DEFAULT_SERVER_ARGS if not has_option(server_args, d.split("=")[0])]
     return [tritonserver, f"--model-repository={runtime}", *defaults, *server_args]
 
 
@@ -539,214 +529,40 @@ def parse_args(
         default=env.get("ENGINE_VERIFY_MIN_MASK_IOU", str(defaults.min_mask_iou)),
         help="lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per prompt",
     )
-    security = parser.add_argument_group(
-        "locked-down serving",
-        "tritonserver always runs with --model-control-mode=none. The management APIs (shared-memory, "
-        "model-repository, model-config, logging, trace, statistics) answer only requests that carry the "
-        "admin key: HTTP header <admin-header>, gRPC metadata triton-grpc-protocol-<admin-header>. "
-        "Inference, health and metadata stay open.",
-    )
-    security.add_argument(
-        "--restrict-management-apis",
-        dest="restrict",
-        action=argparse.BooleanOptionalAction,
-        default=env.get("RESTRICT_MANAGEMENT_APIS", "true").strip().lower()
-        not in ("0", "false", "no", "off"),
-        help="on by default ($RESTRICT_MANAGEMENT_APIS); without a key the APIs are locked with a random one",
-    )
-    security.add_argument(
-        "--admin-key-file",
-        default=env.get("ADMIN_KEY_FILE") or None,
-        help="file holding the admin key (a mounted Secret; $ADMIN_KEY_FILE, else $ADMIN_KEY)",
-    )
-    security.add_argument(
-        "--admin-header",
-        default=env.get("ADMIN_HEADER") or DEFAULT_ADMIN_HEADER,
-        help="the key's header name",
-    )
-    security.add_argument(
-        "--grpc-tls-cert", default=env.get("GRPC_TLS_CERT") or None, help="PEM server certificate: gRPC TLS"
-    )
-    security.add_argument("--grpc-tls-key", default=env.get("GRPC_TLS_KEY") or None, help="PEM server key")
-    security.add_argument(
-        "--grpc-tls-client-ca",
-        default=env.get("GRPC_TLS_CLIENT_CA") or None,
-        help="PEM CA of the client certificates: mutual TLS",
-    )
+    add_security_arguments(parser, env, restrict_by_default=True)
     return parser.parse_known_args(argv)
-
-
-def security_options(
-    args: argparse.Namespace, server_args: Sequence[str], environ: Mapping[str, str]
-) -> tuple[list[str], list[str], list[str]]:
-    """tritonserver options of the locked-down server, the secrets to keep out of logs and what to log."""
-    try:
-        restriction, generated = None, False
-        if args.restrict:
-            restriction, generated = restriction_from(environ, args.admin_key_file, args.admin_header)
-        tls = None
-        if args.grpc_tls_cert or args.grpc_tls_key or args.grpc_tls_client_ca:
-            if not (args.grpc_tls_cert and args.grpc_tls_key):
-                raise HardeningError("gRPC TLS needs both --grpc-tls-cert and --grpc-tls-key")
-            client_ca = Path(args.grpc_tls_client_ca) if args.grpc_tls_client_ca else None
-            tls = GrpcTls(Path(args.grpc_tls_cert), Path(args.grpc_tls_key), client_ca)
-        extra = hardened_args(server_args, restriction, tls)
-    except HardeningError as exc:
-        raise EntrypointError(str(exc)) from exc
-    apis = ", ".join(MANAGEMENT_APIS)
-    if restriction is None:
-        notes = [f"warning: management APIs open to every client ({apis})"]
-    elif generated:
-        notes = [
-            f"management APIs ({apis}) locked with a random key: give the key in ADMIN_KEY_FILE (or "
-            "ADMIN_KEY) to use them"
-        ]
-    else:
-        grpc_header = next(iter(restriction.grpc_headers()))
-        notes = [
-            f"management APIs ({apis}) need the admin key: HTTP header '{restriction.header}', gRPC metadata "
-            f"'{grpc_header}'"
-        ]
-    if tls is not None:
-        mutual = "mutual TLS (client certificates signed by the client CA)" if tls.client_ca else "TLS"
-        notes.append(f"gRPC: {mutual}; HTTP stays plain (terminate TLS in front of it)")
-    notes.append("model control mode none: the repository is loaded at start and never changes")
-    return extra, [restriction.key] if restriction is not None else [], notes
 
 
 # --- tritonserver as a supervised child ---------------------------------------------------------------------
 
 
-def _option(args: Sequence[str], option: str) -> str | None:
-    """The value of ``--option=value`` or ``--option value`` (the last one wins, like tritonserver)."""
-    value = None
-    for i, arg in enumerate(args):
-        if arg.startswith(option + "="):
-            value = arg.split("=", 1)[1]
-        elif arg == option and i + 1 < len(args):
-            value = args[i + 1]
-    return value
-
-
-def ready_url(command: Sequence[str]) -> str | None:
-    """Triton's readiness URL from its command line (None when HTTP is off)."""
-    if (_option(command, "--allow-http") or "true").lower() in ("false", "0", "no"):
-        return None
-    address = _option(command, "--http-address") or "127.0.0.1"
-    if address in ("0.0.0.0", "::", ""):
-        address = "127.0.0.1"
-    return f"http://{address}:{_option(command, '--http-port') or '8000'}/v2/health/ready"
-
-
-def _is_ready(url: str) -> bool:
-    import urllib.request
-
-    try:
-        with urllib.request.urlopen(url, timeout=1.0) as response:
-            return response.status == 200
-    except OSError:
-        return False
-
-
-def exit_code(status: int) -> int:
-    """A wait status as a shell would report it: the exit code, or 128 + the signal that killed it."""
-    code = os.waitstatus_to_exitcode(status)
-    return 128 - code if code < 0 else code
-
-
-class StubWatch:
-    """Counts each model's running stub processes (children of tritonserver); once the server is ready that
-    count is the baseline, and a model below it has lost a stub (killed, crashed or stopped)."""
-
-    def __init__(self, server_pid: int, url: str | None, is_ready: Callable[[str], bool] = _is_ready) -> None:
-        self.server_pid, self.url, self.is_ready = server_pid, url, is_ready
-        self.baseline: dict[str, int] | None = None
-
-    def census(self) -> dict[str, int]:
-        counts: dict[str, int] = {}
-        for stub in procs.stubs_of(self.server_pid):
-            counts[stub.model] = counts.get(stub.model, 0) + int(stub.serving)
-        return counts
-
-    def lost(self) -> str | None:
-        if self.baseline is None:
-            if self.url is not None and self.is_ready(self.url):
-                self.baseline = self.census()
-                print(f"[entrypoint] serving; Python stub processes per model: {self.baseline}", flush=True)
-            return None
-        now = self.census()
-        lost = [f"{m} {now.get(m, 0)}/{n}" for m, n in self.baseline.items() if now.get(m, 0) < n]
-        return ", ".join(lost) or None
-
-
-def serve(
-    command: Sequence[str],
-    *,
-    stub_watch_interval: float = DEFAULT_STUB_WATCH_INTERVAL,
-    environ: Mapping[str, str] | None = None,
-    is_ready: Callable[[str], bool] = _is_ready,
-    tick: float = 0.2,
-) -> int:
+def run_server(command: Sequence[str], *, stub_watch_interval: float, environ: Mapping[str, str]) -> int:
     """Run tritonserver as a child in its own process group until it exits; returns the container's exit
-    status (tritonserver's, or ``EXIT_STUB_LOST``)."""
-    env = dict(os.environ if environ is None else environ)
-    # Own session (so its own process group); the forwarded signals at their defaults even if this process
-    # inherited them ignored (a shell's background job ignores SIGINT and SIGQUIT).
-    child = os.posix_spawnp(command[0], list(command), env, setsid=True, setsigdef=FORWARDED_SIGNALS)
-    print(f"[entrypoint] tritonserver pid {child} (own process group)", flush=True)
-
-    def forward(signum: int, _frame: object) -> None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(child, signum)
-
-    for sig in FORWARDED_SIGNALS:
-        signal.signal(sig, forward)
-    watch = StubWatch(child, ready_url(command), is_ready) if stub_watch_interval > 0 else None
-    next_watch = time.monotonic() + stub_watch_interval
-    kill_at: float | None = None
-    status_override: int | None = None
-    exit_timeout = float(_option(command, "--exit-timeout-secs") or 30)
-    while True:
-        try:
-            pid, status = os.waitpid(-1, os.WNOHANG)
-        except ChildProcessError:  # nothing left to wait for (should not happen before the child exits)
-            pid, status = child, 0
-        if pid == child:
-            break
-        if pid != 0:
-            continue  # an orphan reparented to us (PID 1): reaped
-        now = time.monotonic()
-        if kill_at is not None and now > kill_at:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(child, signal.SIGKILL)
-            kill_at = None
-        if watch is not None and status_override is None and now >= next_watch:
-            next_watch = now + stub_watch_interval
-            lost = watch.lost()
-            if lost:
-                print(
-                    f"[entrypoint] error: Python stub processes dead or stopped ({lost} running): Triton "
-                    "does not restart them; stopping tritonserver so that the container is restarted",
-                    file=sys.stderr,
-                    flush=True,
-                )
-                status_override = EXIT_STUB_LOST
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(child, signal.SIGTERM)
-                kill_at = now + exit_timeout + 5
-        time.sleep(tick)
-    code = exit_code(status)
-    leftovers = procs.kill_group(child)
-    if leftovers:
+    status: tritonserver's, or ``EXIT_STUB_LOST`` when a Python model's stub process died or stopped."""
+    server = TritonProcess(command, env=environ)
+    server.start(wait=False)
+    print(f"[entrypoint] tritonserver pid {server.pid} (own process group)", flush=True)
+    supervisor = None
+    if stub_watch_interval > 0:
+        supervisor = Supervisor(server, probes=False, restart=False)
+    ending = serve(server, supervisor, poll=stub_watch_interval or 1.0, reap_children=True)
+    if server.reaped:
         print(
-            f"[entrypoint] killed {len(leftovers)} processes left in tritonserver's group: {leftovers}",
+            f"[entrypoint] killed {len(server.reaped)} processes left in tritonserver's group: "
+            f"{server.reaped}",
             flush=True,
         )
-    with contextlib.suppress(ChildProcessError):
-        while os.waitpid(-1, os.WNOHANG)[0] > 0:  # zombies of what was just killed, if reparented to us
-            pass
-    print(f"[entrypoint] tritonserver exited with status {code}", flush=True)
-    return code if status_override is None else status_override
+    print(f"[entrypoint] tritonserver exited with status {ending.status}", flush=True)
+    if ending.reason == "stub_lost":
+        print(
+            f"[entrypoint] error: {ending.detail}: Triton does not restart them; stopped tritonserver so "
+            "that "
+            "the container is restarted",
+            file=sys.stderr,
+            flush=True,
+        )
+        return EXIT_STUB_LOST
+    return 1 if ending.status is None else ending.status
 
 
 def _terminate_on_sigterm() -> None:
@@ -761,14 +577,14 @@ def main(
     run_query: Runner = run_captured,
     run_build: Runner = run_streamed,
     which: Callable[[str], str | None] = shutil.which,
-    run_server: Callable[[list[str]], int] | None = None,
+    start_server: Callable[[list[str]], int] | None = None,
     environ: dict[str, str] | None = None,
     engine_runner: TensorRunner | None = None,
     reference_runner: TensorRunner | None = None,
 ) -> int:
     """``engine_runner`` (default: trtexec through ``run_query``) and ``reference_runner`` (default: ONNX
-    Runtime's CPU provider) run the engines and their ONNX files for the verification. ``run_server`` runs
-    the tritonserver command and returns the exit status (default :func:`serve`)."""
+    Runtime's CPU provider) run the engines and their ONNX files for the verification. ``start_server`` runs
+    the tritonserver command and returns the exit status (default :func:`run_server`)."""
     environ = dict(os.environ if environ is None else environ)
     args, server_args = parse_args(argv, environ)
     try:
@@ -790,7 +606,12 @@ def main(
             trt_version = query_tensorrt_version(trtexec, run_query, environ)
             jobs = plan_engines(args.model_repository, args.engine_cache, gpu, trt_version, trtexec)
             engine_runner = engine_runner or TrtexecRunner(trtexec, run_query)
-        security_args, secrets, notes = security_options(args, server_args, environ)
+        try:
+            security = Security.from_args(args, environ)
+            security_args = security.args(server_args)
+        except HardeningError as exc:
+            raise EntrypointError(str(exc)) from exc
+        secrets, notes = security.secrets, security.notes()
         command = tritonserver_command(args.runtime_repository, [*security_args, *server_args])
         if args.dry_run:
             print(
@@ -831,9 +652,9 @@ def main(
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     print(f"[entrypoint] run {' '.join(redact(command, secrets))}", flush=True)
-    if run_server is None:
-        return serve(command, stub_watch_interval=args.stub_watch_interval, environ=environ)
-    return run_server(command)
+    if start_server is None:
+        return run_server(command, stub_watch_interval=args.stub_watch_interval, environ=environ)
+    return start_server(command)
 
 
 if __name__ == "__main__":

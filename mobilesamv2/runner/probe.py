@@ -1,4 +1,4 @@
-"""Health probe that runs real inferences: ``python -m mobilesamv2.server.probe --url 127.0.0.1:8000``.
+"""Health probe that runs real inferences: ``python -m mobilesamv2.runner.probe --url 127.0.0.1:8000``.
 
 ``/v2/health/ready`` stays 200 when a Python model's stub process died or hangs (Python backend 24.10 neither
 restarts nor reports it), so this probe sends tiny requests through every model instead, within one deadline
@@ -234,7 +234,7 @@ def _consecutive_overloaded(state_file: Path | None, overloaded: bool) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m mobilesamv2.server.probe", description=__doc__.split("\n\n")[0]
+        prog="python -m mobilesamv2.runner.probe", description=__doc__.split("\n\n")[0]
     )
     parser.add_argument("--url", default=os.environ.get("PROBE_URL", "127.0.0.1:8000"), help="Triton HTTP")
     parser.add_argument("--timeout", type=float, default=10.0, help="deadline of the whole probe, seconds")
