@@ -1,0 +1,192 @@
+"""What every benchmark script shares: statistics, number formatting, Markdown tables, the machine a run was
+on, and publishing its results.
+
+A script measures, then calls :func:`publish` with a small summary (the numbers its tables show, not every
+request) and a ``render`` function that turns that summary into Markdown tables. :func:`publish` saves the
+summary as ``benchmarks/results/<name>.json`` and fills the tables into ``BENCHMARKS.md`` between the
+markers ``<!-- <name>:start -->`` and ``<!-- <name>:end -->``; the prose around them is written by hand and
+never touched. ``python -m benchmarks.<script> --render`` re-renders a saved summary without measuring.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import math
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterable, Sequence
+from pathlib import Path
+
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
+RESULTS_DIR = Path(__file__).resolve().parent / "results"
+DEFAULT_REPOSITORY = REPO_ROOT / "work" / "test-cache" / "model_repository"
+"""The repository the test suite builds from seeded random weights (``tests/conftest.py``)."""
+PACKAGES = ("torch", "onnxruntime", "numpy", "opencv-python-headless", "nvidia-pytriton", "tritonclient")
+
+
+# --- statistics and formatting ------------------------------------------------------------------------------
+
+
+def percentile(values: Iterable[float | None], q: float) -> float:
+    """The ``q``-th percentile (0..100), linear between order statistics (numpy's default); NaN and None are
+    skipped; NaN when nothing is left."""
+    if not 0 <= q <= 100:
+        raise ValueError(f"percentile must be within [0, 100], got {q}")
+    ordered = sorted(v for v in values if v is not None and not math.isnan(v))
+    if not ordered:
+        return math.nan
+    rank = (len(ordered) - 1) * q / 100
+    low = math.floor(rank)
+    high = min(low + 1, len(ordered) - 1)
+    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
+
+
+def median(values: Iterable[float | None]) -> float:
+    return percentile(values, 50)
+
+
+def fmt(value: float | None, digits: int = 0, unit: str = "") -> str:
+    """``1,234.5`` style; an en dash for a missing value."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:,.{digits}f}{unit}"
+
+
+def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
+    """A Markdown table (cells are str()-ed)."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join("---" for _ in header) + "|"]
+    lines += ["| " + " | ".join(str(cell) for cell in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+# --- where and how a run was made ---------------------------------------------------------------------------
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def git_commit() -> str:
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return head + (" + uncommitted changes" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def machine() -> dict[str, object]:
+    """The machine, the package versions and the commit of this run."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 0
+    versions = {"python": platform.python_version()}
+    for name in PACKAGES:
+        try:
+            versions[name] = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError:
+            versions[name] = "not installed"
+    return {
+        "cpu": cpu_model(),
+        "cpus": cpus,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "versions": versions,
+        "commit": git_commit(),
+    }
+
+
+def provenance(results: dict) -> str:
+    """The line every section starts with: when, on what, at which commit, by which command."""
+    m = results.get("machine", {})
+    return (
+        f"Measured {results.get('finished', '?')} on {m.get('cpu', '?')} ({m.get('cpus', '?')} CPUs, "
+        f"{m.get('memory_gib', '?')} GiB), commit {m.get('commit', '?')}, by `{results.get('command', '?')}`."
+    )
+
+
+def new_results(**settings: object) -> dict:
+    """The start of a results dict: the command that made it, the machine, the settings."""
+    command = " ".join(shlex.quote(a) for a in ["python", "-m", _module_name(), *sys.argv[1:]])
+    return {"command": command, "machine": machine(), "settings": dict(settings)}
+
+
+def _module_name() -> str:
+    main = sys.modules.get("__main__")
+    spec = getattr(main, "__spec__", None)
+    return spec.name if spec is not None else Path(sys.argv[0]).stem
+
+
+# --- publishing ---------------------------------------------------------------------------------------------
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+
+
+def fill_section(text: str, name: str, body: str) -> str:
+    """``text`` with the part between ``name``'s markers replaced by ``body``. The markers must exist: where a
+    section goes, and the prose around it, is the job of whoever writes BENCHMARKS.md."""
+    start, end = markers(name)
+    if start not in text or end not in text:
+        raise KeyError(f"BENCHMARKS.md has no {start} ... {end}: add them where the tables belong")
+    return text[: text.index(start) + len(start)] + "\n" + body.strip() + "\n" + text[text.index(end) :]
+
+
+def publish(
+    name: str,
+    results: dict,
+    render: Callable[[dict], str],
+    out: Path = BENCHMARKS_MD,
+    json_path: Path | None = None,
+) -> None:
+    """Stamp ``results`` finished, save them (``benchmarks/results/<name>.json``), fill ``out``'s section and
+    print it."""
+    results.setdefault("finished", time.strftime("%Y-%m-%d %H:%M %Z"))
+    json_path = json_path or RESULTS_DIR / f"{name}.json"
+    json_path.parent.mkdir(parents=True, exist_ok=True)
+    json_path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
+    body = render(results)
+    if out.exists() or out == BENCHMARKS_MD:
+        out.write_text(fill_section(out.read_text(), name, body))
+    else:
+        start, end = markers(name)
+        out.write_text(f"{start}\n{body}\n{end}\n")
+    print(body)
+
+
+def rerender(name: str, render: Callable[[dict], str], out: Path = BENCHMARKS_MD) -> int:
+    """Fill ``out``'s section from the saved summary (a script's ``--render``); returns 0."""
+    results = json.loads((RESULTS_DIR / f"{name}.json").read_text())
+    out.write_text(fill_section(out.read_text(), name, render(results)))
+    print(render(results))
+    return 0
+
+
+def _plain(value: object) -> object:
+    if isinstance(value, Path):
+        return str(value)
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if isinstance(value, float) and math.isnan(value):
+        return None
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
