@@ -17,6 +17,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from synthetic_logits import noise_logits, smooth_logits
 
 from mobilesamv2.pipeline import HostPostprocessor, Models, Pipeline, SegmentRequest
 from mobilesamv2.processing.device_masks import (
@@ -27,7 +28,6 @@ from mobilesamv2.processing.device_masks import (
 )
 from mobilesamv2.processing.image import encoder_input_size
 from mobilesamv2.processing.masks import iter_upsampled_transposed
-from mobilesamv2.synthetic_logits import noise_logits, smooth_logits
 from segment_everything_contract import Prompts, Settings
 from segment_everything_contract import rle as rle_codec
 

@@ -19,10 +19,10 @@ import tracemalloc
 import cv2
 import numpy as np
 import pytest
+from synthetic_logits import noise_logits, smooth_logits
 
 from mobilesamv2.processing.image import encoder_input_size
 from mobilesamv2.processing.masks import masks_to_rles, upsample_masks
-from mobilesamv2.synthetic_logits import noise_logits, smooth_logits
 from segment_everything_contract import rle as rle_codec
 
 #: (h, w): upscale, bus.jpg, 12 MP, odd sizes, extreme aspects, tiny, exact 2x downscale, no second resize

@@ -25,7 +25,7 @@ from mobilesamv2.processing.image import (
     validate_rgb_array,
 )
 from mobilesamv2.processing.masks import masks_to_rles, upsample_masks
-from segment_everything_client import rle as rle_codec
+from segment_everything_contract import rle as rle_codec
 
 SHAPES = [(1080, 810), (720, 1280), (333, 517), (1024, 1024), (50, 2000), (3000, 4000)]
 

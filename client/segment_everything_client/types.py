@@ -5,7 +5,7 @@
 only when asked for.
 
 >>> import numpy as np
->>> from segment_everything_client import rle
+>>> from segment_everything_contract import rle
 >>> m = np.zeros((4, 6), dtype=bool); m[1:3, 2:5] = True
 >>> seg = Segmentation(boxes=[[2, 1, 5, 3]], scores=[0.9], iou_predictions=[0.95],
 ...                    image_size=(4, 6), rles=[rle.encode(m)])

@@ -1,8 +1,7 @@
 """COCO run-length encoding (RLE) of binary masks, byte-compatible with pycocotools.
 
 Part of the wire contract: the server encodes its masks with :func:`encode` and the client
-decodes them with :func:`decode` (re-exported as ``segment_everything_client.rle``), so both
-sides agree by construction.
+decodes them with :func:`decode`, so both sides agree by construction.
 
 Format (as in ``pycocotools/common/maskApi.c``):
 

@@ -29,7 +29,6 @@ from ..processing.image import encoder_canvas
 REPO_ROOT = Path(__file__).resolve().parents[2]
 TEMPLATE = REPO_ROOT / "model_repository"
 BUILD_INFO = "BUILD_INFO.json"
-WEIGHTS_KINDS = ("official", "fake")
 
 ONNX_FILES = {
     "image_encoder": "image_encoder/1/model.onnx",  # opset 20, resizes as MatMuls (ONNX Runtime)

@@ -43,7 +43,6 @@ import numpy as np
 
 from segment_everything_contract import ContractError
 
-PARAMETERS = ("max_dims", "same_dims", "finite_inputs", "value_ranges")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.\-]*$")
 
 

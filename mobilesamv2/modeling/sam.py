@@ -14,7 +14,6 @@ from torch import nn
 EMBED_DIM = 256
 IMAGE_SIZE = 1024
 EMBEDDING_SIZE = 64  # IMAGE_SIZE // 16
-LOW_RES_MASK_SIZE = 256
 
 
 def build_prompt_encoder() -> nn.Module:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from segment_everything_client import rle
+from segment_everything_contract import rle
 
 try:
     from pycocotools import mask as coco_mask

@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 
 import segment_everything_contract as contract
-from segment_everything_client import rle
 from segment_everything_client.errors import InvalidInputError
 from segment_everything_client.types import Instance, Segmentation, SegmentSettings, palette
+from segment_everything_contract import rle
 
 H, W = 40, 60
 

@@ -14,7 +14,7 @@ import torch
 from mobilesamv2.processing import boxes as box_ops
 from mobilesamv2.processing.image import detector_input, encoder_canvas
 from segment_everything_client import SegmentEverythingClient
-from segment_everything_client import rle as rle_codec
+from segment_everything_contract import rle as rle_codec
 
 pytestmark = pytest.mark.server
 

@@ -1,4 +1,4 @@
-"""Synthetic low-resolution mask logits for tests and benchmarks of the mask postprocess (one definition).
+"""Synthetic low-resolution mask logits for the tests of the mask postprocess (host and device).
 
 Random-weight decoders give noise logits, whose masks have outlines everywhere; real SAM logits are smooth.
 These generators give both, seeded.
