@@ -293,7 +293,8 @@ def export_image_encoder(
     ``tuned`` (the served graph): written for ONNX Runtime, at opset :data:`GELU_OPSET` with the bicubic
     resizes as matrix products; the build derives the TensorRT source from it with
     :func:`write_tensorrt_source`. ``tuned=False`` exports the module's ops as they are at :data:`OPSET`
-    (bicubic ``Resize``, GELU as elementary ops), for ``benchmarks/graph_formulations.py``'s comparison."""
+    (bicubic ``Resize``, GELU as elementary ops): the formulation the served graph was measured against
+    (BENCHMARKS.md, "Graph formulations")."""
     canvases = [torch.from_numpy(c)[None] for c, _ in sample_canvases]
     sizes = [torch.from_numpy(s)[None] for _, s in sample_canvases]
     batch = Dim("batch", min=1, max=64)
