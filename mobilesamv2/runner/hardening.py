@@ -179,7 +179,7 @@ def hardened_args(
                 continue
             raise HardeningError(
                 f"{option}={value}: the locked-down server sets the model control mode (none), the "
-                "restricted APIs and gRPC TLS itself; use the entrypoint's / launcher's own options"
+                "restricted APIs and gRPC TLS itself; use the entrypoint's / mobilesamv2-serve's own options"
             )
     args = ["--model-control-mode=none"]
     if restriction is not None:

@@ -64,7 +64,7 @@ class PythonEnv:
 
     @classmethod
     def current(cls) -> PythonEnv:
-        """The launcher's own interpreter (the default)."""
+        """This interpreter (the default)."""
         return cls(Path(sys.executable).parent.parent, f"{sys.version_info[0]}.{sys.version_info[1]}", None)
 
     @classmethod
