@@ -1,2 +1,2 @@
-"""Benchmarks of the SegEvery service: ``python -m benchmarks.run`` writes BENCHMARKS.md and
-docs/benchmarks.png."""
+"""The benchmark suite of the SegEvery service: one script per section of BENCHMARKS.md, each run as
+``python -m benchmarks.<script>``."""

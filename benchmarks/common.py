@@ -6,6 +6,9 @@ request) and a ``render`` function that turns that summary into Markdown tables.
 summary as ``benchmarks/results/<name>.json`` and fills the tables into ``BENCHMARKS.md`` between the
 markers ``<!-- <name>:start -->`` and ``<!-- <name>:end -->``; the prose around them is written by hand and
 never touched. ``python -m benchmarks.<script> --render`` re-renders a saved summary without measuring.
+
+A script may also fill single values into hand-written text (the Targets table): ``values(results)`` returns
+``{key: text}`` and each goes between ``<!-- <name>:<key> -->`` and ``<!-- /<name>:<key> -->``.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ import json
 import math
 import os
 import platform
+import re
 import shlex
 import subprocess
 import sys
@@ -56,6 +60,11 @@ def fmt(value: float | None, digits: int = 0, unit: str = "") -> str:
     if value is None or (isinstance(value, float) and math.isnan(value)):
         return "–"
     return f"{value:,.{digits}f}{unit}"
+
+
+def verdict(met: bool) -> str:
+    """A Targets table's status cell."""
+    return "**met**" if met else "**not met**"
 
 
 def table(header: Sequence[str], rows: Iterable[Sequence[object]]) -> str:
@@ -115,11 +124,19 @@ def machine() -> dict[str, object]:
 
 
 def provenance(results: dict) -> str:
-    """The line every section starts with: when, on what, at which commit, by which command."""
+    """The line every section starts with: when, on what, at which commit (and, for numbers carried over
+    from an earlier runner, the commit that published them), by which command."""
     m = results.get("machine", {})
+    details = [
+        f"{m['cpus']} CPUs" if m.get("cpus") else "",
+        f"{m['memory_gib']} GiB" if m.get("memory_gib") else "",
+    ]
+    on = m.get("cpu", "?") + (f" ({', '.join(d for d in details if d)})" if any(details) else "")
+    published = results.get("published")
+    published = f" (published in {published})" if published and published != m.get("commit") else ""
     return (
-        f"Measured {results.get('finished', '?')} on {m.get('cpu', '?')} ({m.get('cpus', '?')} CPUs, "
-        f"{m.get('memory_gib', '?')} GiB), commit {m.get('commit', '?')}, by `{results.get('command', '?')}`."
+        f"Measured {results.get('finished', '?')} on {on}, commit {m.get('commit', '?')}{published}, by "
+        f"`{results.get('command', '?')}`."
     )
 
 
@@ -151,32 +168,53 @@ def fill_section(text: str, name: str, body: str) -> str:
     return text[: text.index(start) + len(start)] + "\n" + body.strip() + "\n" + text[text.index(end) :]
 
 
+def fill_values(text: str, name: str, values: dict[str, str]) -> str:
+    """``text`` with each ``values[key]`` between ``<!-- name:key -->`` and ``<!-- /name:key -->`` (every
+    occurrence); a key without its markers is refused, as a section is."""
+    for key, value in values.items():
+        start, end = f"<!-- {name}:{key} -->", f"<!-- /{name}:{key} -->"
+        if start not in text or end not in text:
+            raise KeyError(f"BENCHMARKS.md has no {start}...{end}: add them where the value belongs")
+        filled = start + value + end
+        text = re.sub(re.escape(start) + ".*?" + re.escape(end), lambda _, f=filled: f, text, flags=re.DOTALL)
+    return text
+
+
 def publish(
     name: str,
     results: dict,
     render: Callable[[dict], str],
     out: Path = BENCHMARKS_MD,
     json_path: Path | None = None,
+    values: Callable[[dict], dict[str, str]] | None = None,
 ) -> None:
-    """Stamp ``results`` finished, save them (``benchmarks/results/<name>.json``), fill ``out``'s section and
-    print it."""
+    """Stamp ``results`` finished, save them (``benchmarks/results/<name>.json``), fill ``out``'s section (and
+    the ``values``) and print it."""
     results.setdefault("finished", time.strftime("%Y-%m-%d %H:%M %Z"))
     json_path = json_path or RESULTS_DIR / f"{name}.json"
     json_path.parent.mkdir(parents=True, exist_ok=True)
     json_path.write_text(json.dumps(results, indent=1, default=_plain) + "\n")
     body = render(results)
     if out.exists() or out == BENCHMARKS_MD:
-        out.write_text(fill_section(out.read_text(), name, body))
+        text = fill_section(out.read_text(), name, body)
+        out.write_text(fill_values(text, name, values(results)) if values else text)
     else:
         start, end = markers(name)
         out.write_text(f"{start}\n{body}\n{end}\n")
     print(body)
 
 
-def rerender(name: str, render: Callable[[dict], str], out: Path = BENCHMARKS_MD) -> int:
-    """Fill ``out``'s section from the saved summary (a script's ``--render``); returns 0."""
+def rerender(
+    name: str,
+    render: Callable[[dict], str],
+    out: Path = BENCHMARKS_MD,
+    values: Callable[[dict], dict[str, str]] | None = None,
+) -> int:
+    """Fill ``out``'s section (and the ``values``) from the saved summary (a script's ``--render``); returns
+    0."""
     results = json.loads((RESULTS_DIR / f"{name}.json").read_text())
-    out.write_text(fill_section(out.read_text(), name, render(results)))
+    text = fill_section(out.read_text(), name, render(results))
+    out.write_text(fill_values(text, name, values(results)) if values else text)
     print(render(results))
     return 0
 

@@ -1,500 +1,289 @@
-"""End to end: one SegEvery request through Triton vs the in-process reference, at about 10, 50 and 300 boxes.
+"""End to end: one SegEvery request through Triton vs the in-process reference at about 10, 50 and 300 boxes,
+cold embeddings, stage by stage; the encoder and the decoder in the server vs standalone ONNX Runtime; the
+server's peak RSS.
 
-    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.run --sections e2e      # inside the full report
-    # the same measurement against another checkout (e.g. the old main in a git worktree), run as a file with
-    # that checkout's packages first on the path; writes JSON only:
-    cd work/baseline && flock /tmp/heavy.lock ../baseline-venv/bin/python ../../benchmarks/e2e.py \\
-        --repository ../baseline-repo --weights ../test-cache/weights --out ../benchmarks/baseline/e2e.json
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.e2e      # ~3 min on 2 cores
+    .venv/bin/python -m benchmarks.e2e --render                    # re-render BENCHMARKS.md, no measuring
 
-Triton: the client sends the encoded JPEG over gRPC and gets COCO RLE back (client wall time, the server's
-``timings`` per stage). Reference: ``ReferencePipeline`` (the original MobileSAMv2 formulation in PyTorch) in
-this process on the same bytes: decode, discovery, encoder, decoder, RLE. Sides alternate A B / B A within one
-run; medians. The box count is set per point by the detector's confidence threshold (random weights: the
-detector's scores are noise, so lowering ``conf`` admits more boxes).
-
-Cold embeddings: the server is started on a copy of the repository whose ``segment_everything`` has
-``embedding_cache_mb`` 0 (a repeated image would skip the encoder otherwise) and without Triton's response
-cache (``cache_mb=0``, what older builds cached the encoder with).
-
-This file imports only the standard library, numpy, OpenCV and psutil at module level, and the project's
-``mobilesamv2`` and ``segment_everything_client`` inside functions, so that it runs against another checkout's
-packages unchanged (the before/after comparison).
+Triton: the client sends the encoded JPEG over gRPC and gets COCO RLE back (client wall time; the server's
+``timings`` per stage). Reference: ``ReferencePipeline`` in this process on the same bytes: decode, SegEvery,
+RLE. Per point one untimed warm-up each, then the sides alternate (A B, B A, ...); medians. The server runs a
+copy of the repository with ``embedding_cache_mb`` 0, so that every request runs the encoder. With random
+weights the detector's scores are noise: ``conf`` sets the box count. Standalone: the served encoder and
+decoder graphs in fresh ONNX Runtime sessions with the served configs' options, each in a child process whose
+peak RSS is sampled; the decoder in slices of the config's ``max_rows_per_run``, as the server runs it.
 """
 
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
-import os
-import re
-import shutil
-import statistics
 import subprocess
 import sys
-import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-import cv2
-import numpy as np
-import psutil
+from benchmarks import common, serving
+from benchmarks.common import fmt, median, table
 
-Log = Callable[[str], None]
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-# conf threshold per target box count on bus.jpg with the seeded random weights (work/test-cache/weights):
-# calibrated with the reference's detector (see BENCHMARKS.md); the actual counts are reported.
-DEFAULT_POINTS: tuple[tuple[str, float], ...] = (("bus.jpg", 0.955), ("bus.jpg", 0.85), ("bus.jpg", 0.4))
+NAME = "e2e"
+# conf per target box count on bus.jpg with the test suite's seeded random weights (about 10, 50, 300 boxes)
+POINTS = (("bus.jpg", 0.955), ("bus.jpg", 0.85), ("bus.jpg", 0.4))
 SERVER_STAGES = ("decode_image", "discovery", "nms", "encoder", "decoder", "postprocess", "total")
 REFERENCE_STAGES = ("decode_image", "discovery", "encoder", "decoder", "postprocess", "total")
-ALLOCATOR_KEYS = (
-    "LD_PRELOAD",
-    "MALLOC_MMAP_THRESHOLD_",
-    "MALLOC_TRIM_THRESHOLD_",
-    "MALLOC_TOP_PAD_",
-    "MALLOC_MMAP_MAX_",
-    "MALLOC_ARENA_MAX",
-    "MALLOC_CONF",
-)
-
-
-def median(values: Sequence[float]) -> float:
-    values = [v for v in values if v is not None]
-    return float(statistics.median(values)) if values else float("nan")
+# The goals of BENCHMARKS.md's Targets table
+SPEEDUP_GOAL, SPEEDUP_BOXES = 5.0, 50
+ENCODER_OVERHEAD_GOAL = 0.10
+DECODER_MS_PER_PROMPT_GOAL = 20.0
+DECODER_PEAK_MB_GOAL = 2048.0
 
 
 def _ms(start: float) -> float:
     return (time.perf_counter() - start) * 1e3
 
 
-# --- the server's allocator for this process too ------------------------------------------------------------
-
-
-def server_allocator_env(repository: Path | str, overrides: dict[str, str] | None = None) -> dict[str, str]:
-    """The allocator variables (``LD_PRELOAD``, ``MALLOC_*``) the launcher gives tritonserver and its stubs
-    (``TritonServer.environment()``), so that an in-process reference can run under the same allocator."""
-    from mobilesamv2.runner.local import TritonServer
-
-    env = TritonServer(repository, env=overrides or {}).environment()
-    return {k: env[k] for k in ALLOCATOR_KEYS if k in env}
-
-
-def load_reference(weights: Path | str, encoder: str = "efficientvit_l2"):
-    """``ReferencePipeline.from_checkpoints``, leaving ``OMP_NUM_THREADS`` as it was: ultralytics (the
-    detector's package) sets it to 1 in ``os.environ`` when imported, and every process started afterwards
-    inherits that, among them a server started by the launcher, whose ONNX Runtime sessions then take one
-    thread each (their default is ``$OMP_NUM_THREADS``). PyTorch here keeps the thread count it had chosen."""
-    from mobilesamv2.reference import ReferencePipeline
-
-    before = os.environ.get("OMP_NUM_THREADS")
-    pipe = ReferencePipeline.from_checkpoints(weights, encoder=encoder)
-    if before is None:
-        os.environ.pop("OMP_NUM_THREADS", None)
-    else:
-        os.environ["OMP_NUM_THREADS"] = before
-    return pipe
-
-
-# --- process-tree statistics --------------------------------------------------------------------------------
-
-
-def label(proc: psutil.Process) -> str:
-    """``tritonserver``, or the model a backend stub serves (its instance name, e.g. ``prompt_decoder_0_0``,
-    is on its command line)."""
-    try:
-        cmdline = proc.cmdline()
-    except psutil.Error:
-        return "?"
-    if cmdline and cmdline[0].endswith("triton_python_backend_stub"):
-        instance = next((a for a in cmdline[1:] if re.fullmatch(r"[A-Za-z0-9_.-]+_\d+_\d+", a)), "")
-        return re.sub(r"_\d+_\d+$", "", instance) or "stub"
-    return proc.name()
-
-
-def tree(root_pid: int) -> list[psutil.Process]:
-    root = psutil.Process(root_pid)
-    return [root, *root.children(recursive=True)]
-
-
-def faults(pid: int) -> tuple[int, int]:
-    """(minor, major) page faults of ``pid`` so far (``/proc/<pid>/stat``)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0, 0
-    return int(fields[7]), int(fields[9])  # minflt, majflt (fields 10 and 12, counted from the state field)
-
-
-def tree_counters(root_pid: int) -> dict[str, float]:
-    """CPU seconds (user, system) and page faults summed over the server's process tree."""
-    out = {"user_s": 0.0, "system_s": 0.0, "minflt": 0, "majflt": 0, "rss_mb": 0.0}
-    for proc in tree(root_pid):
-        try:
-            times = proc.cpu_times()
-            rss = proc.memory_info().rss
-        except psutil.Error:
-            continue
-        minflt, majflt = faults(proc.pid)
-        out["user_s"] += times.user
-        out["system_s"] += times.system
-        out["minflt"] += minflt
-        out["majflt"] += majflt
-        out["rss_mb"] += rss / 2**20
-    return out
-
-
-def counter_delta(after: dict[str, float], before: dict[str, float]) -> dict[str, float]:
-    return {k: after[k] - before[k] for k in ("user_s", "system_s", "minflt", "majflt")}
-
-
-class PeakRss:
-    """Samples the summed RSS of a process tree every ``interval`` s while active: ``peak`` (bytes, of the
-    sum) and the peak of each label's sum (a model's instances together)."""
-
-    def __init__(self, root_pid: int, interval: float = 0.01) -> None:
-        self.processes = tree(root_pid)
-        self.labels = {p.pid: label(p) for p in self.processes}
-        self.interval = interval
-        self.peak = 0
-        self.by_label: dict[str, int] = {}
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-
-    def current(self) -> int:
-        sums: dict[str, int] = {}
-        for proc in self.processes:
-            try:
-                rss = proc.memory_info().rss
-            except psutil.Error:
-                continue
-            name = self.labels[proc.pid]
-            sums[name] = sums.get(name, 0) + rss
-        for name, rss in sums.items():
-            self.by_label[name] = max(self.by_label.get(name, 0), rss)
-        return sum(sums.values())
-
-    def _run(self) -> None:
-        while not self._stop.is_set():
-            self.peak = max(self.peak, self.current())
-            self._stop.wait(self.interval)
-
-    def __enter__(self) -> PeakRss:
-        self.peak, self.by_label = self.current(), {}
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-        self.peak = max(self.peak, self.current())
-
-
-# --- repository copies --------------------------------------------------------------------------------------
-
-
-def repository_variant(source: Path, target: Path, parameters: dict[str, dict[str, str]]) -> Path:
-    """A hard-linked copy of the model repository ``source`` at ``target`` with config parameters replaced:
-    ``{"segment_everything": {"embedding_cache_mb": "0"}}``. Files are linked (no copy of the ONNX files);
-    each changed config is written anew. Rebuilt every call."""
-    source, target = Path(source).resolve(), Path(target).resolve()
-    if target.exists():
-        shutil.rmtree(target)
-    shutil.copytree(source, target, copy_function=os.link, ignore=shutil.ignore_patterns("__pycache__"))
-    for model, values in parameters.items():
-        config = target / model / "config.pbtxt"
-        text = config.read_text()
-        for key, value in values.items():
-            pattern = re.compile(
-                r'(\{\s*key:\s*"' + re.escape(key) + r'",\s*value:\s*\{\s*string_value:\s*")[^"]*(")'
-            )
-            if not pattern.search(text):
-                raise KeyError(f"{config}: no parameter {key!r} to set")
-            text = pattern.sub(lambda m, v=value: m.group(1) + v + m.group(2), text)
-        config.unlink()  # a hard link: never write through it into the source repository
-        config.write_text(text)
-    return target
-
-
-def served_parameters(repository: Path, model: str) -> dict[str, str]:
-    """A model's config parameters (``key -> string_value``), read from its config.pbtxt."""
-    text = (Path(repository) / model / "config.pbtxt").read_text()
-    pairs = re.findall(r'key:\s*"([^"]+)",\s*value:\s*\{\s*string_value:\s*"([^"]*)"', text)
-    return dict(pairs)
-
-
-# --- one request each side ----------------------------------------------------------------------------------
-
-
 def reference_request(pipe, data: bytes, conf: float) -> tuple[float, dict[str, float], int]:
-    """The in-process pipeline on encoded bytes, timed like the server: decode, SegEvery, RLE."""
+    """Decode, SegEvery, RLE in this process, timed like the server's stages."""
+    import cv2
+    import numpy as np
+
     start = time.perf_counter()
     rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR), cv2.COLOR_BGR2RGB)
     decoded = time.perf_counter()
     result = pipe(rgb, conf_threshold=conf)
     segmented = time.perf_counter()
     result.rles()
-    wall = _ms(start)
-    stages = {
-        "decode_image": (decoded - start) * 1e3,
-        **result.timings_ms,
-        "postprocess": _ms(segmented),
-        "total": wall,
-    }
-    return wall, stages, len(result)
+    stages = {"decode_image": (decoded - start) * 1e3, **result.timings_ms, "postprocess": _ms(segmented)}
+    return _ms(start), {**stages, "total": _ms(start)}, len(result)
 
 
 def server_request(client, data: bytes, conf: float) -> tuple[float, dict[str, float], int]:
-    """One SegEvery request through Triton (default max_prompts, 300): client wall time and server stages."""
     start = time.perf_counter()
     segmentation = client.segment_everything(data, conf=conf, timings=True)
-    wall = _ms(start)
-    return wall, dict(segmentation.timings or {}), len(segmentation)
+    return _ms(start), dict(segmentation.timings or {}), len(segmentation)
 
 
-# --- the section --------------------------------------------------------------------------------------------
-
-
-def ab_points(
-    pipe,
-    client,
-    server_pid: int,
-    images: dict[str, bytes],
-    points: Sequence[tuple[str, float]],
-    reps: int,
-    log: Log = print,
-    rss_at_most_boxes: bool = True,
-) -> list[dict]:
-    """For each (image, conf): one untimed warm-up per side, then ``reps`` alternating repetitions. The
-    server's process-tree RSS is sampled during the server requests of the point with the most boxes."""
-    rows = []
-    for index, (name, conf) in enumerate(points):
-        data = images[name]
-        track = rss_at_most_boxes and index == len(points) - 1
-        server_request(client, data, conf)  # warm-up: arenas grown to this prompt count, caches primed
-        reference_request(pipe, data, conf)
-        row: dict = {
-            "image": name,
-            "conf": conf,
-            "server_wall_ms": [],
-            "server_stages": [],
-            "server_masks": None,
-            "server_counters": [],
-            "reference_wall_ms": [],
-            "reference_stages": [],
-            "reference_masks": None,
-            "peak_rss_mb": None,
-            "peak_rss_by_process_mb": None,
+def measure_point(pipe, client, server_pid: int, data: bytes, conf: float, reps: int, rss: bool) -> dict:
+    """Medians of ``reps`` alternating requests per side; the server tree's peak RSS when ``rss``."""
+    server_request(client, data, conf)  # warm-up: arenas grown to this prompt count
+    reference_request(pipe, data, conf)
+    runs: dict[str, list] = {"server": [], "reference": []}
+    peak = serving.PeakRss(server_pid, interval=0.02) if rss else None
+    for rep in range(reps):
+        for side in ("server", "reference") if rep % 2 == 0 else ("reference", "server"):
+            if side == "reference":
+                runs[side].append(reference_request(pipe, data, conf))
+            elif peak is not None:
+                with serving.PeakRss(server_pid, interval=0.02) as sampler:
+                    runs[side].append(server_request(client, data, conf))
+                peak.peak = max(peak.peak, sampler.peak)
+                peak.by_label = {k: max(v, peak.by_label.get(k, 0)) for k, v in sampler.by_label.items()}
+            else:
+                runs[side].append(server_request(client, data, conf))
+            serving.log(f"conf {conf}: {side} {runs[side][-1][0]:,.0f} ms, {runs[side][-1][2]} masks")
+    point: dict = {"conf": conf, "reps": reps}
+    for side, stages in (("server", SERVER_STAGES), ("reference", REFERENCE_STAGES)):
+        point[side] = {
+            "masks": runs[side][-1][2],
+            "wall_ms": median(r[0] for r in runs[side]),
+            "stages": {s: median(r[1].get(s) for r in runs[side]) for s in stages},
+            "encoder_ms": [r[1].get("encoder") for r in runs[side]],
         }
-        for rep in range(reps):
-            for side in ("server", "reference") if rep % 2 == 0 else ("reference", "server"):
-                if side == "server":
-                    before = tree_counters(server_pid)
-                    if track:
-                        with PeakRss(server_pid, interval=0.02) as peak:
-                            wall, stages, masks = server_request(client, data, conf)
-                        row["peak_rss_mb"] = max(row["peak_rss_mb"] or 0.0, peak.peak / 2**20)
-                        by = {k: v / 2**20 for k, v in peak.by_label.items()}
-                        old = row["peak_rss_by_process_mb"] or {}
-                        row["peak_rss_by_process_mb"] = {k: max(v, old.get(k, 0.0)) for k, v in by.items()}
-                    else:
-                        wall, stages, masks = server_request(client, data, conf)
-                    row["server_counters"].append(counter_delta(tree_counters(server_pid), before))
-                else:
-                    wall, stages, masks = reference_request(pipe, data, conf)
-                row[f"{side}_wall_ms"].append(wall)
-                row[f"{side}_stages"].append(stages)
-                row[f"{side}_masks"] = masks
-                log(f"  e2e {name} conf {conf}: {side} {wall:,.0f} ms, {masks} masks")
-        rows.append(row)
-    return rows
+    if peak is not None:
+        point["peak_rss"] = {"total_mb": peak.peak_mb, "by_process_mb": peak.by_label_mb}
+    return point
 
 
-def encoder_standalone(repository: Path, image: Path, reps: int = 5) -> dict:
-    """The served encoder graph in a fresh ONNX Runtime session with the served config's options (this
-    project's ``glue.ort_settings``), batch 1, in a child process (same environment, allocator included)."""
-    command = [
-        sys.executable,
-        "-m",
-        "benchmarks.e2e",
-        "--child-encoder",
-        str(repository),
-        str(image),
-        str(reps),
-    ]
-    out = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout
-    return json.loads(out.strip().splitlines()[-1])
+# --- standalone ONNX Runtime, in child processes ------------------------------------------------------------
 
 
-def served_session(path: Path, repository: Path, model: str, profile_prefix: str | None = None):
-    """``(session, intra-op threads)``: the ONNX file ``path`` in a CPU ONNX Runtime session with the options
-    ``model``'s config in ``repository`` gives it when served (``glue.ort_settings``); ONNX Runtime's
-    profiler on when ``profile_prefix`` is given."""
-    import onnxruntime as ort
-
-    from mobilesamv2.inside_triton import glue
-
-    settings = glue.ort_settings(glue.Parameters(served_parameters(repository, model)))
-    options = glue.ort_session_options(settings)
-    if profile_prefix:
-        options.enable_profiling = True
-        options.profile_file_prefix = profile_prefix
-    session = ort.InferenceSession(
-        str(path),
-        sess_options=options,
-        providers=["CPUExecutionProvider"],
-        disabled_optimizers=settings["disabled_optimizers"] or None,
-    )
-    return session, settings["intra_op_thread_count"]
+def standalone(repository: Path, what: str, image: str, prompts: int, reps: int) -> dict:
+    """``what`` (encoder or decoder) in a child process: its median ms and the child's peak RSS."""
+    args = [sys.executable, "-m", "benchmarks.e2e", "--child", what, str(repository), image, str(prompts)]
+    child = subprocess.Popen([*args, str(reps)], cwd=common.REPO_ROOT, stdout=subprocess.PIPE, text=True)
+    with serving.PeakRss(child.pid, interval=0.02) as peak:
+        out, _ = child.communicate()
+    if child.returncode != 0:
+        raise RuntimeError(f"standalone {what} failed (exit {child.returncode})")
+    return {**json.loads(out.strip().splitlines()[-1]), "peak_rss_mb": peak.peak_mb}
 
 
-def _child_encoder(repository: Path, image: Path, reps: int) -> dict:
-    from mobilesamv2.processing.image import encoder_canvas
+def _child(what: str, repository: Path, image: str, prompts: int, reps: int) -> dict:
+    import cv2
+    import numpy as np
 
-    session, threads = served_session(
-        repository / "image_encoder" / "1" / "model.onnx", repository, "image_encoder"
-    )
-    rgb = cv2.cvtColor(cv2.imread(str(image)), cv2.COLOR_BGR2RGB)
-    canvas, size = encoder_canvas(rgb)
-    feeds = {"image": canvas[None], "image_size": size[None]}
-    session.run(None, feeds)  # warm-up
+    if what == "encoder":
+        from mobilesamv2.processing.image import encoder_canvas
+
+        session, threads = serving.served_session(repository, "image_encoder")
+        canvas, size = encoder_canvas(
+            cv2.cvtColor(cv2.imread(str(serving.sample_image(image))), cv2.COLOR_BGR2RGB)
+        )
+        slices = [{"image": canvas[None], "image_size": size[None]}]
+    else:
+        session, threads = serving.served_session(repository, "prompt_decoder")
+        rows = int(serving.served_parameters(repository, "prompt_decoder").get("max_rows_per_run") or prompts)
+        rng = np.random.default_rng(prompts)
+        corner = rng.random((prompts, 2), np.float32) * 900
+        coords = np.stack(
+            [corner, np.minimum(corner + rng.random((prompts, 2), np.float32) * 400 + 8, 1023)], 1
+        )
+        labels = np.tile(np.array([[2.0, 3.0]], np.float32), (prompts, 1))
+        embedding = rng.standard_normal((1, 256, 64, 64), np.float32)
+        slices = [
+            {
+                "image_embeddings": embedding,
+                "point_coords": coords[i : i + rows],
+                "point_labels": labels[i : i + rows],
+            }
+            for i in range(0, prompts, rows)
+        ]
     times = []
-    for _ in range(reps):
+    for rep in range(reps + 1):  # the first is a warm-up
         start = time.perf_counter()
-        session.run(None, feeds)
-        times.append(_ms(start))
-    return {"ms": times, "median_ms": median(times), "threads": threads}
+        for feeds in slices:
+            session.run(None, feeds)
+        if rep:
+            times.append(_ms(start))
+    return {"ms": median(times), "reps": reps, "threads": threads, "slices": len(slices)}
 
 
-def decoder_standalone(repository: Path, weights: Path, prompts: int, repeats: int = 3) -> dict:
-    """``benchmarks/decoder_efficiency.py``'s "ours" row at ``prompts`` prompts (the served factorized graph
-    in     slices of the config's ``max_rows_per_run``, its own subprocess)."""
-    from benchmarks import decoder_efficiency
-    from mobilesamv2.inside_triton.glue import available_cpus
-
-    slice_rows = int(served_parameters(repository, "prompt_decoder").get("max_rows_per_run") or 16)
-    args = argparse.Namespace(
-        weights=weights, repository=repository, threads=available_cpus(), slice=slice_rows, repeats=repeats
-    )
-    result = decoder_efficiency.measure("ours", prompts, args)
-    result.update(prompts=prompts, slice_rows=slice_rows, threads=args.threads)
-    if "median_s" in result:
-        result["ms_per_prompt"] = result["median_s"] * 1e3 / prompts
-    return result
+# --- report -------------------------------------------------------------------------------------------------
 
 
-def e2e_section(
-    pipe,
-    client,
-    server_pid: int,
-    images: dict[str, bytes],
-    repository: Path,
-    weights: Path,
-    reps: int,
-    points: Sequence[tuple[str, float]] = DEFAULT_POINTS,
-    standalone: bool = True,
-    log: Log = print,
-) -> dict:
-    rows = ab_points(pipe, client, server_pid, images, points, reps, log)
-    out: dict = {
-        "points": [list(p) for p in points],
-        "rows": rows,
-        "cold": "embedding_cache_mb 0, cache_mb 0",
+def nearest(points: Sequence[dict], boxes: int) -> dict:
+    return min(points, key=lambda p: abs(p["server"]["masks"] - boxes))
+
+
+def speedup(point: dict) -> float:
+    return point["reference"]["wall_ms"] / point["server"]["wall_ms"]
+
+
+def render(results: dict) -> str:
+    points = results["points"]
+    overview = table(
+        ["image, detector conf", "masks (Triton / reference)", "Triton ms (client wall)", "reference ms",
+         "speed-up", "reps"],
+        [[f"{p['image']}, conf {p['conf']:g}", f"{p['server']['masks']} / {p['reference']['masks']}",
+          fmt(p["server"]["wall_ms"]), fmt(p["reference"]["wall_ms"]), f"{speedup(p):.2f}x", p["reps"]]
+         for p in points],
+    )  # fmt: skip
+    header = ["stage (ms)"]
+    rows = {
+        s: [s]
+        for s in (*SERVER_STAGES[:-1], "transport + client (wall - server total)", "total (client wall)")
     }
-    if standalone:
-        from mobilesamv2.assets import sample_images
+    for p in points:
+        header += [f"Triton, {p['server']['masks']} masks", f"reference, {p['reference']['masks']} masks"]
+        server, reference = p["server"]["stages"], p["reference"]["stages"]
+        for stage in SERVER_STAGES[:-1]:
+            ref = "(in discovery)" if stage == "nms" else fmt(reference.get(stage), 1)
+            rows[stage] += [fmt(server.get(stage), 1), ref]
+        transport = p["server"]["wall_ms"] - server["total"]
+        rows["transport + client (wall - server total)"] += [fmt(transport, 1), "–"]
+        rows["total (client wall)"] += [fmt(p["server"]["wall_ms"], 1), fmt(p["reference"]["wall_ms"], 1)]
+    enc, dec = results["encoder"], results["decoder"]
+    versus = table(
+        ["measure", "in the server", "standalone", "difference", "standalone process peak RSS MB"],
+        [
+            ["encoder, ms", fmt(enc["server_ms"], 1), fmt(enc["standalone_ms"], 1),
+             f"{enc['server_ms'] / enc['standalone_ms'] - 1:+.1%}", fmt(enc.get("standalone_peak_rss_mb"))],
+            [f"decoder, ms per prompt at {dec['prompts']} prompts", fmt(dec["server_ms_per_prompt"], 1),
+             fmt(dec["standalone_ms_per_prompt"], 1),
+             f"{dec['server_ms_per_prompt'] / dec['standalone_ms_per_prompt'] - 1:+.1%}",
+             fmt(dec.get("standalone_peak_rss_mb"))],
+        ],
+    )  # fmt: skip
+    peak = results["peak_rss"]
+    memory = table(
+        ["process group", f"peak RSS MB during the {peak['prompts']}-prompt requests"],
+        [*([k, fmt(v)] for k, v in peak["by_process_mb"].items()),
+         ["**all (tritonserver + stubs)**", fmt(peak["total_mb"])]],
+    )  # fmt: skip
+    sections = [common.provenance(results), overview, table(header, list(rows.values())), versus, memory]
+    return "\n\n".join(sections)
 
-        image = next(p for p in sample_images() if p.name == points[0][0])
-        log("  encoder standalone (ONNX Runtime, served options, fresh process)")
-        try:
-            out["encoder_standalone"] = encoder_standalone(repository, image)
-        except (subprocess.CalledProcessError, ValueError, OSError) as exc:
-            log(f"  encoder standalone failed: {exc}")
-            out["encoder_standalone"] = {"error": str(exc)}
-        fifty = min(rows, key=lambda r: abs((r["server_masks"] or 0) - 50))
-        log(f"  decoder standalone at {fifty['server_masks']} prompts (benchmarks/decoder_efficiency.py)")
-        try:
-            out["decoder_standalone"] = decoder_standalone(
-                repository, weights, int(fifty["server_masks"] or 50)
-            )
-        except (ValueError, OSError, KeyError) as exc:
-            log(f"  decoder standalone failed: {exc}")
-            out["decoder_standalone"] = {"error": str(exc)}
-    return out
+
+def values(results: dict) -> dict[str, str]:
+    """The Targets table's cells."""
+    point = nearest(results["points"], SPEEDUP_BOXES)
+    enc, dec, peak = results["encoder"], results["decoder"], results["peak_rss"]
+    overhead = enc["server_ms"] / enc["standalone_ms"] - 1
+    decoder_peak = peak["by_process_mb"].get("prompt_decoder", float("nan"))
+    return {
+        "speedup": f"{speedup(point):.2f}x at {point['server']['masks']} masks "
+        f"({fmt(point['server']['wall_ms'])} vs {fmt(point['reference']['wall_ms'])} ms)",
+        "speedup-status": common.verdict(speedup(point) >= SPEEDUP_GOAL),
+        "encoder": f"{fmt(enc['server_ms'])} vs {fmt(enc['standalone_ms'])} ms ({overhead:+.1%})",
+        "encoder-status": common.verdict(abs(overhead) <= ENCODER_OVERHEAD_GOAL),
+        "decoder": f"{fmt(dec['server_ms_per_prompt'], 1)} ms/prompt at {dec['prompts']} prompts (standalone "
+        f"{fmt(dec['standalone_ms_per_prompt'], 1)})",
+        "decoder-status": common.verdict(dec["server_ms_per_prompt"] <= DECODER_MS_PER_PROMPT_GOAL),
+        "peak-rss": f"prompt_decoder {fmt(decoder_peak)} MB at {peak['prompts']} prompts; tritonserver + all "
+        f"stubs {fmt(peak['total_mb'])} MB",
+        "peak-rss-status": common.verdict(decoder_peak <= DECODER_PEAK_MB_GOAL),
+    }
 
 
-# --- as a file: the same measurement against any checkout ---------------------------------------------------
+# --- the run ------------------------------------------------------------------------------------------------
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    if argv and argv[0] == "--child-encoder":
-        print(json.dumps(_child_encoder(Path(argv[1]), Path(argv[2]), int(argv[3]))))
+    if argv[:1] == ["--child"]:
+        what, repository, image, prompts, reps = argv[1:6]
+        print(json.dumps(_child(what, Path(repository), image, int(prompts), int(reps))))
         return 0
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, required=True, help="built model repository")
-    parser.add_argument("--weights", type=Path, required=True, help="the checkpoints it was built from")
-    parser.add_argument("--out", type=Path, required=True, help="results JSON")
-    parser.add_argument("--reps", type=int, default=3)
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser.add_argument("--reps", type=int, default=3, help="timed requests per side and point")
+    parser.add_argument("--points", default=",".join(f"{n}:{c}" for n, c in POINTS), help="image:conf,...")
+    parser.add_argument("--standalone-reps", type=int, default=5)
     parser.add_argument(
-        "--points", default=",".join(f"{n}:{c}" for n, c in DEFAULT_POINTS), help="image:conf,..."
+        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
     )
-    parser.add_argument("--label", default="", help="what this checkout is, for the report")
     args = parser.parse_args(argv)
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
+    if args.render:
+        return common.rerender(NAME, render, values=values)
 
-    from mobilesamv2 import __file__ as package_file
-    from mobilesamv2.assets import sample_images
-    from mobilesamv2.runner.local import TritonServer
-    from segment_everything_client import SegmentEverythingClient
-
-    started = time.time()
-
-    def log(message: str) -> None:
-        print(f"[{(time.time() - started) / 60:5.1f} min] {message}", flush=True)
-
-    checkout = Path(package_file).resolve().parents[1]
-    commit = subprocess.run(
-        ["git", "rev-parse", "--short", "HEAD"], cwd=checkout, capture_output=True, text=True, check=False
-    ).stdout.strip()
     points = [(p.split(":")[0], float(p.split(":")[1])) for p in args.points.split(",")]
-    images = {p.name: p.read_bytes() for p in sample_images()}
-    repository = args.repository.resolve()
-    parameters = served_parameters(repository, "segment_everything")
-    variant = repository
-    if "embedding_cache_mb" in parameters:  # newer builds: cold embeddings need the cache off
-        variant = repository_variant(
-            repository,
-            args.out.resolve().parent / "repository-cold",
-            {"segment_everything": {"embedding_cache_mb": "0"}},
-        )
-    log(f"checkout {checkout} ({commit}), repository {variant}")
-    pipe = load_reference(args.weights)
-    # Triton's response cache: off where the launcher has one (older launchers start none)
-    no_cache = {"cache_mb": 0} if "cache_mb" in inspect.signature(TritonServer).parameters else {}
-    with (
-        TritonServer(
-            variant, log_path=args.out.resolve().parent / "tritonserver.log", startup_timeout=300, **no_cache
-        ) as server,
-        SegmentEverythingClient(server.grpc_url, timeout=1800, retries=0) as client,
-    ):
-        rows = ab_points(pipe, client, server.pid, images, points, args.reps, log)
-    results = {
-        "label": args.label,
-        "checkout": str(checkout),
-        "commit": commit,
-        "command": " ".join([os.path.relpath(sys.executable), *sys.argv]),
-        "started": time.strftime("%Y-%m-%d %H:%M %Z", time.localtime(started)),
-        "allocator_env": {k: os.environ[k] for k in ALLOCATOR_KEYS if k in os.environ},
-        "omp_num_threads": os.environ.get("OMP_NUM_THREADS"),
-        "points": [list(p) for p in points],
-        "rows": rows,
-    }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(results, indent=1) + "\n")
-    log(f"wrote {args.out}")
+    results = common.new_results(repository=str(args.repository), cold="embedding_cache_mb 0")
+    pipe = serving.load_reference(args.repository)
+    cold = serving.repository_variant(
+        args.repository,
+        serving.WORK / NAME / "repository",
+        {"segment_everything": {"embedding_cache_mb": "0"}},
+    )
+    measured = []
+    with serving.serve(cold, NAME) as (server, client):
+        results["settings"]["allocator_env"] = serving.allocator_env(server.pid)
+        for index, (image, conf) in enumerate(points):
+            data = serving.sample_image(image).read_bytes()
+            point = measure_point(
+                pipe, client, server.pid, data, conf, args.reps, rss=index == len(points) - 1
+            )
+            measured.append({"image": image, **point})
+    del pipe
+    server_encoder = median(ms for p in measured for ms in p["server"].pop("encoder_ms"))
+    for p in measured:
+        p["reference"].pop("encoder_ms")
+    fifty = nearest(measured, SPEEDUP_BOXES)
+    prompts = fifty["server"]["masks"]
+    serving.log(f"standalone encoder and decoder ({prompts} prompts)")
+    encoder = standalone(args.repository, "encoder", points[0][0], 1, args.standalone_reps)
+    decoder = standalone(args.repository, "decoder", points[0][0], prompts, args.standalone_reps)
+    most = measured[-1]
+    results.update(
+        points=measured,
+        encoder={"server_ms": server_encoder, "standalone_ms": encoder["ms"], "threads": encoder["threads"],
+                 "standalone_peak_rss_mb": encoder["peak_rss_mb"]},
+        decoder={"prompts": prompts, "server_ms_per_prompt": fifty["server"]["stages"]["decoder"] / prompts,
+                 "standalone_ms_per_prompt": decoder["ms"] / prompts, "slices": decoder["slices"],
+                 "threads": decoder["threads"], "standalone_peak_rss_mb": decoder["peak_rss_mb"]},
+        peak_rss={"prompts": most["server"]["masks"], **most.pop("peak_rss")},
+    )  # fmt: skip
+    common.publish(NAME, results, render, values=values)
     return 0
 
 

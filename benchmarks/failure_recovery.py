@@ -1,10 +1,10 @@
 """Failure recovery: how long the supervised service takes to serve again after a model's stub process is
-killed or hung, or tritonserver itself is killed, under light load. Writes the "Failure recovery" section of
-``BENCHMARKS.md`` (other sections are kept).
+killed or hung, or tritonserver itself is killed, under light load.
 
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py                 # ~10 min on 2 cores
-    flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py --repeats 1 --out work/fr.md
-    .venv/bin/python benchmarks/failure_recovery.py --render work/benchmarks/failure-recovery-<t>/results.json
+    MOBILESAMV2_SERVER_PYTHON_ENV=work/container-venv \
+        flock /tmp/heavy.lock .venv/bin/python -m benchmarks.failure_recovery      # ~10 min on 2 cores
+    flock /tmp/heavy.lock .venv/bin/python -m benchmarks.failure_recovery --repeats 1 --scenarios tritonserver
+    .venv/bin/python -m benchmarks.failure_recovery --render                        # re-render, no measuring
 
 The service is what ``mobilesamv2-serve`` runs: :class:`~mobilesamv2.runner.local.TritonServer` with its
 :class:`~mobilesamv2.runner.supervisor.Supervisor` (stub census every second, a probe every ``--interval``
@@ -12,17 +12,14 @@ seconds, every second while failing, restart after 2 failed probes of the last 3
 sends SegAny box, SegAny multimask point and SegEvery requests (client deadline ``--client-timeout``); the
 fault is injected into the first stub of the model (``kill -9`` or ``SIGSTOP``) or into tritonserver, and the
 clock runs until a restarted server (new pid) passes a full probe. ``tests/server/test_self_healing.py``
-asserts the same bounds (< 60 s) in CI; this script only measures.
+asserts the same bound (60 s) in CI; this script only measures.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import signal
-import statistics
 import sys
 import threading
 import time
@@ -30,14 +27,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-if str(REPO_ROOT) not in sys.path:  # run as a file: python benchmarks/failure_recovery.py
-    sys.path.insert(0, str(REPO_ROOT))
+from benchmarks import common, serving
+from benchmarks.common import fmt, median, table
 
-DEFAULT_REPOSITORY = REPO_ROOT / "work" / "test-cache" / "model_repository"
-DEFAULT_OUT = REPO_ROOT / "BENCHMARKS.md"
-START, END = "<!-- failure-recovery:start -->", "<!-- failure-recovery:end -->"
+NAME = "failure_recovery"
 MODELS = ("image_encoder", "prompt_decoder", "interactive_decoder", "object_discovery", "segment_everything")
+# The goal of BENCHMARKS.md's Targets table, the bound tests/server/test_self_healing.py asserts
+RECOVERY_GOAL_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -174,78 +170,76 @@ def run_scenario(supervisor, scenario: Scenario, client_timeout: float, limit: f
     )
 
 
+def summarize(runs: list[Run]) -> list[dict]:
+    """Per scenario: median and max of each duration over its runs, requests failed and sent."""
+    rows = []
+    for name in dict.fromkeys(r.scenario for r in runs):
+        mine = [r for r in runs if r.scenario == name]
+
+        def stats(values: list[float | None]) -> dict[str, float | None]:
+            known = [v for v in values if v is not None]
+            return {"median": median(known), "max": max(known)} if known else {"median": None, "max": None}
+
+        rows.append({
+            "scenario": name, "runs": len(mine),
+            "recovery_s": stats([r.recovery_s for r in mine]),
+            "detected_by": sorted({r.detected_by or "?" for r in mine}),
+            "detect_s": stats([r.detect_s for r in mine]), "restart_s": stats([r.restart_s for r in mine]),
+            "failed": sum(r.failed for r in mine), "sent": sum(r.requests for r in mine),
+            "slowest_s": max(r.slowest_s for r in mine),
+            "errors": sorted({e for r in mine for e in r.errors}),
+        })  # fmt: skip
+    return rows
+
+
 def render(results: dict) -> str:
-    """The markdown section (between its markers) from the results dict."""
+    def cell(stats: dict) -> str:
+        return f"{fmt(stats['median'], 1)} ({fmt(stats['max'], 1)})"
+
+    rows = [
+        [s["scenario"], cell(s["recovery_s"]), ", ".join(s["detected_by"]), cell(s["detect_s"]),
+         cell(s["restart_s"]), f"{s['failed']} / {s['sent']}", fmt(s["slowest_s"], 1)]
+        for s in results["scenarios"]
+    ]  # fmt: skip
+    header = ["fault", "serving again after (s)", "detected by", "detection (s)", "restart (s)",
+              "requests failed / sent", "slowest request (s)"]  # fmt: skip
+    errors = sorted({e for s in results["scenarios"] for e in s["errors"]})
     settings = results["settings"]
-    intro = (
-        "Supervised service (`mobilesamv2-serve`'s supervisor: stub census every second, a probe every "
-        f"{settings['interval']:g} s, every second while failing, restart after 2 failed probes of the "
-        "last 3) under light load (one client: SegAny box, SegAny multimask point, SegEvery in turn, "
-        f"deadline {settings['client_timeout']:g} s). Recovery = from the fault until a restarted server "
-        "passes a full probe (real requests through every model); "
-        f"{settings['repeats']} run(s) per scenario, median (max). Machine: {results['machine']}."
-    )
-    header = (
-        "| fault | serving again after (s) | detected by | detection (s) | restart (s) "
-        "| requests failed / sent | slowest request (s) |"
-    )
-    lines = [START, "## Failure recovery", "", intro, "", header, "|---|---|---|---|---|---|---|"]
-    by_scenario: dict[str, list[dict]] = {}
-    for run in results["runs"]:
-        by_scenario.setdefault(run["scenario"], []).append(run)
-
-    def cell(values: list[float | None]) -> str:
-        values = [v for v in values if v is not None]
-        if not values:
-            return "–"
-        return f"{statistics.median(values):.1f} ({max(values):.1f})"
-
-    for name, runs in by_scenario.items():
-        detected = ", ".join(sorted({r["detected_by"] or "?" for r in runs}))
-        failed = sum(r["failed"] for r in runs)
-        sent = sum(r["requests"] for r in runs)
-        recovery, detect = cell([r["recovery_s"] for r in runs]), cell([r["detect_s"] for r in runs])
-        restart, slowest = cell([r["restart_s"] for r in runs]), max(r["slowest_s"] for r in runs)
-        lines.append(
-            f"| {name} | {recovery} | {detected} | {detect} | {restart} | {failed} / {sent} | {slowest:.1f} |"
-        )
-    worst = max(r["recovery_s"] for r in results["runs"])
-    slowest = max(r["slowest_s"] for r in results["runs"])
-    kinds = ", ".join(f"`{k}`" for k in sorted({e for r in results["runs"] for e in r["errors"]})) or "none"
-    summary = (
-        f"Worst recovery {worst:.1f} s (bound asserted by `tests/server/test_self_healing.py`: 60 s). "
-        f"Slowest request {slowest:.1f} s against its {settings['client_timeout']:g} s deadline; the failed "
-        f"requests raised {kinds} (the client's typed errors: refused while restarting, models loading, the "
-        f"broken model's error). Restart = SIGTERM with {settings['drain']:g} s to drain, SIGKILL of the "
-        "server's process group (stubs included), start on the same ports with the models' warm-up."
-    )
-    reproduce = f"Reproduce: `{results['command']}` (repository: `{results['repository']}`)."
-    lines += ["", summary, "", reproduce, END]
-    return "\n".join(lines) + "\n"
+    worst = table(
+        ["worst recovery (s)", "slowest request (s)", "client deadline (s)",
+         "errors the failed requests raised"],
+        [[fmt(max(s["recovery_s"]["max"] for s in results["scenarios"]), 1),
+          fmt(max(s["slowest_s"] for s in results["scenarios"]), 1), f"{settings['client_timeout']:g}",
+          ", ".join(f"`{e}`" for e in errors) or "none"]],
+    )  # fmt: skip
+    return "\n\n".join([common.provenance(results), table(header, rows), worst])
 
 
-def merge_into(document: str, block: str) -> str:
-    """``document`` with ``block`` in place of its previous failure-recovery section, or appended."""
-    if START in document and END in document:
-        head, rest = document.split(START, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
-        return head + block + ("\n" + tail if tail else "")
-    return document.rstrip("\n") + "\n\n" + block
+def values(results: dict) -> dict[str, str]:
+    """The Targets table's cells."""
+    worst = max(s["recovery_s"]["max"] for s in results["scenarios"])
+    return {
+        "worst": f"worst {fmt(worst, 1)} s over {len(results['scenarios'])} faults",
+        "worst-status": common.verdict(worst < RECOVERY_GOAL_S),
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n\n")[0]
+    )
+    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--interval", type=float, default=3.0, help="supervisor: seconds between probes")
     parser.add_argument("--client-timeout", type=float, default=15.0)
     parser.add_argument("--drain", type=float, default=3.0, help="seconds a restart lets requests finish")
     parser.add_argument("--scenarios", default="", help="comma-separated substrings of scenario names")
-    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--render", type=Path, default=None, help="re-render a results.json, measure nothing")
+    parser.add_argument(
+        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
+    )
     args = parser.parse_args(argv)
-    if args.render is not None:
-        return write(json.loads(args.render.read_text()), args.out)
+    if args.render:
+        return common.rerender(NAME, render, values=values)
 
     from mobilesamv2.runner.local import TritonServer
     from mobilesamv2.runner.supervisor import Supervisor
@@ -253,12 +247,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     chosen = [
         s for s in SCENARIOS if not args.scenarios or any(p in s.name for p in args.scenarios.split(","))
     ]
-    stamp = time.strftime("%Y%m%d-%H%M%S")
-    work = REPO_ROOT / "work" / "benchmarks" / f"failure-recovery-{stamp}"
-    work.mkdir(parents=True, exist_ok=True)
-    server = TritonServer(
-        args.repository, env={"OMP_NUM_THREADS": "1"}, exit_timeout_s=5, log_path=work / "tritonserver.log"
-    ).start()
+    settings = {k: getattr(args, k) for k in ("interval", "client_timeout", "drain", "repeats")}
+    results = common.new_results(repository=str(args.repository), **settings)
+    log_path = serving.WORK / NAME / "tritonserver.log"
+    server = TritonServer(args.repository, env={"OMP_NUM_THREADS": "1"}, exit_timeout_s=5, log_path=log_path)
+    server.start()
+    results["settings"]["server_python"] = server.python_env.version
     supervisor = Supervisor(
         server, interval=args.interval, failure_interval=1.0, probe_timeout=10.0, failures=2,
         drain_timeout=args.drain,
@@ -267,47 +261,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         for repeat in range(args.repeats):
             for scenario in chosen:
-                run = run_scenario(supervisor, scenario, args.client_timeout)
-                runs.append(run)
-                print(
-                    f"[{repeat + 1}/{args.repeats}] {scenario.name}: serving again after "
-                    f"{run.recovery_s:.1f} s (detected by {run.detected_by} after {run.detect_s or 0:.1f} s, "
-                    f"restart {run.restart_s or 0:.1f} s; {run.failed}/{run.requests} requests failed)",
-                    flush=True,
-                )
+                runs.append(run_scenario(supervisor, scenario, args.client_timeout))
+                serving.log(f"[{repeat + 1}/{args.repeats}] {asdict(runs[-1])}")
     finally:
         supervisor.stop()
         server.stop()
-    from mobilesamv2.runner.local import PYTHON_ENV_VAR
-
-    env = f"{PYTHON_ENV_VAR}={os.environ[PYTHON_ENV_VAR]} " if os.environ.get(PYTHON_ENV_VAR) else ""
-    repeats = f" --repeats {args.repeats}" if args.repeats != 3 else ""
-    command = f"{env}flock /tmp/heavy.lock .venv/bin/python benchmarks/failure_recovery.py{repeats}"
-    results = {
-        "settings": {
-            "interval": args.interval,
-            "client_timeout": args.client_timeout,
-            "drain": args.drain,
-            "repeats": args.repeats,
-        },
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, Python models on "
-        f"Python {server.python_env.version}",
-        "repository": str(args.repository.relative_to(REPO_ROOT) if args.repository.is_relative_to(REPO_ROOT)
-                          else args.repository),
-        "command": command,
-        "runs": [asdict(r) for r in runs],
-    }  # fmt: skip
-    (work / "results.json").write_text(json.dumps(results, indent=2))
-    print(f"raw results: {work / 'results.json'}")
-    return write(results, args.out)
-
-
-def write(results: dict, out: Path) -> int:
-    block = render(results)
-    existing = out.read_text() if out.exists() else ""
-    out.write_text(merge_into(existing, block))
-    print(block)
-    print(f"section written to {out}")
+    results["scenarios"] = summarize(runs)
+    common.publish(NAME, results, render, values=values)
     return 0
 
 
