@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -82,7 +83,11 @@ def _export(
 ) -> float:
     path.parent.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    with torch.inference_mode(False), torch.no_grad():
+    with torch.inference_mode(False), torch.no_grad(), warnings.catch_warnings():
+        # Notes of the exporter that say nothing about the graph (whose parity is checked right after): how it
+        # named axes that share a dimension, and the detector's anchors, which ultralytics sets in forward.
+        warnings.filterwarnings("ignore", message=r"# The axis name: .* will not be used")
+        warnings.filterwarnings("ignore", message=r"The tensor attributes .* were assigned during export")
         torch.onnx.export(
             module.eval(),
             args,
