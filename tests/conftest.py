@@ -7,6 +7,7 @@ the inputs are unchanged (the build's fingerprint check), so a second ``pytest``
 from __future__ import annotations
 
 import os
+import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -97,21 +98,28 @@ def triton_server_factory(tmp_path_factory: pytest.TempPathFactory) -> Iterator[
         return server.start()
 
     yield start
-    for server in reversed(servers):
-        server.stop()
+    stop_all(servers)
+
+
+def stop_all(servers: list[TritonServer]) -> None:
+    """Stop servers side by side: each SIGTERM drains and unloads its models for seconds, mostly waiting."""
+    threads = [threading.Thread(target=server.stop) for server in servers]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
 
 
 @pytest.fixture(scope="session")
-def triton_server(built_repository):
-    """A real tritonserver (pip-installed 2.51) serving the built repository on free ports."""
-    server = TritonServer(
+def triton_server(built_repository, triton_server_factory):
+    """A real tritonserver (pip-installed 2.51) serving the built repository on free ports, shared by the
+    session (stopped with the factory's servers)."""
+    return triton_server_factory(
         built_repository,
         log_path=REPO_ROOT / "work" / "logs" / "pytest-tritonserver.log",
         startup_timeout=300,
+        env={},
     )
-    server.start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(scope="session")

@@ -23,13 +23,18 @@ def embedding(reference_pipeline, bus_rgb):
     return reference_pipeline.encode(bus_rgb)  # a real image's embedding, not noise
 
 
-@pytest.mark.parametrize("n", [1, 7, 64, 300])
+@pytest.mark.parametrize("n", [1, 7, 64])
 def test_factorized_equals_reference_decoder(decoders, embedding, built_repository, n):
+    """The PyTorch module and the served ONNX graph (one call, a dynamic prompt axis) against SAM's decoder on
+    a real image's embedding. The batch axis is per prompt (each prompt's result does not depend on its
+    batch), so 64 prompts prove what more would."""
     plain, fast = decoders
     coords, labels = box_prompts(n, seed=n)
-    with torch.no_grad():  # the reference in chunks of 64: each prompt's result does not depend on its batch
-        parts = [plain(embedding, coords[i : i + 64], labels[i : i + 64]) for i in range(0, n, 64)]
-    expected, expected_iou = torch.cat([m for m, _ in parts]), torch.cat([i for _, i in parts])
+    with torch.no_grad():
+        expected, expected_iou = plain(embedding, coords, labels)
+    if n > 1:
+        different = (expected[:, 0] > 0).reshape(n, -1).float().std(0).mean()
+        assert different > 0, "every box got the same mask: the test weights lost their box dependence"
     candidates = {}
     if n <= 64:  # the PyTorch module
         with torch.no_grad():

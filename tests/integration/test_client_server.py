@@ -18,9 +18,9 @@ from segment_everything_client import (
     InvalidInputError,
     Segmentation,
     SegmentEverythingClient,
-    rle,
 )
 from segment_everything_client.errors import from_triton_exception
+from segment_everything_contract import rle
 
 pytestmark = pytest.mark.server
 
@@ -236,8 +236,10 @@ def test_server_rejects_out_of_range_conf(triton_server, raw_infer, bus: Path) -
 
 def test_cli_writes_outputs(triton_server, sample_images: list[Path], tmp_path: Path) -> None:
     out = tmp_path / "out"
+    images = map(str, sample_images[:2])
+    command = [*CLI, "segment", *images, "--url", triton_server.grpc_url, f"--out={out}", "--max-prompts=4"]
     proc = subprocess.run(
-        [*CLI, "segment", *map(str, sample_images[:2]), "--url", triton_server.grpc_url, "--out", str(out)],
+        command,
         check=False,
         capture_output=True,
         text=True,
@@ -265,6 +267,8 @@ def test_cli_coco_json_loads_with_pycocotools(triton_server, bus: Path, tmp_path
             triton_server.http_url,
             "--out",
             str(tmp_path),
+            "--max-prompts",
+            str(FEW),
         ],
         check=False,
         capture_output=True,

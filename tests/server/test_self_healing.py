@@ -34,6 +34,9 @@ pytestmark = pytest.mark.server
 CLIENT_TIMEOUT = 15.0
 RECOVERY_LIMIT = 60.0
 MODELS = ["image_encoder", "prompt_decoder", "interactive_decoder", "object_discovery", "segment_everything"]
+#: One stub of each kind: an ONNX model served by the Python-based onnxruntime backend, and the BLS pipeline
+#: (a Python model). The census counts every model alike (test_every_model_is_in_the_census).
+KILLED = ["image_encoder", "segment_everything"]
 RECOVERY: dict[str, float] = {}
 
 
@@ -153,6 +156,13 @@ def recovered(supervisor: Supervisor, old_pid: int, started: float) -> float:
     raise AssertionError(f"not serving again {RECOVERY_LIMIT + 30:.0f} s after the failure")
 
 
+def _wait_for(condition, what: str, timeout: float = CLIENT_TIMEOUT + 10) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"no {what} within {timeout:.0f} s"
+        time.sleep(0.05)
+
+
 def _victim(server: TritonServer, model: str) -> int:
     stubs = server.stub_pids()
     assert model in stubs, f"no stub process for {model}: {stubs}"
@@ -164,12 +174,13 @@ def _fail_and_recover(supervisor: Supervisor, model: str, sig: int) -> float:
     serving(server)
     old_pid = server.pid
     with Load(server.grpc_url) as load:
-        time.sleep(2.0)  # requests in flight
+        _wait_for(lambda: load.outcomes, "the load's first answer")  # requests are flowing
         victim = _victim(server, model)
         os.kill(victim, sig)
         started = time.monotonic()
         seconds = recovered(supervisor, old_pid, started)
-        time.sleep(2.0)  # and serving the load again
+        served = len(load.outcomes)
+        _wait_for(lambda: any(o.error is None for o in load.outcomes[served:]), "an answer after recovery")
     summary = load.check()
     assert procs.proc_info(victim) is None or procs.proc_info(victim).state == "Z", "the old stub survived"
     assert not procs.group_members(old_pid), "processes of the old server's group survived"
@@ -177,7 +188,16 @@ def _fail_and_recover(supervisor: Supervisor, model: str, sig: int) -> float:
     return seconds
 
 
-@pytest.mark.parametrize("model", MODELS)
+def test_every_model_is_in_the_census(service: Supervisor) -> None:
+    serving(service.server)
+    deadline = time.monotonic() + 10
+    while service.expected_stubs is None and time.monotonic() < deadline:
+        time.sleep(0.2)  # the supervisor takes the census once the server is ready
+    assert service.expected_stubs == {m: len(p) for m, p in service.server.stub_pids().items()}
+    assert set(service.expected_stubs) == set(MODELS) and service.expected_stubs["segment_everything"] == 2
+
+
+@pytest.mark.parametrize("model", KILLED)
 def test_a_killed_stub_is_healed(service: Supervisor, model: str) -> None:
     seconds = _fail_and_recover(service, model, signal.SIGKILL)
     RECOVERY[f"{model} (kill -9)"] = seconds
@@ -219,7 +239,7 @@ def test_cli_supervisor_restarts_a_killed_server(built_repository: Path, tmp_pat
     """``mobilesamv2-serve`` with its supervisor: tritonserver SIGKILLed is noticed, its stubs are killed, it
     is started again on the same ports; SIGTERM then stops everything."""
     command = [
-        sys.executable, "-m", "mobilesamv2.runner.local", "--model-repository", str(built_repository),
+        sys.executable, "-m", "mobilesamv2.runner.serve", "--model-repository", str(built_repository),
         "--no-build", "--http-port", "0", "--grpc-port", "0", "--metrics-port", "0",
         "--log-file", str(tmp_path / "log.txt"), "--probe-interval", "5", "--probe-timeout", "10",
     ]  # fmt: skip
