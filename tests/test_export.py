@@ -137,15 +137,14 @@ def test_expand_gelu_gives_the_gelu_values_at_opset_18(tmp_path, approximate):
 @pytest.mark.server  # exports ONNX models
 @pytest.mark.parametrize("encoder", ["tiny_vit", "sam_vit_h"])
 def test_other_encoders_export_with_parity(fake_weights, bus_rgb, tmp_path, encoder):
-    """TinyViT and ViT-H (2 blocks in CI: same width, heads, window and global attention) export and match."""
+    """TinyViT and ViT-H (2 blocks in CI: same width, heads, window and global attention) export and match.
+    The export traces at batch 2, so the check at batch 1 also proves the batch axis dynamic."""
     spec = encoder_spec(encoder)
     graph = ImageEncoderGraph(
         load_image_encoder(encoder, fake_weights / spec.filename), spec.input_pool
     ).eval()
-    report = onnx_export.export_image_encoder(
-        graph, tmp_path / "model.onnx", [encoder_canvas(bus_rgb), encoder_canvas(bus_rgb[::-1].copy())]
-    )
-    assert report.max_abs_diff < 1e-3 and report.cases == ["batch 1", "batch 2"]
+    report = onnx_export.export_image_encoder(graph, tmp_path / "model.onnx", [encoder_canvas(bus_rgb)])
+    assert report.max_abs_diff < 1e-3 and report.cases == ["batch 1"]
 
 
 def test_reference_pipeline_on_bus(reference_pipeline, bus_rgb):
