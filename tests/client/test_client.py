@@ -27,12 +27,12 @@ from segment_everything_client import (
     SegmentEverythingError,
     ServerError,
     ServerUnavailableError,
-    rle,
 )
 from segment_everything_client import protocol as _protocol
 from segment_everything_client.cli import main as cli_main
 from segment_everything_client.images import prepare_image
 from segment_everything_client.types import SegmentSettings
+from segment_everything_contract import rle
 
 H, W = 12, 16
 
