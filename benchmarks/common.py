@@ -141,9 +141,16 @@ def provenance(results: dict) -> str:
 
 
 def new_results(**settings: object) -> dict:
-    """The start of a results dict: the command that made it, the machine, the settings."""
+    """The start of a results dict: the command that made it, the machine, the settings (paths inside the
+    repository relative to its root)."""
     command = " ".join(shlex.quote(a) for a in ["python", "-m", _module_name(), *sys.argv[1:]])
-    return {"command": command, "machine": machine(), "settings": dict(settings)}
+    settings = {k: _relative(v) if isinstance(v, Path) else v for k, v in settings.items()}
+    return {"command": command, "machine": machine(), "settings": settings}
+
+
+def _relative(path: Path) -> str:
+    path = path.resolve()
+    return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)
 
 
 def _module_name() -> str:

@@ -248,7 +248,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         s for s in SCENARIOS if not args.scenarios or any(p in s.name for p in args.scenarios.split(","))
     ]
     settings = {k: getattr(args, k) for k in ("interval", "client_timeout", "drain", "repeats")}
-    results = common.new_results(repository=str(args.repository), **settings)
+    results = common.new_results(repository=args.repository, **settings)
     log_path = serving.WORK / NAME / "tritonserver.log"
     server = TritonServer(args.repository, env={"OMP_NUM_THREADS": "1"}, exit_timeout_s=5, log_path=log_path)
     server.start()

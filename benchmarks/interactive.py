@@ -104,7 +104,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render, values=values)
-    results = common.new_results(repository=str(args.repository), sessions=args.sessions, clicks=args.clicks)
+    results = common.new_results(repository=args.repository, sessions=args.sessions, clicks=args.clicks)
     with serving.serve(args.repository, NAME, timeout=120) as (server, client):
         results["settings"]["allocator_env"] = serving.allocator_env(server.pid)
         results["rows"] = measure(client, args.sessions, args.clicks, salt=int(time.time()) % 200 + 1)

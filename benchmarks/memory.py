@@ -110,7 +110,7 @@ def render(results: dict) -> str:
          [f"at {s['many']} prompts", fmt(s["many_growth_mb"])],
          ["prompts x pixels term (the difference)", fmt(s["term_mb"])],
          ["what dense masks would add", fmt(s["dense_mb"])], ["share", f"{s['pixel_share']:.1%}"],
-         [f"RLE response at {s['many']} prompts", fmt(s["rle_growth_mb"])],
+         [f"RLE response growth at {s['many']} prompts", fmt(s["rle_growth_mb"])],
          [f"per extra prompt at {s['small_mp']:.1f} MP", fmt(s["mb_per_prompt"], 1)]],
     )  # fmt: skip
     return "\n\n".join([common.provenance(results), idle, table(header, rows), growth, by_process])
@@ -137,7 +137,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.render:
         return common.rerender(NAME, render, values=values)
     prompts, sides = [int(p) for p in args.prompts.split(",")], [int(s) for s in args.sides.split(",")]
-    results = common.new_results(repository=str(args.repository), conf=CONF, sample_interval_s=0.01)
+    results = common.new_results(repository=args.repository, conf=CONF, sample_interval_s=0.01)
     with serving.serve(args.repository, NAME) as (server, client):
         results["settings"]["allocator_env"] = serving.allocator_env(server.pid)
         results.update(measure(server.pid, client, prompts, sides, CONF))
