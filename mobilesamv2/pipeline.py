@@ -28,6 +28,7 @@ import segment_everything_contract as contract
 from segment_everything_contract import ContractError, Limits, Prompts, Settings
 
 from .processing import boxes as box_ops
+from .processing import quality
 from .processing.image import (
     DETECTOR_CHANNEL_ORDER,
     ImageHeader,
@@ -38,7 +39,15 @@ from .processing.image import (
     probe_image,
     validate_rgb_array,
 )
-from .processing.masks import DEFAULT_CHUNK_BYTES, mask_boxes, masks_to_rles, rle_boxes, upsample_masks
+from .processing.masks import (
+    DEFAULT_CHUNK_BYTES,
+    MASK_THRESHOLD,
+    mask_areas,
+    mask_boxes,
+    masks_to_rles,
+    rle_boxes,
+    upsample_masks,
+)
 
 LOW_RES_BYTES = 256 * 256 * 4
 """One mask's 256x256 float32 logits."""
@@ -99,6 +108,12 @@ class MaskPostprocessor(Protocol):
 
     def to_host(self, logits: Any) -> np.ndarray: ...
 
+    def stability_scores(
+        self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]
+    ) -> np.ndarray:
+        """SAM's stability score of each mask, float32 ``(N,)`` (``processing.quality``)."""
+        ...
+
 
 @dataclass(frozen=True)
 class HostPostprocessor:
@@ -114,6 +129,16 @@ class HostPostprocessor:
 
     def to_host(self, logits: Any) -> np.ndarray:
         return np.asarray(logits, dtype=np.float32)
+
+    def stability_scores(
+        self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]
+    ) -> np.ndarray:
+        x, offset = self.to_host(logits), contract.STABILITY_SCORE_OFFSET
+        high, low = (
+            mask_areas(x, input_size, image_size, MASK_THRESHOLD + sign * offset, self.chunk_bytes)
+            for sign in (1, -1)
+        )
+        return quality.stability_from_areas(high, low)
 
 
 class StageError(RuntimeError):
@@ -329,9 +354,20 @@ class SegmentResult:
     masks: np.ndarray | None = None
     low_res_logits: np.ndarray | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    stability_scores: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.boxes)
+
+    def select(self, rows: np.ndarray) -> None:
+        """Keep these rows of every per-mask part, in this order."""
+        for name in ("boxes", "scores", "iou_predictions", "prompt_index", "masks", "low_res_logits"):
+            if getattr(self, name) is not None:
+                setattr(self, name, getattr(self, name)[rows])
+        if self.stability_scores is not None:
+            self.stability_scores = self.stability_scores[rows]
+        if self.rles is not None:
+            self.rles = [self.rles[i] for i in np.asarray(rows).tolist()]
 
     def to_outputs(self, names: set[str] | tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
         """The response tensors (only ``names`` when given, e.g. ``Settings.outputs()``: timings are sent only
@@ -353,6 +389,8 @@ class SegmentResult:
             out[contract.LOW_RES_LOGITS.name] = self.low_res_logits.astype(np.float32)
         if self.timings:
             out[contract.TIMINGS.name] = np.array([json.dumps(self.timings).encode()], dtype=np.object_)
+        if self.stability_scores is not None:
+            out[contract.STABILITY_SCORES.name] = self.stability_scores.astype(np.float32)
         return {k: v for k, v in out.items() if names is None or k in names}
 
 
@@ -497,6 +535,7 @@ class Pipeline:
             timings=timings,
         )
         input_size = encoder_input_size(*shape)
+        logits = self._filter_by_logits(result, logits, settings, input_size)
         if settings.output == "dense":
             result.masks = self.postprocess.dense(logits, input_size, shape)
         else:
@@ -504,13 +543,35 @@ class Pipeline:
             rle_bytes = sum(len(r["counts"]) + 32 for r in result.rles)
             size = predicted_response_bytes(count, shape, settings.output) + rle_bytes
             check_response_budget(size, self.limits, settings.output, measured=True)
-        if boxes is None:  # point prompts have no box: report each mask's tight box
-            result.boxes = mask_boxes(result.masks) if result.rles is None else rle_boxes(result.rles)
         if settings.output == "logits":
             result.low_res_logits = self.postprocess.to_host(logits)
+        kept = quality.filter_binary_masks(result.rles, result.masks, result.iou_predictions, settings)
+        if kept is not None:
+            result.select(kept)
+        if boxes is None:  # point prompts have no box: report each mask's tight box
+            result.boxes = mask_boxes(result.masks) if result.rles is None else rle_boxes(result.rles)
         timings["postprocess"] = (time.perf_counter() - start) * 1e3
         timings["total"] = request.parse_ms + (time.perf_counter() - started) * 1e3
         return result
+
+    def _filter_by_logits(
+        self, result: SegmentResult, logits: Any, settings: Settings, input_size: tuple[int, int]
+    ) -> Any:
+        """SAM's filters that need the logits, before any mask is made (``processing.quality``, steps 1-2):
+        predicted IoU, then the stability score, counted where the logits are. Returns the kept logits;
+        ``result`` keeps the same rows. Nothing is computed for a request that asks for neither."""
+        if settings.pred_iou_thresh > 0:
+            rows = np.flatnonzero(result.iou_predictions > np.float32(settings.pred_iou_thresh))
+            result.select(rows)
+            logits = logits[rows]  # numpy arrays and torch tensors alike
+        if settings.needs_stability:
+            shape = result.image_size
+            result.stability_scores = self.postprocess.stability_scores(logits, input_size, shape)
+            if settings.stability_score_thresh > 0:
+                rows = np.flatnonzero(result.stability_scores >= np.float32(settings.stability_score_thresh))
+                result.select(rows)
+                logits = logits[rows]
+        return logits
 
     # --- stages -------------------------------------------------------------------------------------------
 

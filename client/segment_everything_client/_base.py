@@ -14,7 +14,7 @@ from typing import Any
 
 from numpy.typing import ArrayLike
 
-from segment_everything_contract import Prompts
+from segment_everything_contract import FILTER_SETTINGS, Prompts
 
 from . import protocol as _protocol
 from .errors import SegmentEverythingError
@@ -58,15 +58,26 @@ class RetryPolicy:
         return wait
 
 
+def quality_filters(filters: dict[str, Any]) -> dict[str, Any]:
+    """``filters``, checked to name only SAM's quality filters (``FILTER_SETTINGS``)."""
+    unknown = sorted(set(filters) - set(FILTER_SETTINGS))
+    if unknown:
+        raise TypeError(f"unknown setting {', '.join(unknown)}; the filters are {', '.join(FILTER_SETTINGS)}")
+    return filters
+
+
 def everything_settings(
     conf: float | None = None,
     iou: float | None = None,
     max_prompts: int | None = None,
     output: str = "rle",
     timings: bool = False,
+    **filters: Any,
 ) -> SegmentSettings:
-    """SegEvery settings; None takes the contract's default."""
-    given = {"conf": conf, "iou": iou, "max_prompts": max_prompts}
+    """SegEvery settings; None takes the contract's default. ``filters``: SAM's quality filters by their
+    contract names (``pred_iou_thresh``, ``stability_score_thresh``, ``min_mask_region_area``,
+    ``mask_nms_thresh``, ``non_overlapping``) and ``stability_scores``."""
+    given = {"conf": conf, "iou": iou, "max_prompts": max_prompts, **quality_filters(filters)}
     return SegmentSettings(
         output=output, timings=timings, **{k: v for k, v in given.items() if v is not None}
     )

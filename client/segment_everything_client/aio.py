@@ -16,7 +16,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 from . import protocol as _protocol
-from ._base import ClientBase, everything_settings
+from ._base import ClientBase, everything_settings, quality_filters
 from .errors import (
     DeadlineExceededError,
     ModelNotReadyError,
@@ -25,7 +25,7 @@ from .errors import (
     map_exception,
 )
 from .images import ImageInput
-from .types import Segmentation, SegmentSettings
+from .types import SamRecord, Segmentation, SegmentSettings
 
 __all__ = ["AsyncSegmentEverythingClient"]
 
@@ -170,10 +170,29 @@ class AsyncSegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> Segmentation:
         """See :meth:`SegmentEverythingClient.segment_everything`."""
-        settings = everything_settings(conf, iou, max_prompts, output, timings)
+        settings = everything_settings(conf, iou, max_prompts, output, timings, **filters)
         return await self._segment(image, settings, channel_order)
+
+    async def generate(
+        self,
+        image: ImageInput,
+        *,
+        output_mode: str = "binary_mask",
+        conf: float | None = None,
+        iou: float | None = None,
+        max_prompts: int | None = None,
+        channel_order: str = "rgb",
+        **filters: Any,
+    ) -> list[SamRecord]:
+        """See :meth:`SegmentEverythingClient.generate` (SAM's automatic mask generator's records)."""
+        filters["stability_scores"] = True
+        seg = await self.segment_everything(
+            image, conf=conf, iou=iou, max_prompts=max_prompts, channel_order=channel_order, **filters
+        )
+        return seg.to_sam_records(output_mode)
 
     async def segment_anything(
         self,
@@ -187,10 +206,13 @@ class AsyncSegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> Segmentation:
         """See :meth:`SegmentEverythingClient.segment_anything`."""
         prompts = self._prompts(boxes, points, point_labels, mask_input)
-        settings = SegmentSettings(output=output, timings=timings, multimask=multimask)
+        settings = SegmentSettings(
+            output=output, timings=timings, multimask=multimask, **quality_filters(filters)
+        )
         return await self._segment(image, settings, channel_order, prompts)
 
     def segment_everything_iter(
@@ -205,10 +227,11 @@ class AsyncSegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> AsyncIterator[tuple[int, Segmentation | SegmentEverythingError]]:
         """Async-iterate ``(index, result)`` as requests complete (``async for``)."""
         items = list(images)
-        parsed = everything_settings(conf, iou, max_prompts, output, timings)
+        parsed = everything_settings(conf, iou, max_prompts, output, timings, **filters)
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         return self._iter(items, parsed, channel_order, concurrency, return_exceptions)
@@ -255,6 +278,7 @@ class AsyncSegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> list[Segmentation | SegmentEverythingError]:
         """:meth:`segment_everything` over many images, at most ``concurrency`` in flight
         (an ``asyncio.Semaphore``); results in input order."""
@@ -270,6 +294,7 @@ class AsyncSegmentEverythingClient(ClientBase):
             output=output,
             timings=timings,
             channel_order=channel_order,
+            **filters,
         ):
             results[i] = value
         return [r for r in results if r is not None]

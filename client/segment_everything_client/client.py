@@ -23,7 +23,7 @@ if TYPE_CHECKING:
     from typing import Self
 
 from . import protocol as _protocol
-from ._base import ClientBase, everything_settings
+from ._base import ClientBase, everything_settings, quality_filters
 from .errors import (
     DeadlineExceededError,
     ModelNotReadyError,
@@ -32,7 +32,7 @@ from .errors import (
     map_exception,
 )
 from .images import ImageInput
-from .types import Segmentation, SegmentSettings
+from .types import SamRecord, Segmentation, SegmentSettings
 
 __all__ = ["SegmentEverythingClient"]
 
@@ -211,6 +211,7 @@ class SegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> Segmentation:
         """Find and segment every object in ``image``.
 
@@ -223,13 +224,41 @@ class SegmentEverythingClient(ClientBase):
             output: ``"rle"`` (default), ``"dense"`` or ``"logits"``.
             timings: include the server's per-stage milliseconds in ``Segmentation.timings``.
             channel_order: ``"rgb"`` or ``"bgr"`` (``cv2.imread``) for array inputs.
+            filters: SAM's automatic mask generator's quality filters, run on the server (all off by
+                default): ``pred_iou_thresh``, ``stability_score_thresh``, ``min_mask_region_area``,
+                ``mask_nms_thresh``, ``non_overlapping``; ``stability_scores=True`` returns every mask's
+                stability score. See :class:`~segment_everything_client.SegmentSettings`.
 
         Raises:
             InvalidInputError, ImageNotFoundError, ServerUnavailableError, OverloadedError,
             ModelNotReadyError, DeadlineExceededError, ServerError.
         """
-        settings = everything_settings(conf, iou, max_prompts, output, timings)
+        settings = everything_settings(conf, iou, max_prompts, output, timings, **filters)
         return self._segment(image, settings, channel_order)
+
+    def generate(
+        self,
+        image: ImageInput,
+        *,
+        output_mode: str = "binary_mask",
+        conf: float | None = None,
+        iou: float | None = None,
+        max_prompts: int | None = None,
+        channel_order: str = "rgb",
+        **filters: Any,
+    ) -> list[SamRecord]:
+        """SAM's ``SamAutomaticMaskGenerator.generate``: one record per mask (``segmentation``, ``area``,
+        ``bbox``, ``predicted_iou``, ``point_coords``, ``stability_score``, ``crop_box``), with the masks as
+        bool arrays or, with ``output_mode="coco_rle"``, COCO RLE dicts. ``filters`` as in
+        :meth:`segment_everything` (SAM's names; its defaults are ``pred_iou_thresh=0.88``,
+        ``stability_score_thresh=0.95``, ``mask_nms_thresh=0.7``). See
+        :meth:`~segment_everything_client.Segmentation.to_sam_records`.
+        """
+        filters["stability_scores"] = True
+        seg = self.segment_everything(
+            image, conf=conf, iou=iou, max_prompts=max_prompts, channel_order=channel_order, **filters
+        )
+        return seg.to_sam_records(output_mode)
 
     def segment_anything(
         self,
@@ -243,6 +272,7 @@ class SegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> Segmentation:
         """Segment the objects you point at: one mask per box or per point prompt (SAM's SegAny).
 
@@ -255,11 +285,16 @@ class SegmentEverythingClient(ClientBase):
             mask_input: ``(N, 256, 256)``, each prompt's low-res logits from an earlier answer (ask for
                 ``output="logits"``): SAM refines that mask with the new points.
 
+        ``filters``: SAM's quality filters, as in :meth:`segment_everything`: with ``multimask`` and points
+        on a grid, this is SAM's automatic mask generator (one crop).
+
         Object discovery is skipped; ``scores`` are 1.0. The server caches image embeddings, so further
         calls with the same image skip the encoder (an interactive session costs one decoder call per click).
         """
         prompts = self._prompts(boxes, points, point_labels, mask_input)
-        settings = SegmentSettings(output=output, timings=timings, multimask=multimask)
+        settings = SegmentSettings(
+            output=output, timings=timings, multimask=multimask, **quality_filters(filters)
+        )
         return self._segment(image, settings, channel_order, prompts)
 
     def _segment(
@@ -280,6 +315,7 @@ class SegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> Iterator[tuple[int, Segmentation | SegmentEverythingError]]:
         """Yield ``(index, result)`` as requests complete, ``concurrency`` in flight at a time.
 
@@ -288,7 +324,8 @@ class SegmentEverythingClient(ClientBase):
         Leaving the loop early stops the workers after their current request.
         """
         items = list(images)
-        parsed = everything_settings(conf, iou, max_prompts, output, timings)  # validated now, not at next()
+        # validated now, not at next()
+        parsed = everything_settings(conf, iou, max_prompts, output, timings, **filters)
         if concurrency < 1:
             raise ValueError("concurrency must be >= 1")
         return self._iter(items, parsed, channel_order, concurrency, return_exceptions)
@@ -350,6 +387,7 @@ class SegmentEverythingClient(ClientBase):
         output: str = "rle",
         timings: bool = False,
         channel_order: str = "rgb",
+        **filters: Any,
     ) -> list[Segmentation | SegmentEverythingError]:
         """:meth:`segment_everything` over many images; results in input order (failed images hold their
         error with ``return_exceptions``)."""
@@ -365,6 +403,7 @@ class SegmentEverythingClient(ClientBase):
             output=output,
             timings=timings,
             channel_order=channel_order,
+            **filters,
         ):
             results[i] = value
         return [r for r in results if r is not None]

@@ -157,6 +157,7 @@ def parse_response(result: Any, settings: Settings) -> Segmentation:
     logits = None
     if settings.output == "logits":
         logits = result.as_numpy(contract.LOW_RES_LOGITS.name)
+    stability = _required(result, contract.STABILITY_SCORES.name) if settings.needs_stability else None
 
     try:
         if settings.output == "dense":
@@ -164,7 +165,14 @@ def parse_response(result: Any, settings: Settings) -> Segmentation:
             if masks.size == 0:
                 masks = masks.reshape(0, *image_size)
             return Segmentation.from_dense(
-                boxes, scores, ious, masks, image_size=image_size, timings=timings, prompt_index=prompt_index
+                boxes,
+                scores,
+                ious,
+                masks,
+                image_size=image_size,
+                timings=timings,
+                prompt_index=prompt_index,
+                stability_scores=stability,
             )
         rles = [_rle.loads(_as_bytes(x)) for x in _required(result, contract.MASKS_RLE.name).reshape(-1)]
         return Segmentation(
@@ -176,6 +184,7 @@ def parse_response(result: Any, settings: Settings) -> Segmentation:
             prompt_index=prompt_index,
             timings=timings,
             low_res_logits=logits,
+            stability_scores=stability,
         )
     except ValueError as exc:  # inconsistent lengths, malformed RLE JSON
         raise ServerError(f"malformed response from the server: {exc}") from exc

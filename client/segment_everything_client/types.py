@@ -34,7 +34,16 @@ from .errors import InvalidInputError
 if TYPE_CHECKING:
     from .images import ImageInput
 
-__all__ = ["OUTPUT_FORMATS", "CocoAnnotation", "Instance", "SegmentSettings", "Segmentation", "palette"]
+__all__ = [
+    "OUTPUT_FORMATS",
+    "SAM_OUTPUT_MODES",
+    "CocoAnnotation",
+    "Instance",
+    "SamRecord",
+    "SegmentSettings",
+    "Segmentation",
+    "palette",
+]
 
 #: ``output`` values: what the server sends back for the masks.
 #:   ``"rle"``: COCO RLE strings (small; default). ``"dense"``: full-resolution bool masks.
@@ -42,7 +51,11 @@ __all__ = ["OUTPUT_FORMATS", "CocoAnnotation", "Instance", "SegmentSettings", "S
 OUTPUT_FORMATS = contract.OUTPUT_FORMATS
 
 
-class CocoAnnotation(TypedDict):
+class _CocoOptional(TypedDict, total=False):
+    stability_score: float
+
+
+class CocoAnnotation(_CocoOptional):
     """One instance in the COCO results format (what :meth:`Segmentation.to_coco` returns)."""
 
     image_id: int | str
@@ -53,6 +66,22 @@ class CocoAnnotation(TypedDict):
     score: float
     iscrowd: int
     predicted_iou: float
+
+
+#: ``output_mode`` of :meth:`Segmentation.to_sam_records`, as SAM's ``SamAutomaticMaskGenerator`` names them.
+SAM_OUTPUT_MODES = ("binary_mask", "coco_rle")
+
+
+class SamRecord(TypedDict):
+    """One mask as ``SamAutomaticMaskGenerator.generate`` returns it (:meth:`Segmentation.to_sam_records`)."""
+
+    segmentation: np.ndarray | _rle.RLE
+    area: int
+    bbox: list[int]
+    predicted_iou: float
+    point_coords: list[list[float]]
+    stability_score: float
+    crop_box: list[int]
 
 
 @dataclass(frozen=True)
@@ -67,6 +96,10 @@ class SegmentSettings(contract.Settings):
         output: ``"rle"``, ``"dense"`` or ``"logits"`` (see :data:`OUTPUT_FORMATS`).
         timings: ask the server for per-stage timings (``Segmentation.timings``).
         multimask: SegAny only: three candidate masks per prompt (SAM's ambiguity output).
+        pred_iou_thresh, stability_score_thresh, min_mask_region_area, mask_nms_thresh, non_overlapping:
+            SAM's automatic mask generator's quality filters, run on the server (all off by default); see
+            :class:`segment_everything_contract.Settings`.
+        stability_scores: also return each mask's stability score (``Segmentation.stability_scores``).
 
     >>> SegmentSettings(conf=0.25).conf
     0.25
@@ -147,6 +180,8 @@ class Segmentation:
             share one prompt); ``0..N-1`` otherwise.
         timings: server stage -> milliseconds when requested, else None.
         low_res_logits: float32 ``(N, 256, 256)`` with ``output="logits"``, else None.
+        stability_scores: float32 ``(N,)`` SAM's stability score of each mask, when asked for
+            (``stability_scores=True``) or filtered on, else None.
 
     Masks are decoded lazily: ``masks`` (all, ``(N, h, w)`` bool, cached) or ``mask(i)``.
     Like ultralytics' ``Results``, indexing with a slice, an index array or a boolean mask selects the same
@@ -162,6 +197,7 @@ class Segmentation:
     prompt_index: np.ndarray | None = None
     timings: dict[str, float] | None = None
     low_res_logits: np.ndarray | None = field(default=None, repr=False)
+    stability_scores: np.ndarray | None = field(default=None, repr=False)
     _masks: np.ndarray | None = field(default=None, repr=False)
     _areas: np.ndarray | None = field(default=None, init=False, repr=False)
 
@@ -183,6 +219,9 @@ class Segmentation:
         }
         if self.low_res_logits is not None:
             lengths["low_res_logits"] = len(self.low_res_logits)
+        if self.stability_scores is not None:
+            self.stability_scores = np.asarray(self.stability_scores, dtype=np.float32).reshape(-1)
+            lengths["stability_scores"] = len(self.stability_scores)
         if self._masks is not None:
             lengths["masks"] = len(self._masks)
         bad = {k: v for k, v in lengths.items() if v != n}
@@ -204,6 +243,7 @@ class Segmentation:
         prompt_index: np.ndarray | None = None,
         timings: dict[str, float] | None = None,
         low_res_logits: np.ndarray | None = None,
+        stability_scores: np.ndarray | None = None,
     ) -> Segmentation:
         """Build from full-resolution masks ``(N, h, w)``; the RLEs are computed here."""
         masks = np.asarray(masks, dtype=np.bool_)
@@ -218,6 +258,7 @@ class Segmentation:
             prompt_index=prompt_index,
             timings=timings,
             low_res_logits=low_res_logits,
+            stability_scores=stability_scores,
             _masks=masks,
         )
 
@@ -263,6 +304,7 @@ class Segmentation:
             prompt_index=self.prompt_index[rows],
             timings=self.timings,
             low_res_logits=None if self.low_res_logits is None else self.low_res_logits[rows],
+            stability_scores=None if self.stability_scores is None else self.stability_scores[rows],
             _masks=None if self._masks is None else self._masks[rows],
         )
         if self._areas is not None:
@@ -310,23 +352,56 @@ class Segmentation:
 
         Each has ``image_id``, ``category_id``, ``segmentation`` (compressed RLE, ``counts``
         as str), ``area``, ``bbox`` (tight box of the mask, xywh), ``score``, ``iscrowd`` and
-        ``predicted_iou``. Loadable with ``pycocotools.coco.COCO.loadRes``.
+        ``predicted_iou``, and ``stability_score`` when the server sent them. Loadable with
+        ``pycocotools.coco.COCO.loadRes``.
         """
-        anns = []
+        anns: list[CocoAnnotation] = []
         for i, r in enumerate(self.rles):
-            anns.append(
+            ann: CocoAnnotation = {
+                "image_id": image_id,
+                "category_id": int(category_id),
+                "segmentation": {"size": list(r["size"]), "counts": r["counts"]},
+                "area": int(self.areas[i]),
+                "bbox": _rle.to_bbox(r),
+                "score": float(self.scores[i]),
+                "iscrowd": 0,
+                "predicted_iou": float(self.iou_predictions[i]),
+            }
+            if self.stability_scores is not None:
+                ann["stability_score"] = float(self.stability_scores[i])
+            anns.append(ann)
+        return anns
+
+    def to_sam_records(self, output_mode: str = "binary_mask") -> list[SamRecord]:
+        """The masks as SAM's ``SamAutomaticMaskGenerator.generate`` returns them, one dict per mask:
+        ``segmentation`` (bool ``HxW`` array, or a COCO RLE dict with ``output_mode="coco_rle"``), ``area``,
+        ``bbox`` (XYWH as SAM writes it: ``w = x_max - x_min``, one less than COCO's), ``predicted_iou``,
+        ``point_coords`` (the prompt: a box's two corners), ``stability_score`` (needs the scores: see
+        ``stability_scores``) and ``crop_box`` (the whole image: SegEvery has one crop).
+        """
+        if output_mode not in SAM_OUTPUT_MODES:
+            modes = ", ".join(SAM_OUTPUT_MODES)
+            raise InvalidInputError(f"output_mode must be one of {modes}, got {output_mode!r}")
+        if self.stability_scores is None:
+            raise InvalidInputError("SAM's records need stability scores: ask for stability_scores=True")
+        h, w = self.image_size
+        records: list[SamRecord] = []
+        for i, r in enumerate(self.rles):
+            x, y, bw, bh = (int(v) for v in _rle.to_bbox(r))
+            bbox = [x, y, bw - 1, bh - 1] if bw > 0 else [0, 0, 0, 0]  # SAM's batched_mask_to_box
+            x1, y1, x2, y2 = (float(v) for v in self.boxes[i])
+            records.append(
                 {
-                    "image_id": image_id,
-                    "category_id": int(category_id),
-                    "segmentation": {"size": list(r["size"]), "counts": r["counts"]},
+                    "segmentation": self.mask(i) if output_mode == "binary_mask" else dict(r),
                     "area": int(self.areas[i]),
-                    "bbox": _rle.to_bbox(r),
-                    "score": float(self.scores[i]),
-                    "iscrowd": 0,
+                    "bbox": bbox,
                     "predicted_iou": float(self.iou_predictions[i]),
+                    "point_coords": [[x1, y1], [x2, y2]],
+                    "stability_score": float(self.stability_scores[i]),
+                    "crop_box": [0, 0, w, h],
                 }
             )
-        return anns
+        return records
 
     def overlay(
         self,

@@ -28,6 +28,8 @@ Traceback (most recent call last):
 segment_everything_contract.ContractError: iou_threshold must be in (0, 1], got 0
 >>> sorted(Settings(max_prompts=10).to_inputs())
 ['conf_threshold', 'iou_threshold', 'max_prompts', 'multimask', 'output_format', 'return_timings']
+>>> sorted(Settings(pred_iou_thresh=0.88).to_inputs())[-2:]  # SAM's filters travel only when set
+['pred_iou_thresh', 'return_timings']
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ __all__ = [
     "PIPELINE_INPUTS",
     "PIPELINE_MODEL",
     "PIPELINE_OUTPUTS",
+    "STABILITY_SCORE_OFFSET",
     "ContractError",
     "Limits",
     "Settings",
@@ -122,6 +125,19 @@ POINT_LABELS = TensorSpec("point_labels", "INT32", (-1, -1), True, "1 foreground
 MASK_INPUT = TensorSpec(
     "mask_input", "FP32", (-1, 256, 256), True, "SegAny refinement: each prompt's previous low_res_logits"
 )
+# SAM's automatic mask generator's quality filters (see Settings); absent = off, MobileSAMv2's reference.
+PRED_IOU_THRESH = TensorSpec("pred_iou_thresh", "FP32", (1,), True, "keep masks with predicted IoU > it")
+STABILITY_SCORE_THRESH = TensorSpec(
+    "stability_score_thresh", "FP32", (1,), True, "keep masks with stability score >= it"
+)
+MIN_MASK_REGION_AREA = TensorSpec(
+    "min_mask_region_area", "INT32", (1,), True, "fill holes, drop islands smaller than this (pixels)"
+)
+MASK_NMS_THRESH = TensorSpec("mask_nms_thresh", "FP32", (1,), True, "NMS IoU threshold between mask boxes")
+NON_OVERLAPPING = TensorSpec("non_overlapping", "BOOL", (1,), True, "each pixel goes to its best mask only")
+RETURN_STABILITY_SCORES = TensorSpec(
+    "return_stability_scores", "BOOL", (1,), True, "add each mask's stability score"
+)
 PIPELINE_INPUTS: tuple[TensorSpec, ...] = (
     IMAGE,
     IMAGE_RAW,
@@ -135,6 +151,12 @@ PIPELINE_INPUTS: tuple[TensorSpec, ...] = (
     POINTS,
     POINT_LABELS,
     MASK_INPUT,
+    PRED_IOU_THRESH,
+    STABILITY_SCORE_THRESH,
+    MIN_MASK_REGION_AREA,
+    MASK_NMS_THRESH,
+    NON_OVERLAPPING,
+    RETURN_STABILITY_SCORES,
 )
 
 BOXES_OUT = TensorSpec(
@@ -148,6 +170,9 @@ MASKS = TensorSpec("masks", "BOOL", (-1, -1, -1), doc="output_format dense: N x 
 LOW_RES_LOGITS = TensorSpec("low_res_logits", "FP32", (-1, 256, 256), doc="output_format logits")
 IMAGE_SIZE = TensorSpec("image_size", "INT32", (2,), doc="[h, w] of the decoded image")
 TIMINGS = TensorSpec("timings", "BYTES", (1,), doc="JSON stage -> milliseconds, with return_timings")
+STABILITY_SCORES = TensorSpec(
+    "stability_scores", "FP32", (-1,), doc="SAM's stability score per mask (offset 1.0)"
+)
 PIPELINE_OUTPUTS: tuple[TensorSpec, ...] = (
     BOXES_OUT,
     SCORES,
@@ -158,6 +183,7 @@ PIPELINE_OUTPUTS: tuple[TensorSpec, ...] = (
     LOW_RES_LOGITS,
     IMAGE_SIZE,
     TIMINGS,
+    STABILITY_SCORES,
 )
 
 OUTPUT_FORMATS = ("rle", "dense", "logits")
@@ -169,13 +195,14 @@ _OUTPUTS_BY_FORMAT = {
 }
 
 
-def outputs_for(output_format: str, timings: bool = False) -> tuple[str, ...]:
+def outputs_for(output_format: str, timings: bool = False, stability: bool = False) -> tuple[str, ...]:
     """The outputs a request with this format fills (request only these: the server skips the rest)."""
     if output_format not in _OUTPUTS_BY_FORMAT:
         raise ContractError(
             f"output_format must be one of {', '.join(OUTPUT_FORMATS)}, got {output_format!r}"
         )
-    return _OUTPUTS_BY_FORMAT[output_format] + ((TIMINGS.name,) if timings else ())
+    extra = ((TIMINGS.name,) if timings else ()) + ((STABILITY_SCORES.name,) if stability else ())
+    return _OUTPUTS_BY_FORMAT[output_format] + extra
 
 
 # Internal models, called by the pipeline (and directly by anyone who can reach the port: each guards its own
@@ -328,6 +355,10 @@ def check_image_bytes(size: int, limits: Limits = HARD_LIMITS) -> None:
 
 # -------------------------------------------------------------------------------------------------- settings
 
+STABILITY_SCORE_OFFSET = 1.0
+"""SAM's ``stability_score_offset``: a mask's stability score is the IoU of its masks thresholded at
+``+1.0`` and ``-1.0`` (the logits upsampled to the image, as the mask itself)."""
+
 
 def _number(name: str, value: Any) -> tuple[float, float]:
     """A float setting and the float32 value the server will see (the wire carries FP32): ranges are checked
@@ -353,6 +384,24 @@ class Settings:
         timings: also return the server's per-stage milliseconds.
         multimask: SegAny prompts return SAM's three candidate masks each (a click is ambiguous: part, object,
             group), with their predicted IoUs; SegEvery always returns one mask per box.
+
+    SAM's automatic mask generator's quality filters, computed on the server where the logits are, in SAM's
+    order; each is off by default (MobileSAMv2's reference filters nothing, and then costs nothing):
+
+    Attributes:
+        pred_iou_thresh: keep masks whose predicted IoU is ``>`` it, in [0, 1]; 0 = off (SAM: 0.88).
+        stability_score_thresh: keep masks whose stability score (:data:`STABILITY_SCORE_OFFSET`) is ``>=``
+            it, in [0, 1]; 0 = off (SAM: 0.95).
+        min_mask_region_area: fill holes and remove islands smaller than this many pixels, then NMS again
+            preferring the masks left unchanged (SAM's ``postprocess_small_regions``); 0 = off.
+        mask_nms_thresh: NMS between the masks' tight boxes, scored by predicted IoU, in (0, 1]; 1 = off
+            (SAM's ``box_nms_thresh``: 0.7).
+        non_overlapping: each pixel goes to the mask with the highest predicted IoU among those covering it;
+            masks left empty are dropped (applied last).
+        stability_scores: return every mask's stability score (always returned when that filter is on).
+
+    With any of the first four on, masks come out in SAM's order: by predicted IoU, descending (after the
+    small-region step, the masks it left unchanged first); with all off, in the detector's order.
     """
 
     conf: float = 0.4
@@ -361,6 +410,12 @@ class Settings:
     output: str = "rle"
     timings: bool = False
     multimask: bool = False
+    pred_iou_thresh: float = 0.0
+    stability_score_thresh: float = 0.0
+    min_mask_region_area: int = 0
+    mask_nms_thresh: float = 1.0
+    non_overlapping: bool = False
+    stability_scores: bool = False
 
     def __post_init__(self) -> None:
         (conf, conf32), (iou, iou32) = (
@@ -381,9 +436,32 @@ class Settings:
             raise ContractError(
                 f"{OUTPUT_FORMAT.name} must be one of {', '.join(OUTPUT_FORMATS)}, got {output!r}"
             )
-        for name in ("timings", "multimask"):
+        for name in ("timings", "multimask", "non_overlapping", "stability_scores"):
             if not isinstance(getattr(self, name), (bool, np.bool_)):
                 raise ContractError(f"{name} must be True or False, got {getattr(self, name)!r}")
+        filters = {}
+        for spec, low, high, open_low in (
+            (PRED_IOU_THRESH, 0.0, 1.0, False),
+            (STABILITY_SCORE_THRESH, 0.0, 1.0, False),
+            (MASK_NMS_THRESH, 0.0, 1.0, True),
+        ):
+            value, wire = _number(spec.name, getattr(self, spec.name))
+            if not (low < wire if open_low else low <= wire) or not wire <= high:
+                bounds = f"({low:g}, {high:g}]" if open_low else f"[{low:g}, {high:g}]"
+                raise ContractError(f"{spec.name} must be in {bounds}, got {wire:.6g}")
+            filters[spec.name] = value
+        area = self.min_mask_region_area
+        if isinstance(area, (bool, np.bool_)) or not isinstance(area, (int, np.integer)):
+            raise ContractError(f"{MIN_MASK_REGION_AREA.name} must be an integer, got {area!r}")
+        if not 0 <= area <= HARD_LIMITS.max_image_pixels:
+            raise ContractError(
+                f"{MIN_MASK_REGION_AREA.name} must be in [0, {HARD_LIMITS.max_image_pixels}], got {area}"
+            )
+        for name, value in filters.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "min_mask_region_area", int(area))
+        object.__setattr__(self, "non_overlapping", bool(self.non_overlapping))
+        object.__setattr__(self, "stability_scores", bool(self.stability_scores))
         object.__setattr__(self, "conf", conf)
         object.__setattr__(self, "iou", iou)
         object.__setattr__(self, "max_prompts", int(mp))
@@ -391,12 +469,29 @@ class Settings:
         object.__setattr__(self, "timings", bool(self.timings))
         object.__setattr__(self, "multimask", bool(self.multimask))
 
+    @property
+    def sam_filters(self) -> bool:
+        """Any of SAM's four filters on (then masks come out in SAM's order)."""
+        return (
+            self.pred_iou_thresh > 0
+            or self.stability_score_thresh > 0
+            or self.min_mask_region_area > 0
+            or self.mask_nms_thresh < 1
+        )
+
+    @property
+    def needs_stability(self) -> bool:
+        """Stability scores are computed (and returned) for this request."""
+        return self.stability_scores or self.stability_score_thresh > 0
+
     def outputs(self) -> tuple[str, ...]:
-        return outputs_for(self.output, self.timings)
+        return outputs_for(self.output, self.timings, self.needs_stability)
 
     def to_inputs(self) -> dict[str, np.ndarray]:
-        """The settings as the model's optional input tensors (all of them: explicit beats implicit)."""
-        return {
+        """The settings as the model's optional input tensors: the detector's and the output's always
+        (explicit beats implicit), SAM's quality filters only when set (a default request stays what it was
+        before they existed, so a server without them still takes it)."""
+        inputs = {
             CONF_THRESHOLD.name: np.array([self.conf], np.float32),
             IOU_THRESHOLD.name: np.array([self.iou], np.float32),
             MAX_PROMPTS.name: np.array([self.max_prompts], np.int32),
@@ -404,6 +499,12 @@ class Settings:
             RETURN_TIMINGS.name: np.array([self.timings], np.bool_),
             MULTIMASK.name: np.array([self.multimask], np.bool_),
         }
+        defaults = Settings()
+        for spec, attr, dtype in _FILTER_INPUTS:
+            value = getattr(self, attr)
+            if value != getattr(defaults, attr):
+                inputs[spec.name] = np.array([value], dtype)
+        return inputs
 
     @classmethod
     def from_inputs(cls, inputs: Mapping[str, np.ndarray | None]) -> Settings:
@@ -416,6 +517,7 @@ class Settings:
             (OUTPUT_FORMAT, "output"),
             (RETURN_TIMINGS, "timings"),
             (MULTIMASK, "multimask"),
+            *((spec, attr) for spec, attr, _ in _FILTER_INPUTS),
         ):
             array = inputs.get(spec.name)
             if array is None:
@@ -430,6 +532,19 @@ class Settings:
                 value = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
             values[attr] = value.item() if isinstance(value, np.generic) else value
         return cls(**values)
+
+
+_FILTER_INPUTS = (
+    (PRED_IOU_THRESH, "pred_iou_thresh", np.float32),
+    (STABILITY_SCORE_THRESH, "stability_score_thresh", np.float32),
+    (MIN_MASK_REGION_AREA, "min_mask_region_area", np.int32),
+    (MASK_NMS_THRESH, "mask_nms_thresh", np.float32),
+    (NON_OVERLAPPING, "non_overlapping", np.bool_),
+    (RETURN_STABILITY_SCORES, "stability_scores", np.bool_),
+)
+"""SAM's quality filters: input tensor, Settings attribute, wire dtype."""
+FILTER_SETTINGS = tuple(attr for _, attr, _ in _FILTER_INPUTS)
+"""The Settings attributes of SAM's quality filters (and of returning stability scores)."""
 
 
 # --------------------------------------------------------------------------------------------------- prompts

@@ -39,10 +39,12 @@ from typing import Any
 
 import numpy as np
 
+from segment_everything_contract import STABILITY_SCORE_OFFSET
 from segment_everything_contract import rle as rle_codec
 
 from .image import ENCODER_IMAGE_SIZE
 from .masks import DEFAULT_CHUNK_BYTES, MASK_THRESHOLD, linear_taps
+from .quality import stability_from_areas
 
 DEFAULT_DEVICE_CHUNK_BYTES = 256 * 2**20
 """Transient accelerator memory per chunk (all full-resolution intermediates of its masks together). The CPU
@@ -221,8 +223,30 @@ class TorchPostprocessor:
         count = int(np.prod(x.shape[:-2], dtype=np.int64))
         return x.reshape(count, *x.shape[-2:])
 
+    def stability_scores(
+        self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]
+    ) -> np.ndarray:
+        """SAM's stability score per mask (``processing.quality``): both areas are counted on the device, per
+        chunk of upsampled logits; only two integers per mask reach the host."""
+        import torch
+
+        offset = STABILITY_SCORE_OFFSET
+        high, low = [], []
+        for up in self._upsampled_chunks(logits, input_size, image_size):
+            high.append((up > self.threshold + offset).sum(dim=(0, 1)))
+            low.append((up > self.threshold - offset).sum(dim=(0, 1)))
+        if not high:
+            return np.zeros(0, np.float32)
+        areas = torch.stack((torch.cat(high), torch.cat(low))).cpu().numpy()
+        return stability_from_areas(areas[0], areas[1])
+
     def _binary_chunks(self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]):
         """Yield ``(w, h, k)`` bool tensors (transposed masks, channels last) for consecutive chunks."""
+        for up in self._upsampled_chunks(logits, input_size, image_size):
+            yield up > self.threshold
+
+    def _upsampled_chunks(self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]):
+        """Yield the full-resolution logits ``(w, h, k)`` (transposed, channels last) of each chunk."""
         x = self._as_tensor(logits)
         if tuple(x.shape[-2:]) != (LOW_RES_SIZE, LOW_RES_SIZE):
             raise ValueError(f"expected {LOW_RES_SIZE}x{LOW_RES_SIZE} logits, got shape {tuple(x.shape)}")
@@ -230,4 +254,4 @@ class TorchPostprocessor:
         step = self.masks_per_chunk(input_size, image_size, x.device.type)
         for start in range(0, x.shape[0], step):
             block = x[start : start + step].float()
-            yield upsample_transposed(block, input_size, image_size) > self.threshold
+            yield upsample_transposed(block, input_size, image_size)

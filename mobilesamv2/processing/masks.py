@@ -460,6 +460,20 @@ def masks_to_rles(
     return [{"size": [h, w], "counts": s} for s in strings]
 
 
+def mask_areas(
+    low_res_logits: np.ndarray,
+    input_size: tuple[int, int],
+    original_size: tuple[int, int],
+    threshold: float = MASK_THRESHOLD,
+    chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+) -> np.ndarray:
+    """Pixels of each full-resolution mask above ``threshold``, int64 ``(N,)``: the run lengths of
+    :func:`masks_to_rles` at that threshold, counted without writing strings (SAM's stability score compares
+    the areas at ``+1`` and ``-1``, :mod:`.quality`)."""
+    masks = _iter_masks(low_res_logits, input_size, original_size, threshold, chunk_bytes, dense=False)
+    return np.array([int(counts[1::2].sum()) for counts, _ in masks], np.int64)
+
+
 def mask_boxes(masks: np.ndarray) -> np.ndarray:
     """Tight xyxy boxes (pixel edges, float32) of boolean masks ``(N, h, w)``; zeros for empty masks."""
     out = np.zeros((len(masks), 4), np.float32)
