@@ -124,7 +124,16 @@ SETTING_CASES = [
     {"max_prompts": 0},
     {"output": "DENSE"},
     {"output": "png"},
+    {"pred_iou_thresh": 1.0},
+    {"pred_iou_thresh": 1.5},
+    {"stability_score_thresh": -0.5},
+    {"mask_nms_thresh": 0.0},
+    {"mask_nms_thresh": 0.5},
+    {"min_mask_region_area": -1},
+    {"min_mask_region_area": 100},
 ]
+FILTER_DTYPES = {"pred_iou_thresh": np.float32, "stability_score_thresh": np.float32}
+FILTER_DTYPES.update(mask_nms_thresh=np.float32, min_mask_region_area=np.int32)
 
 
 def client_verdict(case: dict) -> str | None:
@@ -158,6 +167,7 @@ def test_client_and_server_agree_on_every_setting(triton_server, raw_infer):
             "iou_threshold": np.array([raw.get("iou", 0.9)], np.float32),
             "max_prompts": np.array([raw["max_prompts"]], np.int32),
             "output_format": np.array([raw.get("output", "rle").encode()], np.object_),
+            **{k: np.array([v], FILTER_DTYPES[k]) for k, v in raw.items() if k in FILTER_DTYPES},
         }
         server = raw_infer.error(
             triton_server, "segment_everything", {"image_raw": image, **tensors}, ["boxes"]
