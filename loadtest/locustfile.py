@@ -1,12 +1,18 @@
-"""Locust load test of the ``segment_everything`` Triton model, driven with tritonclient (gRPC or HTTP).
+"""Locust load test of the ``segment_everything`` Triton model, driven with the project's client (gRPC, HTTP).
 
-Each simulated user owns one tritonclient client and sends encoded image files (bytes, as a camera or an
-upload would) back to back from a folder, round-robin from a per-user offset. Every request is reported to
-locust's event system with its latency, response size and exception, so locust's statistics, CSV and HTML
-reports cover it. Needs only locust, tritonclient and numpy, so it runs on any load-generator machine.
+Each simulated user owns one ``SegmentEverythingClient`` and sends encoded image files (bytes, as a camera or
+an upload would) back to back from a folder, round-robin from a per-user offset. Each request is one call of
+that client, as an application makes it: spread over the replicas the host names
+(``dns:///name:8001``, ``ipv4:10.0.0.7:8001,10.0.0.8:8001``; see ``segment_everything_client.replicas``),
+retried by the client's retry policy within its deadline (``--request-timeout``, ``--retries``), and after a
+call that failed nonetheless the user pauses as that policy's backoff says before its next one, so the
+failures counted are those a real client would see. Every request is reported to locust's event system with
+its latency, response size and exception, so locust's statistics, CSV and HTML reports cover it. Needs only
+locust and the client (tritonclient, numpy), so it runs on any load-generator machine.
 
     locust -f loadtest/locustfile.py --headless -u 4 -r 4 -t 5m --host 127.0.0.1:8001
     locust -f loadtest/locustfile.py --host http://triton.example:8000 --protocol http --max-prompts 32
+    locust -f loadtest/locustfile.py --host dns:///segevery-segment-everything-headless.vision:8001
 
 ``python -m loadtest.run`` wraps this: headless run, reports, percentiles and pass/fail bounds.
 
@@ -18,6 +24,7 @@ from __future__ import annotations
 
 import itertools
 import json
+import random
 import sys
 import threading
 import time
@@ -27,7 +34,7 @@ from typing import Any
 # grpcio's blocking calls would stall gevent's loop and serialise all users of this process; this makes them
 # cooperative. It must run before the first channel is created.
 import grpc.experimental.gevent as grpc_gevent
-from locust import User, constant, events, task
+from locust import User, events, task
 
 grpc_gevent.init_gevent()
 
@@ -35,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import load_images, request_settings
 
 import segment_everything_contract as contract
+from segment_everything_client import SegmentEverythingClient
 from segment_everything_client.images import prepare_image
-from segment_everything_client.protocol import PROTOCOLS, build_request, normalize_url
+from segment_everything_client.protocol import PROTOCOLS, build_request
 
 OUTPUT_FORMATS = ("rle", "dense")
 
@@ -91,7 +99,14 @@ def _add_arguments(parser: Any) -> None:
         type=float,
         default=600.0,
         env_var="LOCUST_REQUEST_TIMEOUT",
-        help="seconds before a request counts as failed",
+        help="seconds before a request counts as failed (the client's deadline, its retries included)",
+    )
+    parser.add_argument(
+        "--retries",
+        type=int,
+        default=3,
+        env_var="LOCUST_RETRIES",
+        help="the client's retries of a request (its RetryPolicy; 0: none)",
     )
     parser.add_argument(
         "--think-time",
@@ -162,38 +177,41 @@ class ResponseError(Exception):
 
 
 class SegmentEverythingUser(User):
-    """Sends SegEvery requests back to back (``--think-time`` apart) to Triton's ``segment_everything``."""
+    """Sends SegEvery requests back to back (``--think-time`` apart) to Triton's ``segment_everything``; after
+    a failed call it pauses as the client's retry policy backs off (see the module's docstring)."""
 
-    wait_time = constant(0)
     _user_ids = itertools.count()
     _images: list[tuple[str, bytes]] | None = None
+
+    def wait_time(self) -> float:
+        if self.failed_in_a_row:
+            # continue the client's backoff where its retries stopped
+            attempt = self.client.retry.retries + self.failed_in_a_row - 1
+            return self.client.retry.backoff_delay(attempt, self.rng)
+        return self.think_time
 
     def on_start(self) -> None:
         options = self.environment.parsed_options
         self.protocol: str = options.protocol
         self.model_name: str = options.model_name
-        self.timeout: float = options.request_timeout
         self.per_image_names: bool = options.per_image_names
         self.server_timings: bool = options.server_timings
-        if options.think_time > 0:
-            self.wait_time = constant(options.think_time)
+        self.think_time: float = max(0.0, options.think_time)
+        self.failed_in_a_row = 0
+        self.rng = random.Random()
         if SegmentEverythingUser._images is None:
             SegmentEverythingUser._images = load_images(options.images or None)
         images = SegmentEverythingUser._images
         user_id = next(self._user_ids)
         self.images = itertools.cycle(images[user_id % len(images) :] + images[: user_id % len(images)])
-        url, tls = normalize_url(self.host or "", self.protocol)
-        if self.protocol == "grpc":
-            import tritonclient.grpc as mod
-
-            self.client = mod.InferenceServerClient(url, ssl=tls)
-        else:
-            import tritonclient.http as mod
-
-            self.client = mod.InferenceServerClient(
-                url, ssl=tls, connection_timeout=self.timeout, network_timeout=self.timeout
-            )
-        self.mod = mod
+        self.client = SegmentEverythingClient(
+            self.host or None,
+            self.protocol,
+            timeout=options.request_timeout,
+            retries=options.retries,
+            model_name=self.model_name,
+        )
+        self.mod = self.client._mod
         self.settings = self._settings(options)
 
     def on_stop(self) -> None:
@@ -245,13 +263,14 @@ class SegmentEverythingUser(User):
         start = time.perf_counter()
         size, exception, count, timings = 0, None, 0, None
         try:
-            kwargs = {"client_timeout": self.timeout} if self.protocol == "grpc" else {}
-            result = self.client.infer(self.model_name, inputs, outputs=outputs, **kwargs)
+            # the client's own call (balancing, deadline, retries) on the raw result: the response size
+            result = self.client._infer(inputs, outputs)
             size = self._response_size(result)
             count, timings = self._check(result)
         except Exception as exc:
             exception = exc
         latency_ms = (time.perf_counter() - start) * 1e3
+        self.failed_in_a_row = 0 if exception is None else self.failed_in_a_row + 1
         self.environment.events.request.fire(
             request_type=self.protocol,
             name=name,

@@ -2,13 +2,17 @@
 
     python -m loadtest.run --host 127.0.0.1:8001 --users 4 --spawn-rate 4 --run-time 5m --max-p95-ms 30000
     python -m loadtest.run --protocol http --host 10.0.0.7:8000 --users 8 --run-time 2m --max-prompts 32
-    # starts a local Triton:
+    # several replicas (requests per replica read from each one's metrics port, --metrics-port 8002):
+    python -m loadtest.run --host ipv4:10.0.0.7:8001,10.0.0.8:8001 --users 8 --run-time 2m
+    # starts a local Triton (--replicas 3: three, on 127.0.0.1-3, behind one DNS name):
     python -m loadtest.run --model-repository model_repository --users 2 --run-time 60s
 
 Reports go to ``--out`` (default ``work/loadtest/<time>/``): locust's CSV files (``locust_stats.csv``, ...),
 its HTML report (``report.html``), one JSON line per request (``samples.jsonl``) and ``summary.json``.
 Percentiles are computed from the exact per-request latencies (locust's own CSV rounds them to two significant
 digits); when no samples file exists (e.g. a distributed run) they come from locust's aggregated CSV row.
+Requests per replica are the difference of each replica's own counters (on its metrics port; see
+``loadtest.replicas.ReplicaCounts``) between the start and the end of the run.
 
 Exit status: 0 within bounds, 1 a bound exceeded (failure ratio, p95, or no request completed), 2 the run
 itself could not be made (server unreachable, locust crashed).
@@ -23,21 +27,25 @@ import math
 import os
 import re
 import shlex
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections import Counter
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from segment_everything_client.images import prepare_image
-from segment_everything_client.protocol import build_request, normalize_url
+from segment_everything_client import SegmentEverythingClient
+from segment_everything_client.errors import SegmentEverythingError
 
 if __package__:
     from .common import load_images, request_settings
+    from .replicas import LocalReplicas, metrics_addresses, read_counts
 else:  # run as a script: python loadtest/run.py
     from common import load_images, request_settings
+    from replicas import LocalReplicas, metrics_addresses, read_counts
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -92,6 +100,9 @@ class Summary:
     errors: dict[str, int] = field(default_factory=dict)
     response_bytes_mean: float = math.nan
     masks_mean: float = math.nan
+    replicas: dict[str, dict[str, int] | None] = field(default_factory=dict)
+    """Requests each replica's metrics counted during the run, ``{"ok": n, "failed": m}`` (None: that replica
+    did not answer at the end), by metrics address."""
 
     @property
     def failure_ratio(self) -> float:
@@ -223,6 +234,13 @@ def format_summary(summary: Summary, bounds: Bounds | None = None) -> str:
             f"masks per response {summary.masks_mean:.1f}, response {summary.response_bytes_mean / 1e3:.1f} "
             "kB"
         )
+    served = sum(c["ok"] for c in summary.replicas.values() if c)
+    for address, counts in summary.replicas.items():
+        if counts is None:
+            lines.append(f"replica {address}: no answer at the end (stopped?)")
+        else:
+            share = f" ({100 * counts['ok'] / served:.1f}%)" if served else ""
+            lines.append(f"replica {address}: {counts['ok']} ok{share}, {counts['failed']} failed")
     for error, count in sorted(summary.errors.items(), key=lambda kv: -kv[1])[:5]:
         lines.append(f"  {count} x {error}")
     if bounds is not None:
@@ -254,6 +272,7 @@ class LoadTestSettings:
     iou: float = 0.0
     output_format: str = "rle"
     request_timeout: float = 600.0
+    retries: int = 3
     think_time: float = 0.0
     per_image_names: bool = False
     server_timings: bool = False
@@ -314,6 +333,8 @@ def locust_command(settings: LoadTestSettings, out_dir: Path, locustfile: Path =
         str(out_dir / "samples.jsonl"),
         "--request-timeout",
         f"{settings.request_timeout:g}",
+        "--retries",
+        str(settings.retries),
         "--output-format",
         settings.output_format,
     ]
@@ -337,48 +358,37 @@ def locust_command(settings: LoadTestSettings, out_dir: Path, locustfile: Path =
 
 
 def wait_for_server(host: str, protocol: str, model_name: str, timeout: float = 30.0) -> None:
-    """Raise ``RuntimeError`` unless the server at ``host`` has ``model_name`` ready within ``timeout`` s."""
-    url, tls = normalize_url(host, protocol)
-    if protocol == "grpc":
-        import tritonclient.grpc as mod
-    else:
-        import tritonclient.http as mod
-    deadline = time.monotonic() + timeout
-    last: Exception | str = "not ready"
-    client = mod.InferenceServerClient(url, ssl=tls)
-    try:
-        while time.monotonic() < deadline:
-            try:
-                if client.is_server_ready() and client.is_model_ready(model_name):
-                    return
-                last = f"model '{model_name}' not ready"
-            except Exception as exc:
-                last = exc
-            time.sleep(0.5)
-    finally:
-        client.close()
-    raise RuntimeError(f"Triton at {url} ({protocol}) not ready after {timeout:.0f} s: {last}")
+    """Raise ``RuntimeError`` unless the server at ``host`` (with several replicas: the next one in turn) has
+    ``model_name`` ready within ``timeout`` s."""
+    with SegmentEverythingClient(host or None, protocol, model_name=model_name, timeout=10) as client:
+        try:
+            client.wait_until_ready(timeout=timeout)
+        except SegmentEverythingError as exc:
+            raise RuntimeError(
+                f"Triton at {client.url} ({protocol}) not ready after {timeout:.0f} s: {exc}"
+            ) from exc
 
 
 def warm_up(settings: LoadTestSettings, requests: int) -> None:
-    """Send ``requests`` requests (one per image, cycling) before the measured run, so the first measured
-    latencies do not include lazy initialisation on the server."""
+    """Send ``requests`` requests (one per image, cycling; spread over the replicas) before the measured run,
+    so the first measured latencies do not include lazy initialisation on the server."""
     if requests <= 0:
         return
-    url, tls = normalize_url(settings.host, settings.protocol)
-    if settings.protocol == "grpc":
-        import tritonclient.grpc as mod
-    else:
-        import tritonclient.http as mod
-    client = mod.InferenceServerClient(url, ssl=tls)
     images = load_images(settings.images or None)
     request = request_settings(settings.max_prompts, settings.conf, settings.iou)
-    try:
+    with SegmentEverythingClient(
+        settings.host or None,
+        settings.protocol,
+        model_name=settings.model_name,
+        timeout=settings.request_timeout,
+    ) as client:
         for i in range(requests):
-            inputs, outputs = build_request(mod, prepare_image(images[i % len(images)][1]), request)
-            client.infer(settings.model_name, inputs, outputs=outputs)
-    finally:
-        client.close()
+            client.segment_everything(
+                images[i % len(images)][1],
+                max_prompts=request.max_prompts,
+                conf=request.conf,
+                iou=request.iou,
+            )
 
 
 def run_locust(
@@ -388,9 +398,14 @@ def run_locust(
     warmup: int = 1,
     ready_timeout: float = 30.0,
     quiet: bool = True,
+    replica_metrics: Sequence[str] | Callable[[], Sequence[str]] = (),
+    stop: threading.Event | None = None,
 ) -> LoadTestResult:
     """Run locust headless with ``settings``; return the summary and where the reports are.
 
+    ``replica_metrics``: the metrics addresses (``host:port``) of the replicas to count requests on, or a
+    function returning them (called at the start and at the end, for replicas that come and go). ``stop``:
+    when set, locust stops before its run time is over (SIGTERM: it writes its reports and exits).
     Raises ``RuntimeError`` when the server is not reachable or locust does not run.
     """
     out_dir = Path(out_dir or DEFAULT_OUT_ROOT / time.strftime("%Y%m%d-%H%M%S")).resolve()
@@ -398,20 +413,30 @@ def run_locust(
     (out_dir / "samples.jsonl").unlink(missing_ok=True)
     wait_for_server(settings.host, settings.protocol, settings.model_name, ready_timeout)
     warm_up(settings, warmup)
+    addresses = replica_metrics if callable(replica_metrics) else lambda: replica_metrics
+    counts_before = read_counts(addresses(), settings.model_name)
     command = locust_command(settings, out_dir)
     run_time_s = parse_duration(settings.run_time)
     # Locust stops users after --run-time, then waits up to --stop-timeout for their running request.
     limit = run_time_s + settings.stop_timeout + settings.request_timeout + 120
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(out_dir / "locust.log", "wb") as log:
+        process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env)
+        deadline = time.monotonic() + limit
         try:
-            process = subprocess.run(
-                command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=limit, check=False
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise RuntimeError(
-                f"locust did not finish within {limit:.0f} s; log {out_dir / 'locust.log'}"
-            ) from exc
+            while process.poll() is None:
+                if stop is not None and stop.is_set():
+                    process.send_signal(signal.SIGTERM)
+                    stop = None  # once
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"locust did not finish within {limit:.0f} s; log {out_dir / 'locust.log'}"
+                    )
+                time.sleep(0.1)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
     log_text = (out_dir / "locust.log").read_text(errors="replace")
     if not quiet:
         print(log_text, end="")
@@ -421,6 +446,11 @@ def run_locust(
         raise RuntimeError(f"locust exited with {process.returncode}: {shlex.join(command)}\n{tail}")
     samples = read_samples(out_dir / "samples.jsonl")
     summary = summarize_samples(samples) if samples else summary_from_stats_csv(stats_csv, run_time_s)
+    counts_after = read_counts([*counts_before, *addresses()], settings.model_name)
+    summary.replicas = {
+        address: None if after is None else (after - counts_before.get(address)).as_dict()
+        for address, after in counts_after.items()
+    }
     (out_dir / "summary.json").write_text(
         json.dumps({"settings": asdict(settings), "command": command, "summary": summary.to_dict()}, indent=2)
         + "\n"
@@ -447,14 +477,32 @@ def build_parser() -> argparse.ArgumentParser:
         "--host",
         default="",
         help="host:port of Triton's gRPC (default 127.0.0.1:8001) or HTTP "
-        "(127.0.0.1:8000) endpoint; https:// or grpcs:// for TLS",
+        "(127.0.0.1:8000) endpoint; https:// or grpcs:// for TLS; several replicas: dns:///name:port (every "
+        "address of the name) or ipv4:a:port,b:port",
     )
     target.add_argument("--protocol", choices=("grpc", "http"), default="grpc")
+    target.add_argument(
+        "--metrics-port",
+        type=int,
+        default=8002,
+        help="metrics port of the replicas, where requests per replica are read (default 8002)",
+    )
+    target.add_argument(
+        "--metrics",
+        default="",
+        help="host:port,... of the replicas' metrics endpoints (default: --host's addresses, --metrics-port)",
+    )
     target.add_argument(
         "--model-repository",
         type=Path,
         default=None,
         help="start a local Triton on this repository for the run (free ports; --host is ignored)",
+    )
+    target.add_argument(
+        "--replicas",
+        type=int,
+        default=1,
+        help="with --model-repository: this many servers, on 127.0.0.1, .2, ... behind one DNS name",
     )
     target.add_argument("--model-name", default="segment_everything")
     target.add_argument(
@@ -491,7 +539,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     model.add_argument("--iou", type=float, default=0.0, help="box NMS IoU; 0 = server default (0.9)")
     model.add_argument("--output-format", choices=("rle", "dense"), default="rle")
-    model.add_argument("--request-timeout", type=float, default=600.0)
+    model.add_argument(
+        "--request-timeout",
+        type=float,
+        default=600.0,
+        help="the client's deadline of a request, retries included",
+    )
+    model.add_argument("--retries", type=int, default=3, help="the client's retries of a failed request")
     model.add_argument(
         "--server-timings", action="store_true", help="record the server's per-stage ms per request"
     )
@@ -533,6 +587,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         iou=args.iou,
         output_format=args.output_format,
         request_timeout=args.request_timeout,
+        retries=args.retries,
         think_time=args.think_time,
         per_image_names=args.per_image_names,
         server_timings=args.server_timings,
@@ -542,18 +597,30 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     bounds = Bounds(args.max_failure_ratio, args.max_p95_ms, args.min_requests)
 
-    server = None
+    replicas = None
+    replica_metrics: Sequence[str] | Callable[[], Sequence[str]] = ()
     if args.model_repository is not None:
-        from mobilesamv2.runner.local import TritonServer
-
-        server = TritonServer(args.model_repository, startup_timeout=300)
-        print(f"loadtest: starting Triton on {args.model_repository} (log {server.log_path})", flush=True)
+        log_dir = DEFAULT_OUT_ROOT.parent / "logs"
+        replicas = LocalReplicas(args.model_repository, log_dir=log_dir, startup_timeout=300)
+        print(
+            f"loadtest: starting {args.replicas} Triton on {args.model_repository} (logs {log_dir})",
+            flush=True,
+        )
         try:
-            server.start()
+            replicas.start(args.replicas)
         except (RuntimeError, TimeoutError, FileNotFoundError) as exc:
+            replicas.close()
             print(f"loadtest: {exc}", file=sys.stderr)
             return EXIT_ERROR
-        settings.host = server.grpc_url if settings.protocol == "grpc" else server.http_url
+        settings.host = replicas.grpc_target if settings.protocol == "grpc" else replicas.address_list("http")
+        replica_metrics = [replicas.metrics_address(host) for host in replicas.running()]
+    elif args.metrics:
+        replica_metrics = [a.strip() for a in args.metrics.split(",") if a.strip()]
+    else:
+        try:
+            replica_metrics = metrics_addresses(settings.host or "127.0.0.1:8001", args.metrics_port)
+        except SegmentEverythingError as exc:
+            print(f"loadtest: no requests per replica ({exc}); give --metrics", file=sys.stderr)
     target = settings.host or ("127.0.0.1:8001" if settings.protocol == "grpc" else "127.0.0.1:8000")
     print(
         f"loadtest: {settings.users} users (+{settings.spawn_rate:g}/s) for {settings.run_time} against "
@@ -562,14 +629,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     )
     try:
         result = run_locust(
-            settings, args.out, warmup=args.warmup, ready_timeout=args.ready_timeout, quiet=not args.verbose
+            settings,
+            args.out,
+            warmup=args.warmup,
+            ready_timeout=args.ready_timeout,
+            quiet=not args.verbose,
+            replica_metrics=replica_metrics,
         )
     except (RuntimeError, FileNotFoundError) as exc:
         print(f"loadtest: {exc}", file=sys.stderr)
         return EXIT_ERROR
     finally:
-        if server is not None:
-            server.stop()
+        if replicas is not None:
+            replicas.close()
     print(format_summary(result.summary, bounds))
     print(f"reports: {result.html_report}, {result.stats_csv}, {result.out_dir / 'summary.json'}")
     return EXIT_BOUNDS if check_bounds(result.summary, bounds) else EXIT_OK

@@ -17,7 +17,8 @@ from numpy.typing import ArrayLike
 from segment_everything_contract import FILTER_SETTINGS, Prompts
 
 from . import protocol as _protocol
-from .errors import SegmentEverythingError
+from . import replicas as _replicas
+from .errors import InvalidInputError, SegmentEverythingError, ServerUnavailableError
 from .images import ImageInput, prepare_image
 from .types import SegmentSettings
 
@@ -28,11 +29,13 @@ INTERACTIVE_PRIORITY = 1
 class RetryPolicy:
     """When and how long to wait before trying a request again.
 
-    Only failures that cannot have run the work are retried: the server was unreachable, its queue was full
-    (overloaded) or it answered ``UNAVAILABLE``. A timeout or a connection broken mid-request is retried only
-    with ``retry_started_work`` (for callers whose requests are safe to run twice). Waits are "full jitter"
-    exponential backoff (``uniform(0, min(max_backoff, backoff * 2**attempt))``), and never run past the
-    request's overall deadline.
+    Failures that cannot have run the work are retried: the server was unreachable, its queue was full
+    (overloaded) or it answered ``UNAVAILABLE``. So is a request whose replica went away (its connection broke
+    mid-request, or it is shutting down: ``error.replica_gone``), the first time at once, because SegEvery and
+    SegAny requests are idempotent and the client's balancing sends the retry to another replica. A timeout is
+    retried only with ``retry_started_work`` (for callers whose requests are safe to run twice).
+    Waits are "full jitter" exponential backoff (``uniform(0, min(max_backoff, backoff * 2**attempt))``), and
+    never run past the request's overall deadline.
     """
 
     retries: int = 3
@@ -44,15 +47,25 @@ class RetryPolicy:
         if self.retries < 0 or self.backoff < 0 or self.max_backoff < 0:
             raise ValueError("retries, backoff and max_backoff must be >= 0")
 
+    def backoff_delay(self, attempt: int, rng: random.Random) -> float:
+        """The jittered wait before attempt ``attempt + 1`` (also how long a load test's user pauses after its
+        ``attempt``-th failed call in a row)."""
+        return rng.uniform(0.0, min(self.max_backoff, self.backoff * 2**attempt))
+
     def delay(
         self, error: SegmentEverythingError, attempt: int, deadline: float, rng: random.Random
     ) -> float | None:
         """Seconds to wait before attempt ``attempt + 1``, or None to give up with ``error``."""
-        if attempt >= self.retries or not error.retryable:
+        if attempt >= self.retries:
             return None
-        if error.work_started and not self.retry_started_work:
+        if not error.replica_gone and (
+            not error.retryable or (error.work_started and not self.retry_started_work)
+        ):
             return None
-        wait = rng.uniform(0.0, min(self.max_backoff, self.backoff * 2**attempt))
+        if error.replica_gone and attempt == 0:
+            wait = 0.0  # that replica is gone, not busy: another one can take the request now
+        else:
+            wait = self.backoff_delay(attempt, rng)
         if time.monotonic() + wait >= deadline:
             return None
         return wait
@@ -104,12 +117,16 @@ class ClientBase:
         model_name: str = _protocol.DEFAULT_MODEL_NAME,
         model_version: str = "",
         verbose: bool = False,
+        resolve_interval: float = _replicas.DEFAULT_RESOLVE_INTERVAL,
         transport: dict[str, Any] | None = None,
     ) -> None:
         self.url, self.ssl = _protocol.normalize_url(url, protocol, ssl)
         self.protocol = protocol
         if not timeout > 0:
             raise ValueError("timeout must be > 0 seconds")
+        if not resolve_interval > 0:
+            raise ValueError("resolve_interval must be > 0 seconds")
+        self.resolve_interval = float(resolve_interval)
         self.timeout = float(timeout)
         self.headers = dict(headers) if headers else None
         self.retry = RetryPolicy(retries, backoff, max_backoff, retry_started_work)
@@ -134,6 +151,21 @@ class ClientBase:
             **{k: v for k, v in (transport or {}).items() if v not in (None, False)},
         }
         self._rng = random.Random()
+        self._replicas: _replicas.HttpReplicas | None = None
+        if protocol == "grpc":
+            self.url = _replicas.grpc_target(self.url)
+        else:
+            self._single_url: str | None = self.url
+            try:
+                # HTTPS keeps the name: the certificate names the host (a TLS proxy balances anyway)
+                self._replicas = _replicas.HttpReplicas(self.url, self.resolve_interval, resolve=not self.ssl)
+            except InvalidInputError:
+                if "," in self.url or self.url.startswith(_replicas.GRPC_SCHEMES):
+                    raise
+                # one address without a port: tritonclient's own default port, nothing to balance
+            else:
+                entries, base = self._replicas.entries, self._replicas.base
+                self._single_url = _replicas.join_address(*entries[0]) + base if len(entries) == 1 else None
         if protocol == "http":
             import tritonclient.http as mod
         else:
@@ -187,6 +219,32 @@ class ClientBase:
         if self.protocol == "grpc":
             kwargs["client_timeout"] = self.timeout
         return kwargs
+
+    # -- replicas --------------------------------------------------------------------------------------------
+
+    def _pick(self) -> str | None:
+        """The HTTP replica for the next attempt, or None when there is one address only (and for gRPC, whose
+        channel balances by itself)."""
+        if self._replicas is None:
+            return None
+        addresses = self._replicas.addresses()
+        if len(addresses) <= 1 and self._single_url is not None:
+            return None
+        return self._replicas.pick()
+
+    def _after_failure(self, address: str | None, error: SegmentEverythingError) -> SegmentEverythingError:
+        """Note an HTTP replica that refused or broke a connection, or is shutting down (skipped for a while);
+        a refused connection while other replicas are up counts as ``replica_gone`` (retried at once)."""
+        if address is None or self._replicas is None:
+            return error
+        if type(error) is ServerUnavailableError or error.replica_gone:
+            self._replicas.refused(address)
+            error.replica_gone = error.replica_gone or self._replicas.others_available(address)
+        return error
+
+    def _after_success(self, address: str | None) -> None:
+        if address is not None and self._replicas is not None:
+            self._replicas.answered(address)
 
     def _check_transport(self, http_only: tuple[str, ...], grpc_only: tuple[str, ...]) -> None:
         wrong = [k for k in self._transport if k in (grpc_only if self.protocol == "http" else http_only)]

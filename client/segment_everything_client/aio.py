@@ -25,6 +25,7 @@ from .errors import (
     map_exception,
 )
 from .images import ImageInput
+from .replicas import DEFAULT_RESOLVE_INTERVAL, grpc_channel_args
 from .types import SamRecord, Segmentation, SegmentSettings
 
 __all__ = ["AsyncSegmentEverythingClient"]
@@ -72,6 +73,7 @@ class AsyncSegmentEverythingClient(ClientBase):
         model_name: str = _protocol.DEFAULT_MODEL_NAME,
         model_version: str = "",
         verbose: bool = False,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     ):
         super().__init__(
             url,
@@ -89,24 +91,27 @@ class AsyncSegmentEverythingClient(ClientBase):
             model_name=model_name,
             model_version=model_version,
             verbose=verbose,
+            resolve_interval=resolve_interval,
             transport={"creds": creds, "ssl_context": ssl_context},
         )
         self._check_transport(_HTTP_ONLY, _GRPC_ONLY)
-        self._client: Any = None
+        self._clients: dict[str | None, Any] = {}  # None: the gRPC channel or the one HTTP address
         self._closed = False
 
     # ------------------------------------------------------------------ transport plumbing
 
-    def _triton(self) -> Any:
+    def _triton(self, address: str | None = None) -> Any:
+        """The tritonclient client (for ``address``, an HTTP replica), created on first use."""
         if self._closed:
             raise SegmentEverythingError("the client is closed")
-        if self._client is None:
+        client = self._clients.get(address)
+        if client is None:
             try:
                 if self.protocol == "http":
                     import tritonclient.http.aio as aio_mod
 
-                    self._client = aio_mod.InferenceServerClient(
-                        self.url,
+                    client = aio_mod.InferenceServerClient(
+                        address or self._single_url,
                         verbose=self.verbose,
                         conn_timeout=self.timeout,
                         ssl=self.ssl,
@@ -115,22 +120,29 @@ class AsyncSegmentEverythingClient(ClientBase):
                 else:
                     import tritonclient.grpc.aio as aio_mod
 
-                    self._client = aio_mod.InferenceServerClient(
-                        self.url, verbose=self.verbose, ssl=self.ssl, **self._transport
+                    client = aio_mod.InferenceServerClient(
+                        self.url,
+                        verbose=self.verbose,
+                        ssl=self.ssl,
+                        channel_args=grpc_channel_args(self.resolve_interval),
+                        **self._transport,
                     )
             except Exception as exc:
                 raise SegmentEverythingError(
-                    f"cannot create a {self.protocol} client for {self.url}: {exc}"
+                    f"cannot create a {self.protocol} client for {address or self.url}: {exc}"
                 ) from exc
-        return self._client
+            self._clients[address] = client
+        return client
 
     async def _infer(self, inputs: list[Any], outputs: list[Any], priority: int = 0) -> Any:
         """See :meth:`SegmentEverythingClient._infer`."""
         deadline = self._deadline()
         attempt = 0
         while True:
+            address = self._pick()
             try:
-                return await self._triton().infer(
+                transport = self._triton() if address is None else self._triton(address)
+                result = await transport.infer(
                     self.model_name,
                     inputs,
                     model_version=self.model_version,
@@ -138,12 +150,15 @@ class AsyncSegmentEverythingClient(ClientBase):
                     priority=priority,
                     **self._attempt_kwargs(deadline),
                 )
+                self._after_success(address)
+                return result
             except asyncio.CancelledError:
                 raise
             except BaseException as exc:
                 err = map_exception(exc)
                 if err is None:
                     raise
+                err = self._after_failure(address, err)
                 wait = self.retry.delay(err, attempt, deadline, self._rng)
                 if wait is None:
                     if err is exc:
@@ -300,7 +315,8 @@ class AsyncSegmentEverythingClient(ClientBase):
         return [r for r in results if r is not None]
 
     async def _readiness(self) -> SegmentEverythingError | None:
-        client = self._triton()
+        address = self._pick()
+        client = self._triton() if address is None else self._triton(address)
         kwargs = self._call_kwargs()
         try:
             if not await client.is_server_ready(**kwargs):
@@ -340,8 +356,8 @@ class AsyncSegmentEverythingClient(ClientBase):
     async def close(self) -> None:
         """Close the connection; the client cannot be used afterwards."""
         self._closed = True
-        client, self._client = self._client, None
-        if client is not None:
+        clients, self._clients = self._clients, {}
+        for client in clients.values():
             with contextlib.suppress(Exception):
                 await client.close()
 

@@ -32,6 +32,7 @@ from .errors import (
     map_exception,
 )
 from .images import ImageInput
+from .replicas import DEFAULT_RESOLVE_INTERVAL, grpc_channel_args
 from .types import SamRecord, Segmentation, SegmentSettings
 
 __all__ = ["SegmentEverythingClient"]
@@ -45,7 +46,10 @@ class SegmentEverythingClient(ClientBase):
 
     Args:
         url: ``host:port`` of Triton (a ``http://``/``https://``/``grpcs://`` prefix is accepted). Default
-            ``127.0.0.1:8001`` for gRPC, ``127.0.0.1:8000`` for HTTP.
+            ``127.0.0.1:8001`` for gRPC, ``127.0.0.1:8000`` for HTTP. Requests are spread over every replica
+            the target names: every address of a DNS name (``dns:///segevery-headless:8001``, or a plain
+            ``host:port``; a Kubernetes headless Service), or a list (``ipv4:10.0.0.7:8001,10.0.0.8:8001``,
+            ``10.0.0.7:8000,10.0.0.8:8000``); see :mod:`segment_everything_client.replicas`.
         protocol: ``"grpc"`` (default) or ``"http"``.
         timeout: the deadline of one call in seconds, retries included. It travels with the request
             (Triton's ``timeout`` parameter): the server drops work whose caller has given up.
@@ -57,9 +61,13 @@ class SegmentEverythingClient(ClientBase):
         retries: how many times a failed call is tried again when the server cannot have started it
             (unreachable, overloaded, ``UNAVAILABLE``); invalid input is never retried.
         backoff, max_backoff: seconds of the jittered exponential backoff between retries.
-        retry_started_work: also retry timeouts and broken connections, after which the server may have done
-            the work (only for callers to whom running a request twice does not matter).
+        retry_started_work: also retry timeouts, after which the server may have done the work (only for
+            callers to whom running a request twice does not matter). A request whose replica went away
+            (``error.replica_gone``) is tried again at once, on another replica where there is one.
         model_name, model_version: the Triton model to call.
+        resolve_interval: seconds; a DNS name is resolved again at most this often (gRPC: when a connection
+            closes, e.g. at the servers' ``--grpc-max-connection-age``; HTTP: before a request once this much
+            time has passed), so replicas added or removed are found.
 
     Example (with a server on localhost)::
 
@@ -99,6 +107,7 @@ class SegmentEverythingClient(ClientBase):
         model_name: str = _protocol.DEFAULT_MODEL_NAME,
         model_version: str = "",
         verbose: bool = False,
+        resolve_interval: float = DEFAULT_RESOLVE_INTERVAL,
     ):
         super().__init__(
             url,
@@ -116,6 +125,7 @@ class SegmentEverythingClient(ClientBase):
             model_name=model_name,
             model_version=model_version,
             verbose=verbose,
+            resolve_interval=resolve_interval,
             transport={
                 "creds": creds,
                 "ssl_options": ssl_options,
@@ -131,10 +141,11 @@ class SegmentEverythingClient(ClientBase):
 
     # ------------------------------------------------------------------ transport plumbing
 
-    def _new_triton_client(self) -> Any:
+    def _new_triton_client(self, address: str | None = None) -> Any:
+        """A tritonclient client: gRPC for the whole target (its channel balances), HTTP for one address."""
         if self.protocol == "http":
             return self._mod.InferenceServerClient(
-                self.url,
+                address or self._single_url,
                 verbose=self.verbose,
                 connection_timeout=self.timeout,
                 network_timeout=self.timeout,
@@ -142,44 +153,49 @@ class SegmentEverythingClient(ClientBase):
                 **self._transport,
             )
         return self._mod.InferenceServerClient(
-            self.url, verbose=self.verbose, ssl=self.ssl, **self._transport
+            self.url,
+            verbose=self.verbose,
+            ssl=self.ssl,
+            channel_args=grpc_channel_args(self.resolve_interval),
+            **self._transport,
         )
 
-    def _triton(self) -> Any:
-        """This thread's tritonclient client, created on first use."""
+    def _triton(self, address: str | None = None) -> Any:
+        """This thread's tritonclient client (for ``address``, an HTTP replica), created on first use."""
         if self._closed:
             raise SegmentEverythingError("the client is closed")
-        client = getattr(self._local, "client", None)
+        clients = self._local.__dict__.setdefault("clients", {})
+        client = clients.get(address)
         if client is None:
             try:
-                client = self._new_triton_client()
+                client = self._new_triton_client() if address is None else self._new_triton_client(address)
             except Exception as exc:  # bad URL etc.
                 raise SegmentEverythingError(
-                    f"cannot create a {self.protocol} client for {self.url}: {exc}"
+                    f"cannot create a {self.protocol} client for {address or self.url}: {exc}"
                 ) from exc
-            self._local.client = client
+            clients[address] = client
             with self._lock:
                 self._clients.append(client)
         return client
 
     def _release_thread_client(self) -> None:
-        client = getattr(self._local, "client", None)
-        if client is None:
-            return
-        self._local.client = None
-        with self._lock:
-            if client in self._clients:
-                self._clients.remove(client)
-        with contextlib.suppress(Exception):
-            client.close()
+        clients = self._local.__dict__.pop("clients", {})
+        for client in clients.values():
+            with self._lock:
+                if client in self._clients:
+                    self._clients.remove(client)
+            with contextlib.suppress(Exception):
+                client.close()
 
     def _infer(self, inputs: list[Any], outputs: list[Any], priority: int = 0) -> Any:
         """One inference with the retry policy, all attempts within the client's deadline."""
         deadline = self._deadline()
         attempt = 0
         while True:
+            address = self._pick()
             try:
-                return self._triton().infer(
+                transport = self._triton() if address is None else self._triton(address)
+                result = transport.infer(
                     self.model_name,
                     inputs,
                     model_version=self.model_version,
@@ -187,10 +203,13 @@ class SegmentEverythingClient(ClientBase):
                     priority=priority,
                     **self._attempt_kwargs(deadline),
                 )
+                self._after_success(address)
+                return result
             except BaseException as exc:
                 err = map_exception(exc)
                 if err is None:
                     raise
+                err = self._after_failure(address, err)
                 wait = self.retry.delay(err, attempt, deadline, self._rng)
                 if wait is None:
                     if err is exc:
@@ -416,8 +435,10 @@ class SegmentEverythingClient(ClientBase):
             return False
 
     def _readiness(self) -> SegmentEverythingError | None:
-        """None when ready, else the error describing why not (single attempt, no retries)."""
-        client = self._triton()
+        """None when ready, else the error describing why not (single attempt, no retries; with several HTTP
+        replicas, the next one in turn)."""
+        address = self._pick()
+        client = self._triton() if address is None else self._triton(address)
         kwargs = self._call_kwargs()
         try:
             if not client.is_server_ready(**kwargs):

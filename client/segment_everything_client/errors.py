@@ -22,6 +22,11 @@ react to one kind:
 :class:`ServerError`        anything else the server reports (HTTP 5xx / gRPC ``INTERNAL``).
 ==========================  ================================================================
 
+``replica_gone`` marks a failure of one replica rather than of the service: the connection broke
+mid-request (the server was killed or restarted) or the server is shutting down (it refuses new
+work while it drains, or its models are unloading). SegEvery and SegAny requests are idempotent,
+so the client retries such a request at once, and its balancing sends it to another replica.
+
 >>> from tritonclient.utils import InferenceServerException
 >>> err = from_triton_exception(
 ...     InferenceServerException("image bytes could not be decoded", status="400"))
@@ -70,6 +75,7 @@ class SegmentEverythingError(Exception):
         status: str | None = None,
         debug_details: str | None = None,
         work_started: bool = True,
+        replica_gone: bool = False,
     ):
         super().__init__(message)
         self.message = message
@@ -78,6 +84,9 @@ class SegmentEverythingError(Exception):
         #: False when the server cannot have started working on the request (refused connection, full
         #: queue): retrying it cannot run the work twice.
         self.work_started = work_started
+        #: True when the replica that had the request went away or is shutting down (see the module's
+        #: docstring): another replica can serve it at once.
+        self.replica_gone = replica_gone
 
     def __str__(self) -> str:
         return self.message
@@ -131,6 +140,16 @@ _MODEL_NOT_READY = re.compile(
 _QUEUE_FULL = re.compile(r"exceeds maximum queue size|overloaded", re.IGNORECASE)
 # The server's queue timeout (Triton: "Request timeout expired") or our pipeline's deadline check.
 _DEADLINE = re.compile(r"timeout expired|deadline exceeded|deadline of .* passed", re.IGNORECASE)
+# The replica went away: its connection broke mid-request (gRPC "Stream removed (Socket closed)", a reset,
+# GOAWAY), or it is shutting down (the pipeline's draining refusal, Triton's own refusals while it stops, its
+# models unloading).
+_CONNECTION_LOST = re.compile(
+    r"socket closed|stream removed|connection reset|broken pipe|goaway|connection closed", re.IGNORECASE
+)
+_SHUTTING_DOWN = re.compile(
+    r"shutting down|server is stopping|server not ready|no available versions|not at ready state",
+    re.IGNORECASE,
+)
 # gRPC reports oversized messages as RESOURCE_EXHAUSTED; that is the caller's input, not load.
 _TOO_LARGE = re.compile(r"larger than max|message too large|exceeds.*(size|length)", re.IGNORECASE)
 
@@ -221,9 +240,14 @@ def from_triton_exception(exc: BaseException) -> SegmentEverythingError:
         kind = OverloadedError
     if kind in (ServerUnavailableError, ServerError, SegmentEverythingError) and _DEADLINE.search(message):
         kind = DeadlineExceededError
-    # UNAVAILABLE / 503 / 502 / 429 mean the server did not take the request on.
-    started = kind is not ServerUnavailableError and kind is not OverloadedError
-    return kind(message, status=status_str, debug_details=debug, work_started=started)
+    # UNAVAILABLE / 503 / 502 / 429 mean the server did not take the request on, unless the connection broke.
+    lost = kind is ServerUnavailableError and _CONNECTION_LOST.search(message) is not None
+    started = lost or (kind is not ServerUnavailableError and kind is not OverloadedError)
+    gone = lost or (
+        kind in (ServerUnavailableError, ModelNotReadyError, ServerError)
+        and bool(_SHUTTING_DOWN.search(message))
+    )
+    return kind(message, status=status_str, debug_details=debug, work_started=started, replica_gone=gone)
 
 
 def map_exception(exc: BaseException) -> SegmentEverythingError | None:
@@ -261,5 +285,7 @@ def map_exception(exc: BaseException) -> SegmentEverythingError | None:
         or (isinstance(exc, OSError) and exc.errno in _NETWORK_ERRNOS)
     ):
         # the connection broke after the request may have been sent: the server may be working on it
-        return ServerUnavailableError(f"connection to the server broke: {exc or cls.__name__}")
+        return ServerUnavailableError(
+            f"connection to the server broke: {exc or cls.__name__}", replica_gone=True
+        )
     return None

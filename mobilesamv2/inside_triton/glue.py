@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import os
+import re
 import uuid
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from typing import Any
 
 import numpy as np
 
+from mobilesamv2.runner.server import DRAIN_FILE_VAR
 from segment_everything_contract import ContractError, TensorSpec
 
 FALSE_WORDS = ("0", "false", "no", "off")
@@ -119,11 +121,26 @@ class ErrorAnswer:
     log: str | None = None
 
 
+SHUTTING_DOWN = "the server is shutting down; retry on another replica"
+# Triton's refusals once it stops (BLS sub-requests are new requests): the default scheduler's and a batcher's
+_TRITON_STOPPING = re.compile(r"Server not ready|Server is stopping", re.IGNORECASE)
+
+
+def draining() -> bool:
+    """Whether the runner is stopping this server (:mod:`mobilesamv2.runner.server`): new requests are then
+    refused while those in flight finish."""
+    path = os.environ.get(DRAIN_FILE_VAR)
+    return bool(path) and os.path.exists(path)
+
+
 def classify_error(exc: BaseException, model: str, request_id: str) -> ErrorAnswer:
-    """Caller errors keep their message (it names the input); anything else is logged in full and answered
+    """Caller errors keep their message (it names the input); a server that is shutting down answers
+    ``UNAVAILABLE`` (the request may go to another replica); anything else is logged in full and answered
     with the request id only, never library internals."""
     if isinstance(exc, ContractError):
         return ErrorAnswer("INVALID_ARG", str(exc))
+    if _TRITON_STOPPING.search(str(exc)):
+        return ErrorAnswer("UNAVAILABLE", f"{model}: {SHUTTING_DOWN}", f"{model} [{request_id}]: {exc}")
     code = getattr(exc, "code", None)
     if isinstance(code, str) and code in ("INVALID_ARG", "UNAVAILABLE", "CANCELLED", "UNSUPPORTED"):
         # a sub-model's own verdict (e.g. the decoder refusing its inputs) passes through as it was

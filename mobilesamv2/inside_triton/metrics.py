@@ -7,6 +7,10 @@
     segevery_stage_seconds{stage}             histogram of each stage's duration (decode_image, encoder,
                                               discovery, nms, decoder, postprocess, total)
     segevery_embedding_cache_total{result}    embedding lookups: hit (no decode, no encoder) | miss
+    segevery_requests_in_flight               gauge of requests being served now (a stopping runner waits
+                                              for it to reach 0 before it stops Triton)
+
+Triton's own ``nv_inference_request_success`` counts every request a Python model answered, with an error too.
 
 Uses ``pb_utils.MetricFamily`` (Python backend 24.10): importable only inside a Triton stub.
 """
@@ -50,6 +54,9 @@ class PipelineMetrics:
         self._masks = kind("segevery_masks", "Masks per answered request", kind.HISTOGRAM)
         self._stages = kind("segevery_stage_seconds", "Duration of each pipeline stage", kind.HISTOGRAM)
         self._cache = kind("segevery_embedding_cache_total", "Embedding cache lookups", kind.COUNTER)
+        # a family must outlive its metrics: keep a reference to each
+        self._in_flight_family = kind("segevery_requests_in_flight", "Requests being served now", kind.GAUGE)
+        self._in_flight = self._in_flight_family.Metric(labels={"model": model})
         self._cache_metrics = {
             result: self._cache.Metric(labels={"model": model, "result": result})
             for result in ("hit", "miss")
@@ -62,9 +69,15 @@ class PipelineMetrics:
             for stage in STAGES
         }
 
+    def started(self) -> None:
+        """A request is in flight until :meth:`record` counts its outcome."""
+        self._in_flight.increment(1)
+
     def record(
         self, exc: BaseException | None, masks: int = 0, timings_ms: Mapping[str, float] | None = None
     ) -> None:
+        # out of flight before counted: whoever reads both at once sees no request twice
+        self._in_flight.increment(-1)
         labels = outcome_of(exc)
         metric = self._request_metrics.get(labels)
         if metric is None:

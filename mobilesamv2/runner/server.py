@@ -10,6 +10,14 @@ tritonserver (``PR_SET_PDEATHSIG``), and the stubs, which check every 300 ms whe
 exit after it: no orphan keeps the ports. What the runner reads from the command line (readiness URL, drain
 time) comes from the command itself (:func:`hardening.option_value`): runner and server cannot disagree.
 
+Stopping drains first (:meth:`TritonProcess.shutdown`, and the serve loop on SIGTERM). Triton's own SIGTERM
+handling lets the requests in flight finish but refuses every new request, the sub-requests of a BLS model
+included: a ``segment_everything`` request still running would fail at its next stage. So the runner first
+creates the server's drain file (:data:`DRAIN_FILE_VAR`): the pipeline then refuses new requests with
+``UNAVAILABLE`` (clients retry on another replica) while those in flight still reach the sub-models; once
+none is left (the pipeline's ``segevery_requests_in_flight`` and Triton's pending count on the metrics
+port), or after the exit timeout, tritonserver gets its SIGTERM.
+
 Standard library only: the container's entrypoint (Python 3.10) imports this.
 """
 
@@ -19,10 +27,12 @@ import contextlib
 import os
 import signal
 import subprocess
+import tempfile
 import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from types import TracebackType
@@ -34,6 +44,14 @@ from mobilesamv2.runner.hardening import option_value
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGQUIT)
 DEFAULT_EXIT_TIMEOUT_S = 30  # tritonserver's own default for --exit-timeout-secs
 _PR_SET_PDEATHSIG = 1
+DRAIN_FILE_VAR = "MOBILESAMV2_DRAIN_FILE"
+"""Environment variable of the server (and so of its Python models): the file whose existence tells the
+pipeline to refuse new requests."""
+#: What is still in flight in a server: requests running in the pipeline, and those waiting in its queue.
+IN_FLIGHT_METRICS = (
+    ("segevery_requests_in_flight", {}),
+    ("nv_inference_pending_request_count", {"model": "segment_everything"}),
+)
 
 
 def tail(path: Path | None, lines: int = 40) -> str:
@@ -65,6 +83,39 @@ def ready_url(command: Sequence[str]) -> str | None:
     if address in ("0.0.0.0", "::", ""):
         address = "127.0.0.1"
     return f"http://{address}:{option_value(command, '--http-port') or '8000'}/v2/health/ready"
+
+
+def metrics_url(command: Sequence[str]) -> str | None:
+    """Triton's Prometheus endpoint from its command line (None when metrics are off)."""
+    if (option_value(command, "--allow-metrics") or "true").lower() in ("false", "0", "no"):
+        return None
+    address = option_value(command, "--metrics-address") or option_value(command, "--http-address")
+    if address in (None, "0.0.0.0", "::", ""):
+        address = "127.0.0.1"
+    return f"http://{address}:{option_value(command, '--metrics-port') or '8002'}/metrics"
+
+
+def scrape(url: str, timeout: float = 2.0) -> str | None:
+    """The text of a Prometheus endpoint, None when it does not answer."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:
+            return response.read().decode("utf-8", "replace")
+    except (urllib.error.URLError, OSError):
+        return None
+
+
+def metric_total(text: str, name: str, **labels: str) -> float:
+    r"""The sum of the samples of metric ``name`` whose labels include ``labels``, in Prometheus text.
+
+    >>> metric_total('x{model="a",v="1"} 2\nx{model="b",v="1"} 3\nxy{model="a"} 9', "x", model="a")
+    2.0
+    """
+    total = 0.0
+    for line in text.splitlines():
+        named = line.startswith((name + "{", name + " "))
+        if named and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+    return total
 
 
 def is_ready(url: str, timeout: float = 1.0) -> bool:
@@ -124,6 +175,9 @@ class TritonProcess:
         self._lock = threading.RLock()  # a supervisor thread may restart it while others poll
         self.reaped: list[int] = []
         """Processes of the server's group (its Python stubs) still alive after it exited, killed then."""
+        self.drain_file = Path(tempfile.gettempdir()) / f"mobilesamv2-drain-{uuid.uuid4().hex}"
+        """Exists while the server drains (see the module's docstring); its path is in the server's
+        environment as :data:`DRAIN_FILE_VAR`."""
 
     # -- what runs -----------------------------------------------------------------------------------------
     def command(self) -> list[str]:
@@ -204,6 +258,8 @@ class TritonProcess:
         if self._process is not None:
             raise RuntimeError("server already started")
         self.prepare()
+        self.drain_file.unlink(missing_ok=True)
+        environment = {**self.environment(), DRAIN_FILE_VAR: str(self.drain_file)}
         log = None
         if self._log_path is not None:
             self._log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -214,7 +270,7 @@ class TritonProcess:
                 stdin=subprocess.DEVNULL,
                 stdout=log,
                 stderr=subprocess.STDOUT if log is not None else None,
-                env=self.environment(),
+                env=environment,
                 start_new_session=True,
                 preexec_fn=_child_setup(),  # noqa: PLW1509 (no lock is taken in it)
             )
@@ -252,6 +308,38 @@ class TritonProcess:
                 )
             time.sleep(0.1)
 
+    # -- draining --------------------------------------------------------------------------------------------
+    def begin_drain(self) -> None:
+        """From now on the pipeline refuses new requests (``UNAVAILABLE``); those in flight go on."""
+        self.drain_file.touch()
+
+    def in_flight(self) -> int | None:
+        """Requests still running or queued in the pipeline; None when the metrics do not answer."""
+        url = metrics_url(self.command())
+        text = scrape(url) if url is not None and self.is_running() else None
+        if text is None:
+            return None
+        return int(sum(metric_total(text, name, **labels) for name, labels in IN_FLIGHT_METRICS))
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """:meth:`begin_drain`, then wait until nothing is in flight (True) or ``timeout`` seconds (default:
+        the exit timeout) pass, the metrics stop answering or the server exits (False)."""
+        self.begin_drain()
+        deadline = time.monotonic() + (self.exit_timeout_s if timeout is None else timeout)
+        while True:
+            left = self.in_flight()
+            if left == 0:
+                return True
+            if left is None or time.monotonic() > deadline:
+                return False
+            time.sleep(0.1)
+
+    def shutdown(self, drain_timeout: float | None = None) -> int | None:
+        """What an orchestrator's SIGTERM does (the serve loop): :meth:`drain`, then :meth:`stop`."""
+        if self.is_running():
+            self.drain(drain_timeout)
+        return self.stop()
+
     def send_signal(self, sig: int) -> None:
         with self._lock:
             if self._process is not None and self._process.poll() is None:
@@ -274,6 +362,7 @@ class TritonProcess:
                     process.kill()
                     process.wait()
             self._reap()
+            self.drain_file.unlink(missing_ok=True)
             return shell_code(process.returncode)
 
     def restart(self, drain_timeout: float = 5.0) -> float:

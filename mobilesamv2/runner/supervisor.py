@@ -270,16 +270,25 @@ def serve(
     log: Callable[[str], None] = lambda line: print(line, flush=True),
 ) -> Ending:
     """Run until tritonserver ends, from the main thread: every ``poll`` seconds a :meth:`Supervisor.step`
-    (or, unsupervised, a look whether the server still runs). SIGTERM, SIGINT, SIGHUP and SIGQUIT are passed
-    on to tritonserver, which drains its in-flight requests; past its exit timeout + 5 s it is killed. When it
-    has exited, what is left of its process group is killed. ``reap_children``: as PID 1 in a container,
-    also reap the orphans re-parented to this process."""
-    stopping: list[float] = []
+    (or, unsupervised, a look whether the server still runs). SIGTERM (an orchestrator stopping this replica)
+    first drains the pipeline (:meth:`TritonProcess.begin_drain`: new requests are refused, those in flight
+    finish) and passes on to tritonserver once nothing is left in flight; SIGINT, SIGHUP, SIGQUIT and a
+    second SIGTERM are passed on at once. tritonserver drains what is still in flight, and is killed once the
+    exit timeout + 5 s have passed since the first signal. When it has exited, what is left of its process
+    group is killed. ``reap_children``: as PID 1 in a container, also reap the orphans re-parented to this
+    process."""
+    stopping: list[float] = []  # when tritonserver is killed, once it was signalled
+    draining: list[float] = []  # when the drain gives up, once SIGTERM came
 
     def forward(signum: int, _frame: object) -> None:
+        now = time.monotonic()
+        if signum == signal.SIGTERM and not draining and not stopping:
+            server.begin_drain()
+            draining.append(now + server.exit_timeout_s)
+            return
         server.send_signal(signum)
         if not stopping:
-            stopping.append(time.monotonic() + server.exit_timeout_s + 5)
+            stopping.append((draining[0] if draining else now + server.exit_timeout_s) + 5)
 
     previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     tick = min(poll, 0.2)
@@ -290,7 +299,14 @@ def serve(
                 reap_orphans(server.pid)
             status = server.poll()
             now = time.monotonic()
-            if stopping:
+            if draining and not stopping:
+                if status is not None:
+                    return Ending("stopped", status)
+                left = server.in_flight()
+                if not left or now > draining[0]:  # drained, unobservable (None) or out of time
+                    server.send_signal(signal.SIGTERM)
+                    stopping.append(draining[0] + 5)
+            elif stopping:
                 if status is not None:
                     return Ending("stopped", status)
                 if now > stopping[0]:

@@ -279,7 +279,9 @@ def test_the_deadline_and_priority_travel_with_each_call(monkeypatch) -> None:
         (InferenceServerException("Too Many Requests", status="429"), True),
         (ConnectionRefusedError(111, "Connection refused"), True),
         (InferenceServerException("Deadline Exceeded", status="StatusCode.DEADLINE_EXCEEDED"), False),
-        (ConnectionResetError(104, "Connection reset by peer"), False),  # the server may have started it
+        # the server may have started it, but its replica went away and the requests are idempotent
+        (ConnectionResetError(104, "Connection reset by peer"), True),
+        (InferenceServerException("Stream removed (Socket closed)", status="StatusCode.UNAVAILABLE"), True),
         (InferenceServerException("internal error (request id 1)", status="StatusCode.INTERNAL"), False),
     ],
 )

@@ -8,7 +8,7 @@ import importlib
 import pytest
 
 # Every module with ``>>>`` examples (the CLI has none: tests/client/test_client.py runs it).
-MODULES = ["__init__", "errors", "images", "types", "protocol", "client", "aio"]
+MODULES = ["__init__", "errors", "images", "types", "protocol", "client", "aio", "replicas"]
 
 
 @pytest.mark.parametrize("name", MODULES)

@@ -190,11 +190,16 @@ def test_objects_fit_together(scenario):
     assert container_ports == {"http": 8000, "grpc": 8001, "metrics": 8002}
 
     services = {s["metadata"]["name"]: s for s in by_kind(documents, "Service")}
-    assert set(services) == {"demo-segment-everything", "demo-segment-everything-metrics"}
+    assert set(services) == {
+        "demo-segment-everything",
+        "demo-segment-everything-headless",
+        "demo-segment-everything-metrics",
+    }
     for service in services.values():
         assert matches(service["spec"]["selector"], pod_labels)
         assert all(p["targetPort"] in container_ports for p in service["spec"]["ports"])
-    assert {p["name"] for p in services["demo-segment-everything"]["spec"]["ports"]} == {"http", "grpc"}
+    for name in ("demo-segment-everything", "demo-segment-everything-headless"):
+        assert {p["name"] for p in services[name]["spec"]["ports"]} == {"http", "grpc"}
 
     for monitor in by_kind(documents, "ServiceMonitor"):
         [target] = [
@@ -465,3 +470,26 @@ def test_network_policy_lets_in_only_the_service_ports():
     [only] = custom["spec"]["ingress"]
     assert only["from"] == clients
     assert by_kind(render({"networkPolicy": {"enabled": False}}), "NetworkPolicy") == []
+
+
+def test_client_side_balancing_pieces():
+    """A headless Service (every ready pod's address under one name), gRPC connections closed at a maximum
+    age (clients re-resolve and find new pods), a PodDisruptionBudget, and a grace period that covers the
+    runner's drain before Triton's stop (the entrypoint's exit timeout, 30 s, + 5 s)."""
+    documents = render({})
+    services = {s["metadata"]["name"]: s for s in by_kind(documents, "Service")}
+    headless = services["demo-segment-everything-headless"]["spec"]
+    assert headless["clusterIP"] == "None"
+    assert {(p["name"], p["port"]) for p in headless["ports"]} == {("http", 8000), ("grpc", 8001)}
+    pod = one(documents, "Deployment")["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert "--grpc-max-connection-age=30000" in container["args"]
+    assert one(documents, "PodDisruptionBudget")["spec"]["maxUnavailable"] == 1
+    assert pod["terminationGracePeriodSeconds"] >= 30 + 5
+
+    documents = render({"service": {"headless": False}, "server": {"grpcMaxConnectionAgeSeconds": 0}})
+    assert "demo-segment-everything-headless" not in {
+        s["metadata"]["name"] for s in by_kind(documents, "Service")
+    }
+    [container] = one(documents, "Deployment")["spec"]["template"]["spec"]["containers"]
+    assert not any(a.startswith("--grpc-max-connection-age") for a in container["args"])

@@ -6,6 +6,7 @@ import pytest
 
 from mobilesamv2.inside_triton import glue
 from mobilesamv2.pipeline import StageError
+from mobilesamv2.runner.server import DRAIN_FILE_VAR
 from segment_everything_contract import ContractError
 
 
@@ -51,6 +52,20 @@ def test_sub_model_verdicts_pass_through():
         StageError("image_encoder", "stub died: segfault at 0x0", "INTERNAL"), "m", "r"
     )
     assert crashed.code == "INTERNAL" and "segfault" not in crashed.message
+
+
+def test_a_stopping_server_answers_unavailable_so_that_clients_go_elsewhere(tmp_path, monkeypatch):
+    # Triton's refusals of a BLS sub-request once it stops: INTERNAL-looking, but the server is going away
+    for message in ("Server not ready", "Server is stopping, scheduler for model has stopped accepting"):
+        answer = glue.classify_error(StageError("prompt_decoder", message, "INTERNAL"), "m", "r")
+        assert answer.code == "UNAVAILABLE" and answer.message == f"m: {glue.SHUTTING_DOWN}", answer
+    drain = tmp_path / "drain"
+    monkeypatch.setenv(DRAIN_FILE_VAR, str(drain))
+    assert not glue.draining()
+    drain.touch()  # what the runner does before it stops the server
+    assert glue.draining()
+    monkeypatch.delenv(DRAIN_FILE_VAR)
+    assert not glue.draining()
 
 
 def test_cpu_budget_follows_affinity_and_cgroup_quota(tmp_path, monkeypatch):

@@ -4,8 +4,9 @@ Triton glue only: the orchestration is :class:`mobilesamv2.pipeline.Pipeline`, p
 server. This file reads the request tensors, hands the pipeline three async callables that run the sub-models
 (``image_encoder``, ``object_discovery``, ``prompt_decoder``) as BLS requests, and turns the result into
 response tensors. The embedding is passed from the encoder's response to the decoder's request as it is (on
-a GPU it stays on the device); one host copy goes to the embedding cache the instances share, so a repeated
-image skips decoding and the encoder. Tensor names, defaults and limits: ``segment_everything_contract``.
+a GPU it stays on the device); for SegAny, whose next click sends the same image, one host copy goes to the
+embedding cache the instances share, so a repeated image skips decoding and the encoder.
+Tensor names, defaults and limits: ``segment_everything_contract``.
 """
 
 from __future__ import annotations
@@ -130,6 +131,11 @@ class TritonPythonModel:
             from mobilesamv2.processing.device_masks import TorchPostprocessor
 
             postprocess = TorchPostprocessor()
+            # torch's import and each GPU's CUDA context cost seconds: here, not in the first request
+            started = time.perf_counter()
+            devices = ", ".join(postprocess.warm_up())
+            seconds = time.perf_counter() - started
+            pb_utils.Logger.log_info(f"{MODEL}: device postprocess ready on {devices} in {seconds:.1f} s")
         elif POSTPROCESS["where"] == "host":
             postprocess = HostPostprocessor(params.int("mask_chunk_mb", DEFAULT_CHUNK_BYTES >> 20) << 20)
         else:
@@ -176,6 +182,15 @@ class TritonPythonModel:
         return cache
 
     async def _respond(self, request) -> pb_utils.InferenceResponse:
+        if glue.draining():
+            # the runner is stopping this server: new requests go elsewhere, those running still reach the
+            # sub-models (mobilesamv2/runner/server.py: Triton's own stop would refuse their sub-requests)
+            error = pb_utils.TritonError(f"{MODEL}: {glue.SHUTTING_DOWN}", pb_utils.TritonError.UNAVAILABLE)
+            return pb_utils.InferenceResponse(error=error)
+        self.metrics.started()  # in flight until _serve records its outcome
+        return await self._serve(request)
+
+    async def _serve(self, request) -> pb_utils.InferenceResponse:
         timeout_us = request.timeout()  # the caller's deadline (its client timeout); 0 when it sent none
         deadline = time.monotonic() + timeout_us / 1e6 if timeout_us else None
         DEADLINE.set(deadline)
