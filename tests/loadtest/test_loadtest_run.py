@@ -257,3 +257,19 @@ def test_perf_analyzer_input_data_holds_length_prefixed_image_bytes():
     assert first["image"]["shape"] == [1] and first["max_prompts"] == {"content": [16], "shape": [1]}
     assert "conf_threshold" not in first  # absent optional inputs are not sent: the server's default applies
     assert "--input-data" in command(Path("in.json"))
+
+
+def test_users_back_off_after_failed_calls(tmp_path):
+    """Against a port nobody listens on, every call fails; a user then waits as the client's retry policy
+    backs off before its next call, instead of sending it at once (thousands of failing calls in seconds)."""
+    from mobilesamv2.runner.local import free_port
+
+    settings = LoadTestSettings(
+        host=f"127.0.0.1:{free_port()}", users=2, spawn_rate=2, run_time="4s", retries=1, stop_timeout=2
+    )
+    subprocess.run(locust_command(settings, tmp_path), capture_output=True, timeout=120, check=False)
+    samples = read_samples(tmp_path / "samples.jsonl")
+    assert samples and not any(s["ok"] for s in samples)
+    assert all("ServerUnavailableError" in s["error"] for s in samples)
+    # the waits grow (0-1 s, 0-2 s, 0-4 s, ...): a handful of calls per user in 4 s
+    assert len(samples) <= 20, len(samples)
