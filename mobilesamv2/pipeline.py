@@ -108,6 +108,10 @@ class MaskPostprocessor(Protocol):
 
     def to_host(self, logits: Any) -> np.ndarray: ...
 
+    def concatenate(self, parts: list[Any]) -> Any:
+        """The logits of several decoder calls as one, where they are (no copy to the host on a device)."""
+        ...
+
     def stability_scores(
         self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]
     ) -> np.ndarray:
@@ -129,6 +133,9 @@ class HostPostprocessor:
 
     def to_host(self, logits: Any) -> np.ndarray:
         return np.asarray(logits, dtype=np.float32)
+
+    def concatenate(self, parts: list[Any]) -> np.ndarray:
+        return np.concatenate([self.to_host(part) for part in parts])
 
     def stability_scores(
         self, logits: Any, input_size: tuple[int, int], image_size: tuple[int, int]
@@ -480,13 +487,16 @@ class Pipeline:
                 boxes, scores = await self._discover(image, settings, timings, checkpoint)
                 embedding = cached.embedding
             elif self.overlap:
+                # no later click reuses a SegEvery embedding: it is not copied to the cache
                 embedding, (boxes, scores) = await asyncio.gather(
-                    self._encode(source, timings, checkpoint),
+                    self._encode(source, timings, checkpoint, store=False),
                     self._discover(image, settings, timings, checkpoint),
                 )
             else:
                 boxes, scores = await self._discover(image, settings, timings, checkpoint)
-                embedding = await self._encode(source, timings, checkpoint) if len(boxes) else None
+                embedding = (
+                    await self._encode(source, timings, checkpoint, store=False) if len(boxes) else None
+                )
             shape = source.size
             coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, shape))
         else:  # SegAny: a cached embedding needs no pixels at all
@@ -575,12 +585,16 @@ class Pipeline:
 
     # --- stages -------------------------------------------------------------------------------------------
 
-    async def _encode(self, source: ImageSource, timings: dict, checkpoint: Checkpoint) -> Embedding:
+    async def _encode(
+        self, source: ImageSource, timings: dict, checkpoint: Checkpoint, store: bool = True
+    ) -> Embedding:
+        """The image's embedding; ``store`` puts it in the embedding cache (on a GPU that costs a copy of
+        4 MiB to the host and a file in /dev/shm: worth it only where a later click may reuse it)."""
         checkpoint("encoder")
         start = time.perf_counter()
         canvas, size = encoder_canvas(source.pixels())
         embedding = await self.models.encode(canvas[None], size[None])
-        if self.embeddings is not None:
+        if self.embeddings is not None and store:
             embedding = self.embeddings.put(source.key, embedding, source.size)
         timings["encoder"] = (time.perf_counter() - start) * 1e3
         return embedding
@@ -636,7 +650,7 @@ class Pipeline:
         flat_ious = np.concatenate(ious).reshape(-1)
         if len(logits) == 1:
             return _flatten_masks(logits[0]), flat_ious
-        return _flatten_masks(np.concatenate([self.postprocess.to_host(x) for x in logits])), flat_ious
+        return _flatten_masks(self.postprocess.concatenate(logits)), flat_ious
 
 
 def _flatten_masks(logits: Any) -> Any:

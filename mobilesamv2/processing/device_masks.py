@@ -42,7 +42,7 @@ import numpy as np
 from segment_everything_contract import STABILITY_SCORE_OFFSET
 from segment_everything_contract import rle as rle_codec
 
-from .image import ENCODER_IMAGE_SIZE
+from .image import ENCODER_IMAGE_SIZE, encoder_input_size
 from .masks import DEFAULT_CHUNK_BYTES, MASK_THRESHOLD, linear_taps
 from .quality import stability_from_areas
 
@@ -190,6 +190,34 @@ class TorchPostprocessor:
         if isinstance(logits, torch.Tensor):
             return logits.detach().to(device="cpu", dtype=torch.float32).numpy()
         return np.asarray(logits, dtype=np.float32)
+
+    def concatenate(self, parts: list[Any]) -> Any:
+        """Tensors are joined on their device (a request split into several decoder calls stays there);
+        anything else on the host."""
+        import torch
+
+        if all(isinstance(part, torch.Tensor) for part in parts):
+            return torch.cat([part.detach() for part in parts])
+        return np.concatenate([self.to_host(part) for part in parts])
+
+    # --- start-up -----------------------------------------------------------------------------------------
+
+    def warm_up(
+        self, devices: list[str] | None = None, image_size: tuple[int, int] = (768, 1024)
+    ) -> list[str]:
+        """Import torch, create each device's CUDA context and run the postprocess once there (kernels, the
+        resize coefficients of a typical image), so that the first request of a model instance does not pay
+        for it: seconds each, once per instance, enough for the first requests after a start to miss a
+        liveness probe's deadline. ``devices``: every visible GPU, else the CPU. Returns them."""
+        import torch
+
+        if devices is None:
+            count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+            devices = [f"cuda:{i}" for i in range(count)] or ["cpu"]
+        input_size = encoder_input_size(*image_size)
+        for device in devices:
+            self.rles(torch.zeros((1, LOW_RES_SIZE, LOW_RES_SIZE), device=device), input_size, image_size)
+        return devices
 
     # --- chunks -------------------------------------------------------------------------------------------
 
