@@ -4,13 +4,14 @@
 #   mobilesamv2-build --target gpu --cpu-repo model_repository --out model_repository_gpu
 #   docker build -t mobilesamv2-triton:0.1.0 .                                        # models baked in
 #   docker build --target runtime -t mobilesamv2-triton:0.1.0-runtime .               # models from a volume
-#   docker run --gpus=1 --shm-size=2g -p 8000-8002:8000-8002 -v mobilesamv2-engines:/var/cache/mobilesamv2/engines \
+#   docker run --gpus=1 --shm-size=4g -p 8000-8002:8000-8002 -v mobilesamv2-engines:/var/cache/mobilesamv2/engines \
 #       mobilesamv2-triton:0.1.0
 #
-# --shm-size: Triton's Python backend passes every tensor through /dev/shm (Docker's default: 64 MB); one
-# SegEvery request in flight holds ~83 MB there (300 x 256x256 float32 logits + the 4 MB embedding), a dense
-# response up to 512 MiB. At start the entrypoint builds the TensorRT engines for this GPU and checks each one
-# against ONNX Runtime FP32 (exit 3 if one disagrees); see docs/deploy.md.
+# --shm-size: Triton's Python backend passes every tensor through /dev/shm (Docker's default: 64 MB), and the
+# embedding cache lives there: each of the 4 pipeline instances may hold an image and a response (up to 512 MiB)
+# at once, 3.0 GiB in all (mobilesamv2/runner/memory.py; the entrypoint warns when it is smaller). At start the
+# entrypoint builds the TensorRT engines for this GPU and checks each one against ONNX Runtime FP32 (exit 3 if
+# one disagrees); see docs/deploy.md.
 #
 # Base: 24.10 ships Triton 2.51.0, the server the test suite runs (nvidia-pytriton 0.7.0 bundles 2.51.0), so
 # what the tests verify (Python backend, BLS, configs) is what runs here; it brings TensorRT 10.5, CUDA 12.6,

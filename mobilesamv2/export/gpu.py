@@ -11,8 +11,12 @@ Only what a GPU needs changes (tests/deploy/test_gpu_config.py pins the list):
   Precision: the image encoder is FP32 with TF32 math (``encoder_precision="tf32"``; FP16 only on request:
   EfficientViT-SAM-L2 was reported to give NaN in FP16, mit-han-lab/efficientvit#184), the decoder FP16 with
   its LayerNorms in FP32 (``decoder_precision``); the entrypoint refuses an engine that disagrees with ONNX
-  Runtime FP32. The decoder's optimisation profile covers 1..``max_prompts`` prompts of
-  1..``DECODER_MAX_POINTS`` points (the contract's largest point prompt plus SAM's padding point).
+  Runtime FP32. Each model gets the optimisation profile of what the pipeline sends it (TensorRT sizes an
+  engine's activation memory for its profile's largest shape): the prompt decoder 1..``max_prompts``
+  prompts, the interactive decoder 1..``INTERACTIVE_DECODER_MAX_PROMPTS`` (the pipeline splits above it),
+  both of 1..``DECODER_MAX_POINTS`` points (the contract's largest point prompt plus SAM's padding point),
+  and every profile is optimised for the common call: a batch of one image for the encoder, one click for
+  the interactive decoder.
 - ``instance_group`` becomes ``KIND_GPU`` with ``instances_per_gpu`` instances on every visible GPU for the
   ONNX models and the object-discovery Python model (which switches ONNX Runtime to its CUDA provider through
   its ``execution_provider`` parameter); the BLS model stays on CPU, it only orchestrates.
@@ -43,6 +47,11 @@ BACKENDS = ("tensorrt", "onnxruntime-trt")
 PLAIN_ONNX = "plain.onnx"  # written by the build next to a model.onnx whose formulation is tuned for CPU
 DEFAULT_MAX_PROMPTS = 320  # the reference decodes in batches of 320 (and keeps at most 300 boxes)
 DEFAULT_OPT_PROMPTS = 64
+#: The interactive decoder's opt shape: one click (a point and SAM's padding point).
+INTERACTIVE_OPT_PROMPTS = 1
+#: The encoder's opt batch: each pipeline request encodes one image; larger batches form only when several
+#: pipeline instances encode at the same moment.
+ENCODER_OPT_BATCH = 1
 #: min / opt (a box is 2 corner points) / max points per decoder prompt. The max is the contract's: its
 #: largest point prompt plus the padding point SAM appends (``processing.boxes.points_to_prompts``).
 DEFAULT_POINTS_PER_PROMPT = (1, 2, contract.DECODER_MAX_POINTS)
@@ -223,12 +232,16 @@ def gpu_model_config(
         _drop_parameters(config, CPU_ONLY_PARAMETERS)
         _gpu_instances(config, instances_per_gpu, gpus)
         preferred = list(preferred_batch_sizes or default_preferred_batch_sizes(config.max_batch_size))
+        model_max, model_opt = max_prompts, opt_prompts
+        if config.name == contract.INTERACTIVE_DECODER_MODEL:
+            model_max = min(max_prompts, contract.INTERACTIVE_DECODER_MAX_PROMPTS)
+            model_opt = INTERACTIVE_OPT_PROMPTS
         shapes = profile_shapes(
             config,
-            max_prompts=max_prompts,
-            opt_prompts=opt_prompts,
+            max_prompts=model_max,
+            opt_prompts=min(model_opt, model_max),
             points_per_prompt=points_per_prompt,
-            opt_batch=max(preferred) if preferred else None,
+            opt_batch=ENCODER_OPT_BATCH,
         )
         if backend == "tensorrt":
             _drop_parameters(config, ORT_PARAMETERS)

@@ -231,9 +231,12 @@ def trtexec_command(
 ) -> list[str]:
     """The ``trtexec`` (TensorRT 10) command line that builds ``plan_path`` from ``onnx_path``.
 
-    FP16 engines keep ``fp32_layers`` in FP32 with ``--precisionConstraints=obey --layerPrecisions=...:fp32``
-    (``obey`` makes the build fail rather than silently ignore a constraint). trtexec has no option that reads
-    the layer list from a file, so a list longer than one argv string allows raises :class:`LayerListTooLong`
+    FP16 engines keep ``fp32_layers`` in FP32 with ``--precisionConstraints=prefer
+    --layerPrecisions=...:fp32``: ``obey`` turns a constraint TensorRT cannot meet (e.g. one that conflicts
+    with a fusion it chose) into a hard build failure, so the container could not start; ``prefer`` keeps
+    the engine buildable, and the engine check at start (``mobilesamv2.export.verify``) refuses it if the
+    precision it ended with disagrees with ONNX Runtime. trtexec has no option that reads the layer list
+    from a file, so a list longer than one argv string allows raises :class:`LayerListTooLong`
     (the EfficientViT-SAM-L2 encoder needs about 150 names, ~2 KB). ``tf32=False`` forbids TF32 tensor-core
     math in FP32 layers (``--noTF32``; TensorRT allows it by default on Ampere and newer).
     """
@@ -256,7 +259,7 @@ def trtexec_command(
                     f"{len(fp32_layers)} FP32 layers make a {len(argument)}-byte --layerPrecisions argument "
                     f"(limit {MAX_ARGUMENT_BYTES})"
                 )
-            command += ["--precisionConstraints=obey", argument]
+            command += ["--precisionConstraints=prefer", argument]
     if not tf32:
         command.append("--noTF32")
     if shapes:
@@ -347,10 +350,21 @@ class EngineBuild:
                 params[key] = format_shapes({name: r[i] for name, r in self.shapes.items()})
         return params
 
+    def layers_in_fp32(self, onnx_path: Path) -> list[str]:
+        """The layers an FP16 engine keeps in FP32 (:func:`fp32_layer_names`; none for other precisions)."""
+        return fp32_layer_names(onnx_path) if (self.fp16 and self.fp32_layers == "auto") else []
+
     def command(
-        self, onnx_path: Path, plan_path: Path, *, trtexec: str = "trtexec", timing_cache: Path | None = None
+        self,
+        onnx_path: Path,
+        plan_path: Path,
+        *,
+        trtexec: str = "trtexec",
+        timing_cache: Path | None = None,
+        fp32_layers: Sequence[str] | None = None,
     ) -> list[str]:
-        layers = fp32_layer_names(onnx_path) if (self.fp16 and self.fp32_layers == "auto") else []
+        """The build command; ``fp32_layers`` as computed by :meth:`layers_in_fp32` (computed when None)."""
+        layers = self.layers_in_fp32(onnx_path) if fp32_layers is None else list(fp32_layers)
         return trtexec_command(
             onnx_path,
             plan_path,
@@ -414,14 +428,35 @@ def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "unknown"
 
 
+#: trtexec options whose values are paths: where files are, not how the engine is built.
+PATH_OPTIONS = ("--onnx", "--saveEngine", "--timingCacheFile", "--loadEngine")
+
+
+def command_fingerprint(command: Sequence[str]) -> str:
+    """The build command without its paths (trtexec's own, the ONNX file, the plan, the timing cache): two
+    commands with the same fingerprint build the same engine from the same ONNX bytes, wherever the files are.
+    Every other argument counts (flags, the FP32 layer list, the shapes), so a change of any of them is a new
+    engine."""
+    kept = []
+    for argument in list(command)[1:]:
+        option = argument.split("=", 1)[0]
+        kept.append(f"{option}=<path>" if option in PATH_OPTIONS else argument)
+    return json.dumps(kept)
+
+
 def engine_cache_key(
-    gpu_name: str, compute_capability: str, trt_version: str, onnx_sha256: str, build_fingerprint: str = ""
+    gpu_name: str,
+    compute_capability: str,
+    trt_version: str,
+    onnx_sha256: str,
+    build_fingerprint: str = "",
+    command: str = "",
 ) -> str:
     """Folder name of one cached engine: readable GPU/TensorRT prefix + a digest of everything the plan
-    depends on (GPU model, compute capability, TensorRT version, ONNX bytes, build settings)."""
-    digest = hashlib.sha256(
-        json.dumps([gpu_name, compute_capability, trt_version, onnx_sha256, build_fingerprint]).encode()
-    ).hexdigest()
+    depends on (GPU model, compute capability, TensorRT version, ONNX bytes, build settings, and the trtexec
+    command as :func:`command_fingerprint` gives it)."""
+    inputs = [gpu_name, compute_capability, trt_version, onnx_sha256, build_fingerprint, command]
+    digest = hashlib.sha256(json.dumps(inputs).encode()).hexdigest()
     return f"{_slug(gpu_name)}_sm{compute_capability.replace('.', '')}_trt{trt_version}_{digest[:16]}"
 
 
@@ -448,11 +483,16 @@ def engine_metadata(
 
 
 def cache_entry_state(
-    entry: Path, gpu: GpuInfo, trt_version: str, onnx_sha256: str, build: EngineBuild
+    entry: Path,
+    gpu: GpuInfo,
+    trt_version: str,
+    onnx_sha256: str,
+    build: EngineBuild,
+    command: Sequence[str] | None = None,
 ) -> str:
-    """``"hit"`` (a complete engine for exactly this GPU/TensorRT/ONNX/build), ``"miss"`` (no entry) or
-    ``"corrupt"`` (an entry that must be rebuilt: unreadable metadata, other inputs, missing or altered
-    plan)."""
+    """``"hit"`` (a complete engine for exactly this GPU/TensorRT/ONNX/build and, when given, build
+    command), ``"miss"`` (no entry) or ``"corrupt"`` (an entry that must be rebuilt: unreadable metadata,
+    other inputs, missing or altered plan)."""
     if not entry.exists():
         return "miss"
     try:
@@ -465,6 +505,9 @@ def cache_entry_state(
             meta["onnx_sha256"],
             meta["build"],
         )
+        if command is not None:
+            expected += (command_fingerprint(command),)
+            actual += (command_fingerprint(meta["command"]),)
         if actual != expected:
             return "corrupt"
         plan = entry / PLAN_FILENAME

@@ -7,16 +7,22 @@ model's config. A complete cached engine is reused; a missing, foreign or damage
 is in ``engine.json``) is rebuilt. Builds of one GPU type hold a lock in the cache, so pods that share the
 volume build each engine once.
 
-Every engine, built or reused, is then run once on a fixed probe input of its model (``trtexec --loadEngine
---loadInputs --exportOutput``) and compared with ONNX Runtime FP32 on the ONNX file it was built from
+Every engine is then run once on a fixed probe input of its model (``trtexec --loadEngine --loadInputs
+--exportOutput``) and compared with ONNX Runtime FP32 on the ONNX file it was built from
 (``mobilesamv2.export.verify``): an engine whose outputs are NaN, or differ by more than the tolerance of
 its precision (``--verify-max-diff-fp32`` / ``--verify-max-diff-fp16``, scaled by the output's magnitude), or
-whose masks (logits > 0) overlap ONNX Runtime's by less than ``--verify-min-mask-iou``, is not served: the
-entrypoint prints the numbers and exits with status 3. The numbers of the last check are kept in the entry's
-``engine.json`` (``verification``).
+whose masks (logits > 0) differ from ONNX Runtime's in more than ``--verify-max-mask-disagreement`` of their
+pixels or overlap them by less than ``--verify-min-mask-iou`` (masks of at least ``--verify-min-mask-area``),
+is not served: the entrypoint prints the numbers and exits with status 3. The numbers of the last check are
+kept in the entry's ``engine.json`` (``verification``); a reused engine whose record shows a pass on the same
+plan, probe and tolerances is not checked again (a restarted pod starts in seconds).
+
+The server gets CUDA and pinned memory pools sized from the pipeline's configuration
+(:mod:`mobilesamv2.runner.memory`), and a warning when ``/dev/shm`` is smaller than that configuration may
+fill.
 
 Triton then serves a runtime repository (``--runtime-repository``, a writable scratch folder) that links the
-models of ``--model-repository`` and the cached plans.
+models and top-level files (``BUILD_INFO.json``) of ``--model-repository`` and the cached plans.
 
 tritonserver runs as a child of this process (PID 1 in the container), in a process group of its own that
 its Python backend stubs inherit, with the server process and the supervision loop of ``mobilesamv2-serve``
@@ -60,6 +66,7 @@ from mobilesamv2.export.tensorrt import (
     EngineBuild,
     GpuInfo,
     cache_entry_state,
+    command_fingerprint,
     config_string_parameters,
     engine_cache_key,
     engine_metadata,
@@ -75,9 +82,12 @@ from mobilesamv2.export.verify import (
     Tolerances,
     TrtexecRunner,
     Verification,
+    probe_digest,
+    probe_for,
     verify_engine,
 )
 from mobilesamv2.runner.hardening import HardeningError, Security, add_security_arguments, has_option, redact
+from mobilesamv2.runner.memory import PipelineMemory, shm_size, shm_warning
 from mobilesamv2.runner.server import TritonProcess
 from mobilesamv2.runner.supervisor import Supervisor, serve
 
@@ -87,6 +97,7 @@ DEFAULT_RUNTIME_REPOSITORY = "/tmp/mobilesamv2/model_repository"
 TRTEXEC_CANDIDATES = ("trtexec", "/usr/src/tensorrt/bin/trtexec")
 NVIDIA_SMI_QUERY = ["nvidia-smi", "--query-gpu=name,compute_cap", "--format=csv,noheader"]
 RUNTIME_MARKER = ".mobilesamv2-runtime-repository"
+PIPELINE_MODEL = "segment_everything"  # its configuration sizes the server's memory pools
 #: tritonserver options the entrypoint sets unless the caller passes them.
 DEFAULT_SERVER_ARGS = (
     "--http-port=8000",
@@ -141,7 +152,10 @@ def query_gpus(run: Runner = run_captured, visible_devices: str | None = None) -
         raise EntrypointError(
             f"nvidia-smi failed ({result.returncode}): {(result.stderr or result.stdout).strip()}"
         )
-    gpus = parse_nvidia_smi(result.stdout)
+    try:
+        gpus = parse_nvidia_smi(result.stdout)
+    except ValueError as exc:
+        raise EntrypointError(f"cannot read nvidia-smi's answer: {exc}") from exc
     if not gpus:
         raise EntrypointError("nvidia-smi lists no GPU: this image needs one")
     return gpus
@@ -223,7 +237,7 @@ class EngineJob:
             "entry": str(self.entry),
             "state": self.state,
             "action": "reuse" if self.state == "hit" else "build",
-            "command": self.command,
+            "command": self.command if self.state != "hit" else [],
         }
 
 
@@ -261,26 +275,46 @@ def plan_engines(
 ) -> list[EngineJob]:
     """Per TensorRT model version: is its cached engine reusable? Build commands for the others."""
     jobs = []
+    timing_cache = timing_cache_path(cache_dir, gpu, trt_version)
     for model_dir, text in tensorrt_models(repository):
-        build = EngineBuild.from_parameters(config_string_parameters(text))
+        try:
+            build = EngineBuild.from_parameters(config_string_parameters(text))
+        except ValueError as exc:
+            config = model_dir / "config.pbtxt"
+            raise EntrypointError(f"{config}: bad engine build parameters: {exc}") from exc
         for version_dir in _version_dirs(model_dir):
             onnx_path = version_dir / ONNX_FILENAME
             if not onnx_path.is_file():
                 continue
+            try:
+                layers = build.layers_in_fp32(onnx_path)
+                # the command without its paths is part of the key: other flags or another FP32 layer list
+                # (a new version of this package) build another engine, never reuse the old one
+                fingerprint = command_fingerprint(
+                    build.command(
+                        onnx_path,
+                        Path(PLAN_FILENAME),
+                        trtexec=trtexec,
+                        timing_cache=timing_cache,
+                        fp32_layers=layers,
+                    )
+                )
+            except ValueError as exc:  # a layer name trtexec cannot take, an unnamed node, a bad profile
+                raise EntrypointError(
+                    f"cannot make the engine build command of {model_dir.name}/{version_dir.name}: {exc}"
+                ) from exc
             onnx_sha = onnx_digest(version_dir)
             key = engine_cache_key(
-                gpu.name, gpu.compute_capability, trt_version, onnx_sha, build.fingerprint()
+                gpu.name, gpu.compute_capability, trt_version, onnx_sha, build.fingerprint(), fingerprint
             )
             entry = cache_dir / model_dir.name / key
-            state = cache_entry_state(entry, gpu, trt_version, onnx_sha, build)
+            plan = entry / PLAN_FILENAME
+            command = build.command(
+                onnx_path, plan, trtexec=trtexec, timing_cache=timing_cache, fp32_layers=layers
+            )
+            state = cache_entry_state(entry, gpu, trt_version, onnx_sha, build, command)
             job = EngineJob(model_dir.name, version_dir.name, onnx_path, onnx_sha, build, key, entry, state)
-            if state != "hit":
-                job.command = build.command(
-                    onnx_path,
-                    entry / PLAN_FILENAME,
-                    trtexec=trtexec,
-                    timing_cache=timing_cache_path(cache_dir, gpu, trt_version),
-                )
+            job.command = command
             jobs.append(job)
     return jobs
 
@@ -352,7 +386,9 @@ def ensure_engines(
     with cache_lock(cache_dir, lock_name):
         for job in jobs:
             if job.state != "hit":
-                job.state = cache_entry_state(job.entry, gpu, trt_version, job.onnx_sha256, job.build)
+                job.state = cache_entry_state(
+                    job.entry, gpu, trt_version, job.onnx_sha256, job.build, job.command
+                )
             if job.state == "hit":
                 print(f"[entrypoint] reusing {job.entry}", flush=True)
                 continue
@@ -364,12 +400,14 @@ def ensure_engines(
 
 
 def record_verification(entry: Path, verification: Verification) -> None:
-    """Keep the numbers in the entry's ``engine.json`` (replaced atomically: other pods read it)."""
+    """Keep the numbers in the entry's ``engine.json`` (replaced atomically: other pods read it), with the
+    checksum of the plan they are about."""
     meta_path = entry / ENGINE_META
     try:
         meta = json.loads(meta_path.read_text())
         meta["verification"] = {
             **verification.to_json(),
+            "plan_sha256": meta.get("plan_sha256"),
             "verified_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
             "host": socket.gethostname(),
         }
@@ -381,17 +419,44 @@ def record_verification(entry: Path, verification: Verification) -> None:
         print(f"[entrypoint] warning: could not record the verification in {meta_path}: {exc}", flush=True)
 
 
+def earlier_pass(job: EngineJob, tolerances: Tolerances) -> dict | None:
+    """The entry's recorded verification if it passed on this very plan (the checksum ``cache_entry_state``
+    just checked), with these tolerances and the probe this version of the check would run; else None."""
+    try:
+        meta = json.loads((job.entry / ENGINE_META).read_text())
+        record = meta["verification"]
+        if not (
+            record["passed"] is True
+            and record["plan_sha256"] == meta["plan_sha256"]
+            and record["tolerances"] == tolerances.to_json()
+        ):
+            return None
+        cases, _ = probe_for(job.onnx, job.build.shapes)
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return record if record.get("probe") == probe_digest(cases) else None
+
+
 def verify_engines(
     jobs: Sequence[EngineJob],
     engine_runner: TensorRunner,
     reference_runner: TensorRunner,
     tolerances: Tolerances,
 ) -> list[Verification]:
-    """Check every engine; raise :class:`EngineVerificationError` naming each one that fails, with its
-    numbers and tolerances, after all were checked."""
+    """Check every engine without a recorded pass (:func:`earlier_pass`); raise
+    :class:`EngineVerificationError` naming each one that fails, with its numbers and tolerances, after all
+    were checked. Returns the checks that ran."""
     results, failed = [], []
     for job in jobs:
         name = f"{job.model}/{job.version}"
+        record = earlier_pass(job, tolerances)
+        if record is not None:
+            print(
+                f"[entrypoint] {name}: checked against ONNX Runtime on {record.get('verified_at', '?')} "
+                f"(this plan, probe and tolerances): ok, not run again",
+                flush=True,
+            )
+            continue
         started = time.monotonic()
         try:
             verification = verify_engine(
@@ -420,8 +485,8 @@ def verify_engines(
             "\n".join(lines) + "\nAn engine that disagrees with ONNX Runtime FP32 on the probe input is not "
             "served. Build it in a wider precision (python -m mobilesamv2.export.gpu --encoder-precision / "
             "--decoder-precision tf32 or fp32) or, if the difference is acceptable, raise the tolerance "
-            "(--verify-max-diff-fp32, --verify-max-diff-fp16, --verify-min-mask-iou). Numbers: engine.json "
-            "in the engine cache entry."
+            "(--verify-max-diff-fp32, --verify-max-diff-fp16, --verify-max-mask-disagreement, "
+            "--verify-min-mask-iou). Numbers: engine.json in the engine cache entry."
         )
     return results
 
@@ -443,6 +508,11 @@ def assemble_runtime_repository(source: Path, runtime: Path, jobs: Sequence[Engi
         shutil.rmtree(runtime)
     runtime.mkdir(parents=True, exist_ok=True)
     (runtime / RUNTIME_MARKER).write_text(f"assembled from {source}\n")
+    for path in sorted(source.iterdir()):
+        # BUILD_INFO.json & co.: the pipeline reads the build's fingerprint (its embedding cache) and whether
+        # the weights are random next to its model folder
+        if path.is_file() and not path.name.startswith("."):
+            (runtime / path.name).symlink_to(path)
     by_model: dict[str, list[EngineJob]] = {}
     for job in jobs:
         by_model.setdefault(job.model, []).append(job)
@@ -461,15 +531,28 @@ def assemble_runtime_repository(source: Path, runtime: Path, jobs: Sequence[Engi
 
 
 def tritonserver_command(
-    runtime: Path, server_args: Sequence[str], tritonserver: str = "tritonserver"
+    runtime: Path,
+    server_args: Sequence[str],
+    tritonserver: str = "tritonserver",
+    defaults: Sequence[str] = DEFAULT_SERVER_ARGS,
 ) -> list[str]:
+    """The server command: ``defaults`` (``--option=value``) except those ``server_args`` sets itself."""
     if has_option(server_args, "--model-repository") or has_option(server_args, "--model-store"):
         raise EntrypointError(
             "pass the repository as --model-repository to the entrypoint (before the server "
             "options): it serves a runtime copy with the built engines"
         )
-    defaults = [d for d in DEFAULT_SERVER_ARGS if not has_option(server_args, d.split("=")[0])]
-    return [tritonserver, f"--model-repository={runtime}", *defaults, *server_args]
+    kept = [d for d in defaults if not has_option(server_args, d.split("=")[0])]
+    return [tritonserver, f"--model-repository={runtime}", *kept, *server_args]
+
+
+def pipeline_memory(repository: Path) -> PipelineMemory:
+    """The memory the repository's pipeline configuration asks for (defaults without a pipeline model)."""
+    config = repository / PIPELINE_MODEL / "config.pbtxt"
+    try:
+        return PipelineMemory.from_config(config.read_text()) if config.is_file() else PipelineMemory()
+    except ValueError as exc:
+        raise EntrypointError(f"{config}: {exc}") from exc
 
 
 # --- main ---------------------------------------------------------------------------------------------------
@@ -527,7 +610,20 @@ def parse_args(
         "--verify-min-mask-iou",
         type=float,
         default=env.get("ENGINE_VERIFY_MIN_MASK_IOU", str(defaults.min_mask_iou)),
-        help="lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per prompt",
+        help="lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per mask of at least "
+        "--verify-min-mask-area",
+    )
+    parser.add_argument(
+        "--verify-max-mask-disagreement",
+        type=float,
+        default=env.get("ENGINE_VERIFY_MAX_MASK_DISAGREEMENT", str(defaults.max_mask_disagreement)),
+        help="largest fraction of all mask pixels (logits > 0) where an engine may differ from ONNX Runtime",
+    )
+    parser.add_argument(
+        "--verify-min-mask-area",
+        type=float,
+        default=env.get("ENGINE_VERIFY_MIN_MASK_AREA", str(defaults.min_mask_area)),
+        help="masks covering less of their frame are judged by the fraction of differing pixels only",
     )
     add_security_arguments(parser, env, restrict_by_default=True)
     return parser.parse_known_args(argv)
@@ -581,15 +677,21 @@ def main(
     environ: dict[str, str] | None = None,
     engine_runner: TensorRunner | None = None,
     reference_runner: TensorRunner | None = None,
+    shm_available: Callable[[], int | None] = shm_size,
 ) -> int:
     """``engine_runner`` (default: trtexec through ``run_query``) and ``reference_runner`` (default: ONNX
     Runtime's CPU provider) run the engines and their ONNX files for the verification. ``start_server`` runs
-    the tritonserver command and returns the exit status (default :func:`run_server`)."""
+    the tritonserver command and returns the exit status (default :func:`run_server`). ``shm_available``:
+    the size of ``/dev/shm``."""
     environ = dict(os.environ if environ is None else environ)
     args, server_args = parse_args(argv, environ)
     try:
         tolerances = Tolerances(
-            args.verify_max_diff_fp32, args.verify_max_diff_fp16, args.verify_min_mask_iou
+            max_scaled_diff_fp32=args.verify_max_diff_fp32,
+            max_scaled_diff_fp16=args.verify_max_diff_fp16,
+            min_mask_iou=args.verify_min_mask_iou,
+            max_mask_disagreement=args.verify_max_mask_disagreement,
+            min_mask_area=args.verify_min_mask_area,
         )
     except ValueError as exc:
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
@@ -598,7 +700,9 @@ def main(
     try:
         if not args.model_repository.is_dir():
             raise EntrypointError(f"model repository {args.model_repository} not found")
-        gpu = select_gpu(query_gpus(run_query, environ.get("CUDA_VISIBLE_DEVICES")))
+        gpus = query_gpus(run_query, environ.get("CUDA_VISIBLE_DEVICES"))
+        gpu = select_gpu(gpus)
+        memory = pipeline_memory(args.model_repository)
         jobs: list[EngineJob] = []
         trt_version = None  # no TensorRT model to build (e.g. the onnxruntime-trt repository)
         if any(True for _ in tensorrt_models(args.model_repository)):
@@ -612,7 +716,11 @@ def main(
         except HardeningError as exc:
             raise EntrypointError(str(exc)) from exc
         secrets, notes = security.secrets, security.notes()
-        command = tritonserver_command(args.runtime_repository, [*security_args, *server_args])
+        command = tritonserver_command(
+            args.runtime_repository,
+            [*security_args, *server_args],
+            defaults=[*DEFAULT_SERVER_ARGS, *memory.server_args(len(gpus))],
+        )
         if args.dry_run:
             print(
                 json.dumps(
@@ -626,6 +734,11 @@ def main(
                             "tolerances": tolerances.to_json(),
                         },
                         "security": notes,
+                        "memory": {
+                            "cuda_pool_bytes_per_gpu": memory.cuda_pool_bytes(),
+                            "dev_shm_needed_bytes": memory.shm_bytes(),
+                            "dev_shm_bytes": shm_available(),
+                        },
                         "tritonserver": redact(command, secrets),
                     },
                     indent=2,
@@ -639,6 +752,9 @@ def main(
         )
         for note in notes:
             print(f"[entrypoint] {note}", flush=True)
+        warning = shm_warning(memory.shm_bytes(), shm_available(), memory)
+        if warning:
+            print(f"[entrypoint] warning: {warning}", flush=True)
         if jobs:
             ensure_engines(jobs, args.engine_cache, gpu, trt_version, run_build)
             verify_engines(jobs, engine_runner, reference_runner, tolerances)
@@ -649,6 +765,9 @@ def main(
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_VERIFICATION_FAILED
     except EntrypointError as exc:
+        print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
+        return EXIT_ERROR
+    except OSError as exc:  # e.g. an engine cache the server's user cannot write
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
     print(f"[entrypoint] run {' '.join(redact(command, secrets))}", flush=True)

@@ -5,6 +5,7 @@ check of every engine against ONNX Runtime, with the GPU, trtexec and tritonserv
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +13,7 @@ import numpy as np
 import pytest
 from tiny_engines import FakeTrtexecInference, decoder_onnx, encoder_onnx
 
+from mobilesamv2.export import tensorrt
 from mobilesamv2.export.gpu import write_gpu_repository
 from mobilesamv2.runner import entrypoint
 
@@ -74,7 +76,7 @@ def layout(tmp_path, committed_repository):
     return {"repo": repo, "cache": tmp_path / "cache", "runtime": tmp_path / "runtime"}
 
 
-def start(layout, machine, *extra, environ=None):
+def start(layout, machine, *extra, environ=None, shm=8 * 2**30):
     argv = [
         "--model-repository",
         str(layout["repo"]),
@@ -91,6 +93,7 @@ def start(layout, machine, *extra, environ=None):
         which=machine.which,
         start_server=machine.run_server,
         environ=environ or {},
+        shm_available=lambda: shm,
     )
 
 
@@ -124,13 +127,18 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(layout, caps
     assert any(a.startswith("--timingCacheFile=") for a in command)
     decoder = plan["engines"][1]["command"]
     # FP16 with its LayerNorm in FP32; up to 32 points per prompt plus SAM's padding point
-    assert {"--fp16", "--precisionConstraints=obey", "--layerPrecisions=node_layer_norm:fp32"} <= set(decoder)
+    assert {"--fp16", "--precisionConstraints=prefer", "--layerPrecisions=node_layer_norm:fp32"} <= set(
+        decoder
+    )
     assert "--maxShapes=image_embeddings:1x256x64x64,point_coords:320x33x2,point_labels:320x33" in decoder
     assert plan["verification"]["tolerances"] == {
         "max_scaled_diff_fp32": 0.01,
         "max_scaled_diff_fp16": 0.05,
-        "min_mask_iou": 0.98,
+        "min_mask_iou": 0.95,
+        "max_mask_disagreement": 0.005,
+        "min_mask_area": 0.01,
     }
+    pool = plan["memory"]["cuda_pool_bytes_per_gpu"]
     apis = "shared-memory,model-repository,model-config,logging,trace,statistics"
     assert plan["tritonserver"] == [
         "tritonserver",
@@ -141,6 +149,8 @@ def test_dry_run_on_an_empty_cache_plans_a_build_per_tensorrt_model(layout, caps
         "--allow-metrics=true",
         "--allow-gpu-metrics=true",
         "--exit-timeout-secs=30",
+        f"--cuda-memory-pool-byte-size=0:{pool}",
+        f"--pinned-memory-pool-byte-size={pool}",
         # locked down by default: no model control, management APIs behind a (here random) key, never shown
         "--model-control-mode=none",
         f"--http-restricted-api={apis}:mobilesamv2-admin-key=***",
@@ -345,11 +355,40 @@ def test_every_engine_is_verified_against_onnxruntime_and_the_numbers_are_record
     assert "prompt_decoder/1 (FP16) vs ONNX Runtime FP32" in out and "lowest mask IoU 1.0000" in out
 
 
-def test_a_reused_engine_is_verified_again(layout):
+def _checked_models(machine: FakeMachine) -> set[str]:
+    return {command[1].split("/")[-3] for command in machine.inference.commands}
+
+
+def test_a_reused_engine_that_passed_is_not_checked_again(layout, capsys):
+    """A restart on a filled cache runs no probe: the record in engine.json covers this plan."""
     start(layout, FakeMachine())
     machine = FakeMachine()
     assert start(layout, machine) == 0
-    assert machine.builds == [] and len(machine.inference.commands) == 3
+    assert machine.builds == [] and machine.inference.commands == [] and machine.exec_args is not None
+    out = capsys.readouterr().out
+    assert "image_encoder/1: checked against ONNX Runtime on " in out and "not run again" in out
+
+
+@pytest.mark.parametrize("change", ["tolerances", "no record", "failed record", "other probe"])
+def test_a_reused_engine_is_checked_again_when_its_record_does_not_cover_it(layout, change):
+    start(layout, FakeMachine())
+    meta_path = next(layout["cache"].glob("image_encoder/*/engine.json"))
+    meta = json.loads(meta_path.read_text())
+    if change == "no record":
+        del meta["verification"]
+    elif change == "failed record":
+        meta["verification"]["passed"] = False
+    elif change == "other probe":
+        meta["verification"]["probe"] = "the probe of another version of the check"
+    meta_path.write_text(json.dumps(meta))
+    machine = FakeMachine()
+    extra = ["--verify-max-diff-fp32=0.02"] if change == "tolerances" else []
+    assert start(layout, machine, *extra) == 0
+    assert machine.builds == []
+    assert _checked_models(machine) == (
+        {"image_encoder", "prompt_decoder"} if change == "tolerances" else {"image_encoder"}
+    )
+    assert _verification(layout, "image_encoder")["passed"] is True  # recorded again
 
 
 def test_an_engine_with_nan_outputs_is_refused(layout, capsys):
@@ -379,7 +418,7 @@ def test_an_engine_that_disagrees_is_refused_with_its_numbers(layout, capsys):
     err = capsys.readouterr().err
     assert "engine prompt_decoder/1 (FP16) refused" in err
     assert "5 box prompts: low_res_masks, max scaled difference" in err and "> tolerance 0.05" in err
-    assert "mask IoU (logits > 0) 0.0000 < 0.98" in err
+    assert "mask pixels differing (logits > 0) 100.0000% > 0.5000%" in err
     assert "--decoder-precision" in err  # what to do about it
     checks = _verification(layout, "prompt_decoder")["checks"]
     assert {c["output"]: c["ok"] for c in checks} == {"low_res_masks": False, "iou_predictions": True}
@@ -415,6 +454,123 @@ def test_build_only_verifies_too(layout):
 def test_bad_tolerances_are_refused(layout, capsys):
     assert start(layout, FakeMachine(), "--verify-min-mask-iou=1.5") == 2
     assert "min_mask_iou must be in [0, 1]" in capsys.readouterr().err
+
+
+# --- conditions it cannot start under: one line and status 2, never a traceback ----------------------------
+
+
+@pytest.mark.parametrize(
+    "problem, message",
+    [
+        ("nvidia-smi answer", "cannot read nvidia-smi's answer: unexpected nvidia-smi line 'NVIDIA A100'"),
+        ("build parameter", "bad engine build parameters: engine_build_precision must be one of"),
+        ("unnamed FP32 layer", "cannot make the engine build command of prompt_decoder/1: an unnamed"),
+    ],
+)
+def test_what_the_entrypoint_cannot_use_is_one_line_and_status_2(layout, capsys, problem, message):
+    machine = FakeMachine(gpus="NVIDIA A100\n" if problem == "nvidia-smi answer" else A100)
+    if problem == "build parameter":
+        config = layout["repo"] / "prompt_decoder" / "config.pbtxt"
+        config.write_text(config.read_text().replace('string_value: "FP16"', 'string_value: "FP8"'))
+    if problem == "unnamed FP32 layer":  # the FP16 decoder's LayerNorm must stay FP32, and has no name
+        decoder_onnx(layout["repo"] / "prompt_decoder" / "1" / "model.onnx", layer_norm_name="")
+    capsys.readouterr()
+    assert start(layout, machine) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("[entrypoint] error: ") and message in err
+    assert len(err.strip().splitlines()) == 1 and machine.exec_args is None
+
+
+def test_fp32_layers_are_preferred_so_a_constraint_trtexec_cannot_meet_does_not_fail_the_build(
+    layout, capsys
+):
+    [_, decoder] = dry_run(layout, FakeMachine(), capsys)["engines"]
+    assert "--precisionConstraints=prefer" in decoder["command"]
+    assert not any(a == "--precisionConstraints=obey" for a in decoder["command"])
+
+
+# --- the engine cache key ----------------------------------------------------------------------------------
+
+
+def _states(layout, machine, capsys) -> dict[str, str]:
+    return {e["model"]: e["state"] for e in dry_run(layout, machine, capsys)["engines"]}
+
+
+def test_the_cache_key_follows_the_build_command_but_not_where_the_files_are(layout, capsys, tmp_path):
+    start(layout, FakeMachine())
+    keys = {e["model"]: e["key"] for e in dry_run(layout, FakeMachine(), capsys)["engines"]}
+    moved = {name: tmp_path / "elsewhere" / name for name in ("repo", "cache", "runtime")}
+    shutil.copytree(layout["repo"], moved["repo"], symlinks=True)
+    machine = FakeMachine()
+    machine.which = lambda name: "/opt/tensorrt-10.5/bin/trtexec"
+    assert {e["model"]: e["key"] for e in dry_run(moved, machine, capsys)["engines"]} == keys
+
+
+def test_another_fp32_layer_list_is_another_engine(layout, capsys, monkeypatch):
+    """The same ONNX file and build parameters, but a later version of the FP32 layer rules: the FP16
+    decoder's cached engine is not reused (the TF32 encoder has no layer list and is)."""
+    start(layout, FakeMachine())
+    monkeypatch.setattr(tensorrt, "fp32_layer_names", lambda path, **kwargs: ["node_layer_norm", "node_mean"])
+    assert _states(layout, FakeMachine(), capsys) == {"image_encoder": "hit", "prompt_decoder": "miss"}
+    machine = FakeMachine()
+    assert start(layout, machine) == 0
+    assert [c[1].split("/")[-3] for c in machine.builds] == ["prompt_decoder"]
+    assert "--layerPrecisions=node_layer_norm:fp32,node_mean:fp32" in machine.builds[0]
+
+
+def test_another_trtexec_flag_is_another_engine(layout, capsys, monkeypatch):
+    start(layout, FakeMachine())
+    command = tensorrt.trtexec_command
+    monkeypatch.setattr(
+        tensorrt, "trtexec_command", lambda *a, **k: [*command(*a, **k), "--builderOptimizationLevel=5"]
+    )
+    assert _states(layout, FakeMachine(), capsys) == {"image_encoder": "miss", "prompt_decoder": "miss"}
+
+
+# --- what the server gets besides the engines ---------------------------------------------------------------
+
+
+def test_memory_pools_hold_every_pipeline_instance_s_largest_decoder_answer(layout):
+    """Triton's CUDA pool defaults to 64 MB per GPU, less than one 320-prompt answer of the decoder (84 MB):
+    each GPU gets a pool for every pipeline instance holding one, and so does the pinned pool."""
+    from mobilesamv2.runner.memory import PipelineMemory
+
+    pipeline = (layout["repo"] / "segment_everything" / "config.pbtxt").read_text()
+    instances = PipelineMemory.from_config(pipeline).instances
+    machine = FakeMachine(gpus=A100 * 2)
+    assert start(layout, machine) == 0
+    pools = [a.split("=", 1)[1] for a in machine.exec_args if a.startswith("--cuda-memory-pool-byte-size=")]
+    assert [p.split(":")[0] for p in pools] == ["0", "1"]  # one per GPU the server sees
+    size = int(pools[0].split(":")[1])
+    answer = 320 * 256 * 256 * 4
+    assert instances == 4 and size >= instances * answer and size > 64 * 2**20
+    assert f"--pinned-memory-pool-byte-size={size}" in machine.exec_args
+
+    machine = FakeMachine()
+    assert start(layout, machine, "--cuda-memory-pool-byte-size=0:1000") == 0  # an operator's choice wins
+    assert [a for a in machine.exec_args if a.startswith("--cuda-memory-pool")] == [
+        "--cuda-memory-pool-byte-size=0:1000"
+    ]
+
+
+def test_a_dev_shm_smaller_than_the_configuration_needs_is_reported(layout, capsys):
+    assert start(layout, FakeMachine(), shm=64 * 2**20) == 0  # Docker's default
+    out = capsys.readouterr().out
+    assert "warning: /dev/shm is 0.1 GiB, the pipeline may hold up to " in out and "server.shmSize" in out
+    assert start(layout, FakeMachine(), shm=64 * 2**30) == 0
+    assert "/dev/shm is" not in capsys.readouterr().out
+
+
+def test_build_info_is_served_beside_the_models(layout):
+    """The pipeline reads BUILD_INFO.json next to its model folder: the random-weights warning and the
+    build's fingerprint (its embedding cache's identity)."""
+    (layout["repo"] / "BUILD_INFO.json").write_text('{"weights": "fake", "fingerprint": "abc"}')
+    assert start(layout, FakeMachine()) == 0
+    served = layout["runtime"] / "segment_everything"
+    assert json.loads((served.parent / "BUILD_INFO.json").read_text()) == {
+        "weights": "fake",
+        "fingerprint": "abc",
+    }
 
 
 # --- locked-down serving ------------------------------------------------------------------------------------

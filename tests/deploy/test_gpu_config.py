@@ -71,8 +71,9 @@ def test_image_encoder_becomes_a_batched_tensorrt_engine_and_nothing_else_change
     build = EngineBuild.from_parameters(config_string_parameters(text))
     # FP32 tensors with TF32 math by default: FP16 is an explicit opt-in for the encoder
     assert (build.precision, build.fp16, build.fp32_layers) == ("TF32", False, "none")
-    assert build.shapes["image"] == ((1, 1024, 1024, 3), (4, 1024, 1024, 3), (4, 1024, 1024, 3))
-    assert build.shapes["image_size"] == ((1, 2), (4, 2), (4, 2))
+    # optimised for what arrives (one image per pipeline request), batches of up to 4 admitted
+    assert build.shapes["image"] == ((1, 1024, 1024, 3), (1, 1024, 1024, 3), (4, 1024, 1024, 3))
+    assert build.shapes["image_size"] == ((1, 2), (1, 2), (4, 2))
 
 
 def test_prompt_decoder_profile_covers_one_to_max_prompts_and_cpu_slicing_is_dropped():
@@ -100,6 +101,23 @@ def test_prompt_decoder_profile_covers_one_to_max_prompts_and_cpu_slicing_is_dro
     assert all(
         a <= d <= b for a, d, b in zip(low["point_coords"], warmup.dims, high["point_coords"], strict=True)
     )
+
+
+def test_interactive_decoder_profile_covers_what_the_pipeline_sends_it():
+    """TensorRT sizes an engine's activation memory for its profile's largest shape: the interactive decoder
+    gets at most the prompts the pipeline sends it per call (64, not SegEvery's 320), optimised for a
+    click."""
+    build = _build("interactive_decoder", max_prompts=320)
+    interactive = contract.INTERACTIVE_DECODER_MAX_PROMPTS
+    assert build.shapes["point_coords"] == (
+        (1, 1, 2),
+        (1, 2, 2),
+        (interactive, contract.DECODER_MAX_POINTS, 2),
+    )
+    assert build.shapes["mask_input"] == ((1, 1, 256, 256), (1, 1, 256, 256), (interactive, 1, 256, 256))
+    assert build.shapes["has_mask_input"] == ((1,), (1,), (interactive,))
+    assert _build("interactive_decoder", max_prompts=16).shapes["point_coords"][2][0] == 16
+    assert _build("prompt_decoder", max_prompts=320).shapes["point_coords"][2][0] == 320  # SegEvery's
 
 
 def test_object_discovery_moves_to_the_gpu_with_the_cuda_provider_and_a_warmup():
@@ -173,8 +191,8 @@ def test_settings_are_applied():
         precision="FP32",
         fp32_layers="none",
         shapes={
-            "image": ((1, 1024, 1024, 3), (4, 1024, 1024, 3), (4, 1024, 1024, 3)),
-            "image_size": ((1, 2), (4, 2), (4, 2)),
+            "image": ((1, 1024, 1024, 3), (1, 1024, 1024, 3), (4, 1024, 1024, 3)),
+            "image_size": ((1, 2), (1, 2), (4, 2)),
         },
     )
 

@@ -135,7 +135,9 @@ def test_trtexec_command_fp16_with_fp32_layers_and_profile():
         "--skipInference",
         "--memPoolSize=workspace:2048M",
         "--fp16",
-        "--precisionConstraints=obey",
+        # prefer: a constraint TensorRT cannot meet leaves the layer in FP16 (the engine check judges the
+        # result) instead of failing the build, which would stop the container
+        "--precisionConstraints=prefer",
         "--layerPrecisions=a:fp32,b:c:fp32",  # trtexec splits name and precision on the last ':'
         "--minShapes=point_coords:1x1x2,point_labels:1x1",
         "--optShapes=point_coords:64x2x2,point_labels:64x2",
@@ -159,7 +161,7 @@ def test_trtexec_command_strict_fp32_forbids_tf32():
 @pytest.mark.parametrize(
     "precision, flags",
     [
-        ("FP16", {"--fp16", "--precisionConstraints=obey", "--layerPrecisions"}),
+        ("FP16", {"--fp16", "--precisionConstraints=prefer", "--layerPrecisions"}),
         ("TF32", set()),
         ("FP32", {"--noTF32"}),
     ],
@@ -209,12 +211,30 @@ def test_engine_build_parameters_round_trip():
 
 
 def test_engine_cache_key_changes_with_every_input():
-    base = ("NVIDIA A100-SXM4-80GB", "8.0", "10.5.0", "ab" * 32, "{}")
+    base = ("NVIDIA A100-SXM4-80GB", "8.0", "10.5.0", "ab" * 32, "{}", '["--fp16"]')
     key = trt.engine_cache_key(*base)
     assert key.startswith("nvidia-a100-sxm4-80gb_sm80_trt10.5.0_")
     others = {trt.engine_cache_key(*base[:i], "other", *base[i + 1 :]) for i in range(len(base))}
     assert key not in others and len(others) == len(base)
     assert trt.engine_cache_key(*base) == key  # deterministic
+
+
+def test_command_fingerprint_keeps_every_flag_and_drops_the_paths():
+    def command(trtexec="/usr/src/tensorrt/bin/trtexec", root="/cache", layers=("a",), extra=()):
+        return trt.trtexec_command(
+            f"{root}/repo/m/1/model.onnx",
+            f"{root}/engines/m/key/model.plan",
+            fp32_layers=list(layers),
+            timing_cache=f"{root}/timing/t.cache",
+            trtexec=trtexec,
+            extra_args=extra,
+        )
+
+    fingerprint = trt.command_fingerprint(command())
+    assert "/cache" not in fingerprint and "--layerPrecisions=a:fp32" in fingerprint
+    assert trt.command_fingerprint(command(trtexec="trtexec", root="/elsewhere")) == fingerprint
+    assert trt.command_fingerprint(command(layers=("a", "b"))) != fingerprint
+    assert trt.command_fingerprint(command(extra=["--builderOptimizationLevel=5"])) != fingerprint
 
 
 def test_parse_nvidia_smi():

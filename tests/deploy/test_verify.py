@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from tiny_engines import decoder_onnx, encoder_onnx, trtexec_json
+from tiny_engines import decoder_onnx, encoder_onnx, perturbed_weights, rounded_weights, trtexec_json
 
 import segment_everything_contract as contract
 from mobilesamv2.export import verify
@@ -33,6 +33,9 @@ DECODER_SPECS = specs(
     ("image_embeddings", "float32", (1, 256, 64, 64)),
     ("point_coords", "float32", ("n", "p", 2)),
     ("point_labels", "float32", ("n", "p")),
+)
+INTERACTIVE_SPECS = DECODER_SPECS + specs(
+    ("mask_input", "float32", ("n", 1, 256, 256)), ("has_mask_input", "float32", ("n",))
 )
 
 
@@ -95,6 +98,34 @@ def test_a_probe_outside_the_profile_is_refused():
         verify.probe_cases(ENCODER_SPECS, bad)
 
 
+def test_interactive_decoder_probe_is_clicks_then_their_refinement_with_the_mask_answered():
+    """What SAM's click loop sends: a few prompts of integer labels ending with the padding point, no mask
+    (has_mask_input 0); then the same prompts with one more click each and, as mask_input, the best of the
+    masks answered to the first call (has_mask_input 1)."""
+    [clicks] = verify.probe_cases(INTERACTIVE_SPECS, gpu_build("interactive_decoder").shapes)
+    coords, labels = clicks.inputs["point_coords"], clicks.inputs["point_labels"]
+    assert coords.shape == (3, 4, 2) and labels.dtype == np.float32
+    assert set(np.unique(labels).tolist()) == {-1.0, 0.0, 1.0} and (labels[:, -1] == -1).all()
+    assert [int((row >= 0).sum()) for row in labels] == [1, 2, 3]
+    assert not clicks.inputs["has_mask_input"].any() and not clicks.inputs["mask_input"].any()
+
+    rng = np.random.default_rng(1)
+    answered = {
+        "masks": rng.standard_normal((3, 4, 256, 256)).astype(np.float32),
+        "iou_predictions": np.array(
+            [[0.9, 0.2, 0.8, 0.1], [0, 0.1, 0.2, 0.3], [0, 0.7, 0.3, 0.1]], np.float32
+        ),
+    }
+    refinement = clicks.follow(answered)
+    assert refinement.inputs["has_mask_input"].tolist() == [1.0, 1.0, 1.0]
+    best = [2, 3, 1]  # the best of SAM's multimask tokens 1-3, not token 0
+    assert np.array_equal(refinement.inputs["mask_input"][:, 0], answered["masks"][[0, 1, 2], best])
+    more = refinement.inputs["point_labels"]
+    assert [int((row >= 0).sum()) for row in more] == [2, 3, 4] and (more[:, -1] == -1).all()
+    assert np.array_equal(refinement.inputs["point_coords"][0, :1], coords[0, :1])  # the clicks are kept
+    verify.fit_to_engine(refinement, INTERACTIVE_SPECS, gpu_build("interactive_decoder").shapes)
+
+
 def test_other_models_get_seeded_float_inputs_and_others_are_refused():
     [case] = verify.probe_cases(specs(("x", "float32", (2, 3))), {})
     assert case.inputs["x"].shape == (2, 3) and case.inputs["x"].dtype == np.float32
@@ -135,7 +166,8 @@ def test_compare_outputs_verdicts():
     assert all(c.ok for c in _check(expected, expected))
     [bad_masks, _] = _check(expected, {"low_res_masks": -masks, "iou_predictions": iou}, "FP16")
     assert not bad_masks.ok and bad_masks.mask_iou == 0.0 and bad_masks.max_scaled_diff_tolerance == 0.05
-    assert "mask IoU (logits > 0) 0.0000 < 0.98" in bad_masks.describe()
+    assert "mask IoU (logits > 0) 0.0000 < 0.95" in bad_masks.describe()
+    assert "mask pixels differing (logits > 0) 100.0000% > 0.5000%" in bad_masks.describe()
     nan = masks.copy()
     nan[0, 0, 0, :3] = np.nan
     [check, _] = _check(expected, {"low_res_masks": nan, "iou_predictions": iou})
@@ -151,11 +183,56 @@ def test_compare_outputs_verdicts():
     assert all(c.ok for c in _check(expected, slightly))
 
 
+def test_a_tiny_mask_losing_an_outline_pixel_does_not_refuse_an_engine():
+    """256 masks, one of 6 low-res pixels whose outline pixel sits at the threshold and flips: its IoU is 5/6,
+    but 1 pixel in 1M differs. A large mask that loses a strip is still refused."""
+    reference = np.full((64, 4, 64, 64), -4.0, np.float32)
+    reference[:, :, 8:40, 10:50] = 4.0  # large masks, 31% of the frame
+    reference[7, 2] = -4.0
+    reference[7, 2, 30:32, 30:33] = 4.0
+    reference[7, 2, 30, 30] = 0.02  # just above the threshold
+    engine = reference.copy()
+    engine[7, 2, 30, 30] = -0.01
+    [check] = _check({"masks": reference}, {"masks": engine})
+    assert check.ok, check.describe()
+    assert check.mask_disagreement == pytest.approx(1 / reference.size) and check.mask_iou == 1.0
+    assert verify.mask_ious(reference, engine)[7 * 4 + 2] == pytest.approx(5 / 6)  # not judged by IoU
+
+    reference[3, 1, 8:40, 40:50] = 0.02
+    engine[3, 1, 8:40, 40:50] = -0.01  # a quarter of a large mask gone (the logits barely moved)
+    [check] = _check({"masks": reference}, {"masks": engine})
+    assert not check.ok and check.mask_iou == pytest.approx(0.75)
+    assert "mask IoU (logits > 0) 0.7500 < 0.95" in check.describe()
+
+    reference[:, :, 8:40, 10] = 0.02
+    many = reference.copy()
+    many[:, :, 8:40, 10] = -0.01  # every large mask loses its edge column: 0.8% of the pixels, IoU 0.975
+    [check] = _check({"masks": reference}, {"masks": many})
+    assert not check.ok and check.mask_disagreement == pytest.approx(32 / 4096)
+    assert "mask pixels differing (logits > 0) 0.7812% > 0.5000%" in check.describe()
+
+
+def test_the_reference_uses_the_cpus_this_process_may_use(monkeypatch):
+    """ONNX Runtime's default (0) counts the host's cores, not a pod's CPU limit."""
+    from mobilesamv2.inside_triton import glue
+
+    monkeypatch.setattr(glue, "available_cpus", lambda: 3)
+    assert verify.OnnxRuntimeRunner().session_options().intra_op_num_threads == 3
+    assert verify.OnnxRuntimeRunner(threads=1).session_options().intra_op_num_threads == 1
+
+
 def test_tolerances():
     tolerances = verify.Tolerances()
     assert (tolerances.max_scaled_diff("TF32"), tolerances.max_scaled_diff("FP32")) == (1e-2, 1e-2)
-    assert tolerances.max_scaled_diff("FP16") == 5e-2 and tolerances.min_mask_iou == 0.98
-    for bad in ({"max_scaled_diff_fp32": 0}, {"max_scaled_diff_fp16": float("nan")}, {"min_mask_iou": 1.1}):
+    assert tolerances.max_scaled_diff("FP16") == 5e-2 and tolerances.min_mask_iou == 0.95
+    assert (tolerances.max_mask_disagreement, tolerances.min_mask_area) == (5e-3, 1e-2)
+    for bad in (
+        {"max_scaled_diff_fp32": 0},
+        {"max_scaled_diff_fp16": float("nan")},
+        {"min_mask_iou": 1.1},
+        {"max_mask_disagreement": -0.1},
+        {"min_mask_area": 2},
+    ):
         with pytest.raises(ValueError):
             verify.Tolerances(**bad)
 
@@ -289,19 +366,56 @@ def test_verify_engine_on_the_small_encoder(tmp_path):
     assert result.passed and 0 < result.worst_scaled_diff < 1e-2 and result.worst_mask_iou is None
 
 
-def test_probe_inputs_run_on_the_exported_graphs(built_repository):
-    """The probes are accepted by the real (plain, TensorRT-source) encoder and decoder graphs at the GPU
-    profiles, and give non-degenerate outputs: masks that are neither empty nor full."""
-    reference = verify.OnnxRuntimeRunner()
-    for model, path in (
-        ("image_encoder", built_repository / "image_encoder" / "1" / "plain.onnx"),
-        ("prompt_decoder", built_repository / "prompt_decoder" / "1" / "plain.onnx"),
-    ):
-        inputs, outputs = verify.graph_inputs(path)
-        for case in verify.probe_cases(inputs, gpu_build(model).shapes):
-            result = reference.run(path, case.inputs, outputs)
-            assert all(np.isfinite(v).all() for v in result.values()), (model, case.name)
-            if model == "prompt_decoder":
-                masks = result["low_res_masks"] > 0
-                assert masks.shape[0] == case.inputs["point_coords"].shape[0]
-                assert 0.01 < masks.mean() < 0.99, (case.name, masks.mean())
+class Recorded:
+    """ONNX Runtime, keeping every case's inputs and outputs."""
+
+    name = "onnxruntime (recorded)"
+
+    def __init__(self) -> None:
+        self.runner, self.calls = verify.OnnxRuntimeRunner(), []
+
+    def run(self, model, inputs, output_names):
+        outputs = self.runner.run(model, inputs, output_names)
+        self.calls.append((dict(inputs), outputs))
+        return outputs
+
+
+def test_engines_with_weights_of_their_precision_pass_and_perturbed_ones_are_refused(
+    built_repository, tmp_path
+):
+    """On the real exported graphs (the TensorRT sources) at the GPU profiles: a stand-in engine that runs the
+    same graph with its weights rounded to the engine's precision (TF32 encoder and interactive decoder, FP16
+    prompt decoder) passes the check; one whose weights are perturbed by 2% is refused. The probes give
+    non-degenerate masks."""
+    sources = {
+        "image_encoder": built_repository / "image_encoder" / "1" / "plain.onnx",
+        "prompt_decoder": built_repository / "prompt_decoder" / "1" / "plain.onnx",
+        "interactive_decoder": built_repository / "interactive_decoder" / "1" / "model.onnx",
+    }
+    for model, source in sources.items():
+        build = gpu_build(model)
+        assert build.precision == ("FP16" if model == "prompt_decoder" else "TF32")  # the defaults
+        engine = rounded_weights(source, tmp_path / f"{model}.onnx", build.precision)
+        reference = Recorded()
+        result = verify.verify_engine(
+            model, source, engine, build.precision, build.shapes, PlanIsOnnx(engine), reference
+        )
+        assert result.passed, result.summary()
+        assert all(np.isfinite(v).all() for _, outputs in reference.calls for v in outputs.values())
+        if model == "image_encoder":  # the costly one: its refusal of a broken engine is the tiny graphs'
+            continue
+        for inputs, outputs in reference.calls:
+            masks = next(v for k, v in outputs.items() if k.endswith("masks")) > 0
+            assert masks.shape[0] == inputs["point_coords"].shape[0] and 0.01 < masks.mean() < 0.99
+        if model == "interactive_decoder":
+            assert list(result.cases) == [
+                "3 click prompts",
+                "refinement of the 3 prompts with a previous mask",
+            ]
+            assert reference.calls[1][0]["has_mask_input"].tolist() == [1.0, 1.0, 1.0]
+        broken = perturbed_weights(source, tmp_path / f"{model}-perturbed.onnx", 0.02)
+        refused = verify.verify_engine(
+            model, source, broken, build.precision, build.shapes, PlanIsOnnx(broken), reference
+        )
+        assert not refused.passed
+        assert refused.worst_mask_disagreement > verify.Tolerances().max_mask_disagreement

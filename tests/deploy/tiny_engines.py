@@ -1,5 +1,6 @@
-"""Small ONNX graphs with the served encoder's and decoder's input signatures, and a stand-in for
-``trtexec --loadEngine --loadInputs --exportOutput`` that runs them with ONNX Runtime (no TensorRT here).
+"""Small ONNX graphs with the served encoder's and decoder's input signatures, a stand-in for
+``trtexec --loadEngine --loadInputs --exportOutput`` that runs them with ONNX Runtime (no TensorRT here), and
+stand-ins for engines: a graph with its weights rounded to an engine's precision, or perturbed.
 
 The graphs are cheap (outputs of a few thousand values) but take the real inputs: ``image`` uint8
 ``(B, 1024, 1024, 3)`` + ``image_size``, and ``image_embeddings (1, 256, 64, 64)`` + ``point_coords`` /
@@ -8,6 +9,7 @@ The graphs are cheap (outputs of a few thousand values) but take the real inputs
 
 from __future__ import annotations
 
+import os
 import re
 import subprocess
 from collections.abc import Callable, Sequence
@@ -15,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper
+from onnx import TensorProto, helper, numpy_helper
 
 from mobilesamv2.export.verify import OnnxRuntimeRunner, graph_inputs
 
@@ -74,13 +76,13 @@ def encoder_onnx(path: Path, scale: float = 1.0) -> Path:
     )
 
 
-def decoder_onnx(path: Path) -> Path:
+def decoder_onnx(path: Path, layer_norm_name: str = "node_layer_norm") -> Path:
     """``image_embeddings (1,256,64,64), point_coords (N,P,2), point_labels (N,P) -> low_res_masks
     (N,1,64,64), iou_predictions (N,1)``: the embedding's channel mean shifted by a term of the prompts, so
     the masks' signs depend on both."""
     nodes = [
         helper.make_node(
-            "LayerNormalization", ["image_embeddings", "g", "beta"], ["e"], name="node_layer_norm", axis=-1
+            "LayerNormalization", ["image_embeddings", "g", "beta"], ["e"], name=layer_norm_name, axis=-1
         ),
         helper.make_node("ReduceMean", ["e", "axis1"], ["m"], name="node_mean", keepdims=1),
         helper.make_node("Gather", ["point_coords", "zero"], ["x"], name="node_gather_x", axis=2),
@@ -120,6 +122,31 @@ def decoder_onnx(path: Path) -> Path:
         initializers,
         path,
     )
+
+
+def _rewrite_weights(src: Path, dst: Path, change: Callable[[np.ndarray], np.ndarray]) -> Path:
+    model = onnx.load(os.fspath(src))
+    for tensor in model.graph.initializer:
+        array = numpy_helper.to_array(tensor)
+        if array.dtype == np.float32 and array.size > 1:  # weights, not scalar constants (eps, scales)
+            tensor.CopyFrom(numpy_helper.from_array(change(array).astype(np.float32), tensor.name))
+    onnx.save(model, os.fspath(dst))
+    return dst
+
+
+def rounded_weights(src: Path, dst: Path, precision: str) -> Path:
+    """The graph with its weights rounded as an engine of ``precision`` stores them: FP16, or TF32 (10
+    mantissa bits, round to nearest)."""
+    if precision.upper() == "FP16":
+        return _rewrite_weights(src, dst, lambda a: a.astype(np.float16))
+    bits = np.uint32(0x1000), np.uint32(0xFFFFE000)
+    return _rewrite_weights(src, dst, lambda a: ((a.view(np.uint32) + bits[0]) & bits[1]).view(np.float32))
+
+
+def perturbed_weights(src: Path, dst: Path, relative: float, seed: int = 0) -> Path:
+    """The graph with every weight multiplied by ``1 + relative * N(0, 1)``: a broken engine."""
+    rng = np.random.default_rng(seed)
+    return _rewrite_weights(src, dst, lambda a: a * (1 + relative * rng.standard_normal(a.shape)))
 
 
 def _cpp_float(value: float) -> str:
