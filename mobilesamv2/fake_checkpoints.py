@@ -215,6 +215,35 @@ def _prefixed(prefix: str, module: nn.Module) -> dict:
     return {f"{prefix}.{k}": v.clone() for k, v in module.state_dict().items()}
 
 
+def write_encoder(
+    out: Path, name: str, seed: int = 0, sam_parts: dict | None = None, vit_h_depth: int = 2
+) -> Path:
+    """Write one encoder's official file into ``out``. The official files also carry the prompt encoder's and
+    mask decoder's weights (``sam_parts``, see :func:`write_all`); without them the file still loads as the
+    image encoder, all the loaders read of it, and EfficientViT-SAM-L2's needs no ultralytics (TinyViT and
+    ViT-H are ultralytics modules)."""
+    from .modeling.efficientvit import build_efficientvit_l2_image_encoder
+
+    out.mkdir(parents=True, exist_ok=True)
+    sam_parts = sam_parts or {}
+    path = out / FILENAMES[name]
+    if name == "efficientvit_l2":
+        _seed(seed + 2)
+        encoder = build_efficientvit_l2_image_encoder()
+        torch.save({"state_dict": {**_prefixed("image_encoder", encoder), **sam_parts}}, path)
+    elif name == "tiny_vit":
+        _seed(seed + 3)
+        torch.save({**_prefixed("image_encoder", build_tiny_vit()), **sam_parts}, path)
+    elif name == "sam_vit_h":
+        _seed(seed + 4)
+        global_idx = tuple(i for i in (7, 15, 23, 31) if i < vit_h_depth) or (vit_h_depth - 1,)
+        vit = build_vit(depth=vit_h_depth, global_attn_indexes=global_idx)
+        torch.save({**_prefixed("image_encoder", vit), **sam_parts}, path)
+    else:
+        raise ValueError(f"unknown encoder {name!r}")
+    return path
+
+
 def write_all(
     out: Path,
     seed: int = 0,
@@ -227,8 +256,6 @@ def write_all(
     ``vit_h_depth`` < 32 writes a ViT-H of reduced depth (same width, heads, window/global pattern per block)
     so CI can run it; the loader reads the depth off the keys.
     """
-    from .modeling.efficientvit import build_efficientvit_l2_image_encoder
-
     out.mkdir(parents=True, exist_ok=True)
     written = {"detector": make_detector(out / FILENAMES["detector"], seed, detector_scale)}
     prompt_encoder, mask_decoder = make_decoder_parts(seed)
@@ -238,24 +265,9 @@ def write_all(
     )
     written["decoder"] = out / FILENAMES["decoder"]
     sam_parts = {**_prefixed("prompt_encoder", prompt_encoder), **_prefixed("mask_decoder", mask_decoder)}
-    if "efficientvit_l2" in encoders:
-        _seed(seed + 2)
-        encoder = build_efficientvit_l2_image_encoder()
-        torch.save(
-            {"state_dict": {**_prefixed("image_encoder", encoder), **sam_parts}},
-            out / FILENAMES["efficientvit_l2"],
-        )
-        written["efficientvit_l2"] = out / FILENAMES["efficientvit_l2"]
-    if "tiny_vit" in encoders:
-        _seed(seed + 3)
-        torch.save({**_prefixed("image_encoder", build_tiny_vit()), **sam_parts}, out / FILENAMES["tiny_vit"])
-        written["tiny_vit"] = out / FILENAMES["tiny_vit"]
-    if "sam_vit_h" in encoders:
-        _seed(seed + 4)
-        global_idx = tuple(i for i in (7, 15, 23, 31) if i < vit_h_depth) or (vit_h_depth - 1,)
-        vit = build_vit(depth=vit_h_depth, global_attn_indexes=global_idx)
-        torch.save({**_prefixed("image_encoder", vit), **sam_parts}, out / FILENAMES["sam_vit_h"])
-        written["sam_vit_h"] = out / FILENAMES["sam_vit_h"]
+    for name in ("efficientvit_l2", "tiny_vit", "sam_vit_h"):
+        if name in encoders:
+            written[name] = write_encoder(out, name, seed, sam_parts, vit_h_depth)
     (out / "FAKE_WEIGHTS.txt").write_text(
         "Seeded random weights in the official file formats (mobilesamv2.fake_checkpoints).\n"
         "Masks made with them are meaningless; use them to test the data flow only.\n"

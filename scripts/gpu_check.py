@@ -1,88 +1,66 @@
-r"""One-call GPU check of the pipeline's networks and the device mask postprocess, as a markdown + JSON table.
+r"""GPU check: how fast the pipeline's networks and its mask postprocess run on a CUDA GPU, and how far
+reduced precision and the device postprocess stray from FP32 and from the host path. One command, a Markdown +
+JSON report; no TensorRT, no Triton, no network.
 
-    python3 scripts/gpu_check.py --device cuda --out OUT/gpu_check.md [--weights DIR]
+On a machine with an NVIDIA GPU and Python 3.10 or newer, in a checkout of this repository (nothing of it to
+install: the script puts ``mobilesamv2`` and ``client/`` on its path)::
 
-What one run measures, on CUDA (``--device cpu``: the same with small counts, about a minute on 2 cores):
+    pip install torch numpy opencv-python-headless pillow        # torch: a build with CUDA
+    python3 scripts/gpu_check.py --device cuda --out gpu_check.md
 
-- latency (median after warm-ups) of each network in PyTorch: the object-aware detector on the letterboxed
-  image (bus.jpg), the image encoder (EfficientViT-L2) at batch 1, the prompt decoder at 1 / 50 / 300 box
-  prompts in SAM's plain formulation (``modeling.sam.PromptDecoder``, the TensorRT graph) and the factorized
-  one (``modeling.fast_decoder.FactorizedPromptDecoder``, the ONNX Runtime graph); the mask postprocess at 50
-  and 300 masks on the 1080x810 image: ``TorchPostprocessor`` on the device and ``HostPostprocessor`` (numpy/
-  OpenCV on the CPU) for comparison;
-- FP32 against reduced precision (TF32, FP16 autocast, BF16 autocast): encoder embeddings (largest difference
-  scaled by the embedding's magnitude, NaN/inf count), decoder masks (IoU of ``logits > 0`` against FP32, per
-  mask: min and mean) for both decoders on the FP32 embedding, and encoder + decoder together;
-- parity checks, which decide the exit status: the factorized decoder against the plain one (FP32); no NaN/inf
-  in FP32; the device postprocess against the host one on the decoder's real logits (the detector's boxes on
-  the image): RLE strings identical to the host's on OpenCV's own resize code (``cv2.ipp`` off), and mask IoU
-  against opencv-python as shipped (IPP resizes some of the host's chunks with slightly different
-  coefficients, see ``mobilesamv2.processing.device_masks``); the factorized decoder exported to ONNX and run
-  with ONNX Runtime (CUDA provider when installed, else CPU) against PyTorch (rows skipped without
-  onnxruntime, onnx and onnxscript, or with ``--onnx off``).
+A required package that is missing stops the check before anything runs: one line naming it and how to
+install it, exit status 2. ``pip install ultralytics`` adds rows: the object-aware detector and SAM's prompt
+encoder and mask decoder are ultralytics modules, so object discovery and both decoders (plain, the TensorRT
+graph; factorized, the ONNX Runtime graph) need it. Without it those rows say "skipped" and why, and the
+postprocess runs on logits made from the encoder's embedding instead of the decoder's.
 
-It names the machine (GPU, driver, torch / CUDA / cuDNN versions), writes the tables (markdown, with the JSON
-appended) to ``--out`` and the JSON beside it (``.json``), rewriting both after every section so that a run
-cut short still reports what it measured, and exits 1 when a parity check fails (2: bad arguments or no
-CUDA). Reduced-precision rows are informational ("warn" on NaN/inf or low agreement) unless
-``--strict-precision``.
+What one run measures (``--device cpu``: the same with small counts, which the test suite runs):
+
+- latency, median after warm-ups: object discovery on the letterboxed image, the image encoder at batch 1,
+  both decoders at 1 / 50 / 300 box prompts, the mask postprocess at 50 and 300 masks on the device
+  (``TorchPostprocessor``) and on the host (``HostPostprocessor``, numpy/OpenCV);
+- FP32 against TF32, FP16 and BF16 (autocast): the embeddings (largest difference scaled by their magnitude,
+  NaN/inf), the decoders' masks (IoU of ``logits > 0``) with the FP32 embedding and with their own;
+- parity checks, which decide the exit status: the factorized decoder against the plain one, no NaN/inf in
+  FP32, the device postprocess against the host one (identical RLE on OpenCV's own resize code, IoU against
+  opencv-python as shipped, whose IPP resizes some chunks with other coefficients).
 
 Weights: ``--weights DIR`` with the official files (``ObjectAwareModel.pt``, ``Prompt_guided_Mask_Decoder.pt``
 and the encoder's, e.g. ``l2.pt``); without it, seeded random weights in the official formats are built in a
-temporary folder (``mobilesamv2.fake_checkpoints.write_all``, the chosen encoder only: ~35-80 s on 2 CPU
-cores). Latencies do not depend on the weights' values; agreement numbers of random weights are indicative
-only.
+temporary folder (``mobilesamv2.fake_checkpoints``; the EfficientViT encoder alone without ultralytics).
+Latency does not depend on the weights' values; agreement numbers of random weights are indicative only.
+Image: ``--image``, else ``assets/synthetic_scene.png`` (``mobilesamv2.assets.synthetic_scene``, 810x1080).
 
-The GPU machine (kind nvidia-h200: python3.12, torch 2.11 + CUDA, numpy 2, onnxruntime CPU, opencv-python-
-headless, no ultralytics, no network). Once, here, in the repository root (ultralytics needs none of its own
-dependencies that the machine lacks for this script: polars, ultralytics-thop and ultralytics-platform stay
-away)::
-
-    echo /.whl/ >> .git/info/exclude
-    python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-        --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
-        --platform manylinux2014_x86_64 --platform manylinux1_x86_64 -d .whl ultralytics==8.4.190
-
-Then ONE ``run`` of the device tool with ``carry: [".whl"]`` and ``timeout_s: 420`` (the check should take 2-4
-minutes; 7 at most leaves time for a second try within a session's 15 device minutes). Its command,
-:data:`DEVICE_COMMAND` (``--dry-run`` prints it on one line); the report comes back as ``gpu_check.md`` and
-``gpu_check.json``, and its tables end the output::
-
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
-        .whl/*.whl && export PYTHONPATH=/tmp/site || exit; \
-        PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --device cuda --out $OUT/gpu_check.md
-
-The script finds the repository's packages by itself (``mobilesamv2`` and ``client/``) and needs no install;
-it uses no torch feature newer than 2.4 (run here with torch 2.14, numpy 1.26 and 2.4, with and without
-onnxruntime). ``--dry-run`` checks the arguments and prints the plan without importing torch.
+The report names the machine (GPU, driver, torch / CUDA / cuDNN versions) and is rewritten to ``--out`` (and
+its ``.json`` beside it) after every section, so a run cut short keeps what it measured. Exit status: 0; 1
+when a parity check failed; 2 for a missing package, bad arguments or no CUDA device. Reduced-precision rows
+are informational ("warn") unless ``--strict-precision``. ``--dry-run`` prints the plan without importing
+torch.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
+import importlib
 import json
-import os
-import platform
-import statistics
 import sys
 import tempfile
 import time
 import traceback
 from collections.abc import Callable, Iterator, Sequence
+from importlib.metadata import version
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 REPO_ROOT = Path(__file__).resolve().parents[1]
-DEVICE_COMMAND = (
-    "python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site "
-    ".whl/*.whl && export PYTHONPATH=/tmp/site || exit; "
-    "PYTHONUNBUFFERED=1 python3 scripts/gpu_check.py --device cuda --out $OUT/gpu_check.md"
-)
-"""The device tool's ``run`` command (carry ``.whl``): the wheels, then the check (module docstring)."""
+for _folder in (REPO_ROOT, REPO_ROOT / "client"):  # the repository's packages, without an install
+    if str(_folder) not in sys.path:
+        sys.path.insert(0, str(_folder))
+
+from benchmarks.common import machine, median, table  # noqa: E402
+
+SCENE = REPO_ROOT / "assets" / "synthetic_scene.png"
 PRECISIONS = ("fp32", "tf32", "fp16", "bf16")
 ENCODER_FILES = {"efficientvit_l2": "l2.pt", "tiny_vit": "mobile_sam.pt", "sam_vit_h": "sam_vit_h_4b8939.pth"}
 MODEL_FILES = ("ObjectAwareModel.pt", "Prompt_guided_Mask_Decoder.pt")
@@ -91,52 +69,19 @@ DEFAULTS = {
     "cpu": {"prompts": "1,4", "masks": "4,8", "precision_prompts": 4, "runs": 2, "warmup": 0},
 }
 DEFAULT_PRECISIONS = {"cuda": "fp32,tf32,fp16,bf16", "cpu": "fp32,bf16"}
+#: module -> what to install. The check cannot run without these.
+REQUIRED = {"numpy": "numpy", "torch": "torch", "cv2": "opencv-python-headless", "PIL": "pillow"}
+NEEDS_ULTRALYTICS = "needs ultralytics (pip install ultralytics)"
 
 # Limits of the parity checks (they decide the exit status).
 FACTORIZED_MAX_DIFF = 1e-3  # the factorized decoder equals the plain one to float rounding (1e-4 measured)
 MIN_PARITY_IOU = 0.999  # masks of two paths that should agree
-ONNX_MAX_DIFF = 5e-3  # the export's own parity tolerance
 # Reduced precision: below these a row says "warn" (informational unless --strict-precision).
 PRECISION_MIN_IOU = 0.99
 PRECISION_MAX_DIFF = 0.05
 
 
-# ------------------------------------------------------------------------------------------- pure helpers
-
-
-def scaled_max_diff(expected: np.ndarray, got: np.ndarray) -> float:
-    """``max|a - b| / max(1, max|a|)``: the export's parity measure (inf on a shape mismatch or NaN)."""
-    expected, got = np.asarray(expected, np.float64), np.asarray(got, np.float64)
-    if expected.shape != got.shape:
-        return float("inf")
-    if expected.size == 0:
-        return 0.0
-    diff = np.abs(expected - got)
-    if not np.isfinite(diff).all():
-        return float("inf")
-    return float(diff.max() / max(1.0, float(np.abs(expected).max())))
-
-
-def mask_ious(expected_logits: np.ndarray, got_logits: np.ndarray) -> np.ndarray:
-    """Per-mask IoU of ``logits > 0`` (or of boolean masks) of two runs, first axis = masks; 1 when both are
-    empty."""
-    a = np.asarray(expected_logits)
-    b = np.asarray(got_logits)
-    a, b = (a if a.dtype == np.bool_ else a > 0), (b if b.dtype == np.bool_ else b > 0)
-    inter = (a & b).reshape(len(a), -1).sum(1)
-    union = (a | b).reshape(len(a), -1).sum(1)
-    return np.where(union > 0, inter / np.maximum(union, 1), 1.0)
-
-
-def mask_agreement(expected_logits: np.ndarray, got_logits: np.ndarray) -> float:
-    """Lowest IoU over masks between ``logits > 0`` of both runs (1.0 = identical masks)."""
-    ious = mask_ious(expected_logits, got_logits)
-    return float(ious.min()) if len(ious) else 1.0
-
-
-def nonfinite(array: np.ndarray) -> int:
-    """How many values are NaN or infinite."""
-    return int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+# ------------------------------------------------------------------------------------ arguments, packages
 
 
 def parse_counts(text: str, what: str) -> list[int]:
@@ -144,7 +89,7 @@ def parse_counts(text: str, what: str) -> list[int]:
     try:
         counts = [int(part) for part in text.split(",") if part.strip()]
     except ValueError:
-        raise ValueError(f"{what}: expected comma-separated positive integers, got {text!r}") from None
+        counts = []
     if not counts or min(counts) < 1:
         raise ValueError(f"{what}: expected comma-separated positive integers, got {text!r}")
     return counts
@@ -162,108 +107,27 @@ def parse_precisions(text: str, device: str) -> list[str]:
     return [p for p in PRECISIONS if p in chosen]
 
 
-def timed(fn: Callable[[], object], runs: int, sync: Callable[[], None], warmup: int = 1) -> dict:
-    """Median and min wall time (ms) of ``runs`` calls after ``warmup`` calls, each followed by ``sync``."""
-    for _ in range(warmup):
-        fn()
-        sync()
-    times = []
-    for _ in range(runs):
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append((time.perf_counter() - start) * 1e3)
-    return {"median_ms": statistics.median(times), "min_ms": min(times), "runs": runs}
-
-
-def median_ms(fn: Callable[[], object], runs: int, sync: Callable[[], None]) -> float:
-    return timed(fn, runs, sync)["median_ms"]
-
-
-def _fmt(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, bool):
-        return "yes" if value else "no"
-    if isinstance(value, float):
-        if not np.isfinite(value):
-            return str(value)
-        if value == 0 or 1e-3 <= abs(value) < 1e5:
-            return f"{value:.6g}" if abs(value) < 1 else f"{value:.2f}"
-        return f"{value:.2e}"
-    return str(value)
-
-
-def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    lines = ["| " + " | ".join(headers) + " |", "|" + "|".join("---" for _ in headers) + "|"]
-    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
-    return "\n".join(lines)
-
-
-LATENCY_COLUMNS = ("stage", "variant", "precision", "n", "median_ms", "min_ms", "per_item_ms", "runs")
-AGREEMENT_COLUMNS = ("check", "against", "metric", "value", "limit", "status")
-
-
-def format_report(report: dict) -> str:
-    """The report as markdown: the machine, the settings, the latency and agreement tables, the verdict."""
-    env, settings = report["environment"], report["settings"]
-    verdict = report.get("verdict", "incomplete")
-    lines = [f"# GPU check: {env.get('gpu') or env.get('cpu', 'CPU')}", ""]
-    lines.append(markdown_table(("", ""), [(k, v) for k, v in env.items()]))
-    lines += ["", "Settings: " + ", ".join(f"{k} {_fmt(v)}" for k, v in settings.items()), ""]
-    lines.append(f"**Result: {verdict}**")
-    lines += ["", "## Latency", ""]
-    lines.append(
-        markdown_table(LATENCY_COLUMNS, [[r.get(c) for c in LATENCY_COLUMNS] for r in report["latency"]])
-    )
-    lines += ["", "## Agreement", ""]
-    lines.append(
-        markdown_table(
-            AGREEMENT_COLUMNS, [[r.get(c) for c in AGREEMENT_COLUMNS] for r in report["agreement"]]
-        )
-    )
-    if report.get("errors"):
-        lines += ["", "## Errors", ""] + [f"- {e}" for e in report["errors"]]
-    lines += ["", "## JSON", "", "```json", json.dumps(report, indent=1, default=str), "```", ""]
-    return "\n".join(lines)
-
-
-def parity_failures(report: dict) -> list[dict]:
-    """Agreement rows that decide the exit status and did not pass."""
-    return [r for r in report["agreement"] if r["status"] in ("FAIL", "error")]
-
-
-# ------------------------------------------------------------------------------------------------ arguments
-
-
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", choices=("cuda", "cpu"), default="cuda")
     parser.add_argument("--out", type=Path, default=None, help="markdown report (JSON beside it, .json)")
-    parser.add_argument(
-        "--weights", type=Path, default=None, help="official checkpoint files (default: seeded)"
-    )
+    parser.add_argument("--weights", type=Path, default=None, help="official checkpoints (default: seeded)")
     parser.add_argument("--encoder", choices=sorted(ENCODER_FILES), default="efficientvit_l2")
-    parser.add_argument("--image", type=Path, default=None, help="test image (default: ultralytics' bus.jpg)")
+    parser.add_argument("--image", type=Path, default=SCENE, help="test image (default: the synthetic scene)")
     parser.add_argument("--prompts", default=None, help="decoder prompt counts (cuda 1,50,300; cpu 1,4)")
     parser.add_argument("--masks", default=None, help="postprocess mask counts (cuda 50,300; cpu 4,8)")
     parser.add_argument("--precision-prompts", type=int, default=None, help="prompts of the precision rows")
     parser.add_argument("--precisions", default=None, help="subset of fp32,tf32,fp16,bf16 (cpu: no tf32)")
     parser.add_argument("--runs", type=int, default=None, help="timed runs per row (cuda 20, cpu 2)")
-    parser.add_argument(
-        "--warmup", type=int, default=None, help="untimed runs after each row's first call (cuda 2, cpu 0)"
-    )
-    parser.add_argument("--onnx", choices=("auto", "off"), default="auto", help="ONNX Runtime rows")
+    parser.add_argument("--warmup", type=int, default=None, help="untimed runs per row (cuda 2, cpu 0)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the built weights")
     parser.add_argument("--strict-precision", action="store_true", help="reduced-precision warnings fail too")
     parser.add_argument("--dry-run", action="store_true", help="check the arguments and print the plan only")
     args = parser.parse_args(argv)
-    defaults = DEFAULTS[args.device]
-    for name in ("prompts", "masks", "precision_prompts", "runs", "warmup"):
+    for name, value in DEFAULTS[args.device].items():
         if getattr(args, name) is None:
-            setattr(args, name, defaults[name])
-    if args.precisions is None:
-        args.precisions = DEFAULT_PRECISIONS[args.device]
+            setattr(args, name, value)
+    args.precisions = args.precisions or DEFAULT_PRECISIONS[args.device]
     return args
 
 
@@ -280,130 +144,167 @@ def validate(args: argparse.Namespace) -> list[str]:
         problems.append("--precision-prompts must be >= 1")
     if args.runs < 1 or args.warmup < 0:
         problems.append("--runs must be >= 1 and --warmup >= 0")
-    if args.weights is not None:
-        needed = [*MODEL_FILES, ENCODER_FILES[args.encoder]]
-        missing = [name for name in needed if not (args.weights / name).is_file()]
-        if missing:
-            problems.append(f"--weights {args.weights}: missing {', '.join(missing)}")
-    if args.image is not None and not args.image.is_file():
+    if args.weights is not None and not (args.weights / ENCODER_FILES[args.encoder]).is_file():
+        # the detector's and the decoder's files are read only with ultralytics: load() names them then
+        problems.append(f"--weights {args.weights}: missing {ENCODER_FILES[args.encoder]}")
+    if not args.image.is_file():
         problems.append(f"--image {args.image}: no such file")
     if args.out is not None and not args.out.parent.is_dir():
         problems.append(f"--out {args.out}: folder {args.out.parent} does not exist")
     return problems
 
 
-def plan(args: argparse.Namespace) -> dict:
-    return {
-        "device": args.device,
-        "weights": str(args.weights) if args.weights else f"seeded random weights (seed {args.seed}), built",
-        "encoder": args.encoder,
-        "image": str(args.image) if args.image else "bus.jpg (ultralytics assets)",
-        "out": [str(args.out), str(args.out.with_suffix(".json"))] if args.out else None,
-        "latency": {
-            "discovery": "letterboxed image, fp32",
-            "encoder": f"batch 1, {', '.join(args.precision_list)}",
-            "decoder": {
-                "formulations": ["plain (PromptDecoder)", "factorized (FactorizedPromptDecoder)"],
-                "prompts": args.prompt_counts,
-                "reduced precision at": max(args.prompt_counts),
-            },
-            "postprocess": {"masks": args.mask_counts, "paths": ["TorchPostprocessor", "HostPostprocessor"]},
-        },
-        "agreement": {
-            "precisions": args.precision_list,
-            "decoder prompts": args.precision_prompts,
-            "parity": [
-                "factorized vs plain decoder (fp32)",
-                "no NaN/inf in fp32",
-                "TorchPostprocessor vs HostPostprocessor (OpenCV's own path: identical; IPP: IoU)",
-                "ONNX Runtime decoder vs PyTorch" if args.onnx == "auto" else "ONNX rows off",
-            ],
-        },
-        "prompts": args.prompt_counts,
-        "masks": args.mask_counts,
-        "runs": args.runs,
-        "warmup": args.warmup,
-        "strict_precision": args.strict_precision,
-        "device_command": DEVICE_COMMAND,
-    }
-
-
-# ----------------------------------------------------------------------------------------------- the check
-
-
-def _import_paths() -> None:
-    """The repository's packages without an install (the GPU machine has a bare checkout)."""
-    for module, folder in (("mobilesamv2", REPO_ROOT), ("segment_everything_contract", REPO_ROOT / "client")):
-        if importlib.util.find_spec(module) is None:
-            sys.path.insert(0, str(folder))
-
-
-def _ultralytics_offline() -> None:
-    os.environ.setdefault("YOLO_OFFLINE", "1")
-    os.environ.setdefault("YOLO_AUTOINSTALL", "False")
-    os.environ.setdefault("YOLO_CONFIG_DIR", os.path.join(tempfile.gettempdir(), "mobilesamv2-ultralytics"))
-
-
-def _version(module: str) -> str | None:
+def importable(module: str) -> bool:
     try:
-        from importlib.metadata import version
+        importlib.import_module(module)
+    except Exception:  # absent, or broken (built against another numpy, a missing dependency of its own)
+        return False
+    return True
 
-        return version(module)
-    except Exception:
-        return None
+
+def missing_packages(args: argparse.Namespace) -> list[str]:
+    """What must be installed for this run, as ``pip install`` names (empty: nothing)."""
+    missing = [package for module, package in REQUIRED.items() if not importable(module)]
+    if missing:
+        return missing
+    from mobilesamv2.modeling.detector import _ultralytics_offline
+
+    _ultralytics_offline()  # before ultralytics is first imported: no network, no settings in $HOME
+    if args.encoder != "efficientvit_l2" and not importable("ultralytics"):
+        missing.append("ultralytics")  # TinyViT and ViT-H are ultralytics modules
+    return missing
 
 
-def _driver_version() -> str:
-    try:
-        import pynvml
+# ------------------------------------------------------------------------------------------- the report
 
-        pynvml.nvmlInit()
-        driver = pynvml.nvmlSystemGetDriverVersion()
-        return driver.decode() if isinstance(driver, bytes) else str(driver)
-    except Exception:
-        pass
-    try:
-        import subprocess
 
-        out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-            capture_output=True,
-            text=True,
-            timeout=30,
-            check=False,
+def timed(fn: Callable[[], object], runs: int, sync: Callable[[], None], warmup: int = 1) -> dict:
+    """Median and min wall time (ms) of ``runs`` calls after ``warmup`` calls, each followed by ``sync``."""
+    for _ in range(warmup):
+        fn()
+        sync()
+    times = []
+    for _ in range(runs):
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append((time.perf_counter() - start) * 1e3)
+    return {"median_ms": median(times), "min_ms": min(times), "runs": runs}
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) >= 1 else f"{value:.6g}"
+    return str(value)
+
+
+LATENCY_COLUMNS = ("stage", "variant", "precision", "n", "median_ms", "min_ms", "per_item_ms", "runs")
+AGREEMENT_COLUMNS = ("check", "against", "metric", "value", "limit", "status")
+
+
+def format_report(report: dict) -> str:
+    """The report as markdown: the machine, the settings, the latency and agreement tables, the verdict."""
+    env = report["environment"]
+    lines = [f"# GPU check: {env.get('gpu') or env.get('cpu', 'CPU')}", ""]
+    lines += [table(("", ""), [(k, _cell(v)) for k, v in env.items()]), ""]
+    lines += ["Settings: " + ", ".join(f"{k} {_cell(v)}" for k, v in report["settings"].items()), ""]
+    lines += [f"**Result: {report.get('verdict', 'incomplete')}**", "", "## Latency", ""]
+    for title, columns in (("latency", LATENCY_COLUMNS), ("agreement", AGREEMENT_COLUMNS)):
+        if title == "agreement":
+            lines += ["", "## Agreement", ""]
+        lines.append(table(columns, [[_cell(row.get(c)) for c in columns] for row in report[title]]))
+    if report.get("errors"):
+        lines += ["", "## Errors", ""] + [f"- {e}" for e in report["errors"]]
+    lines += ["", "## JSON", "", "```json", json.dumps(report, indent=1, default=str), "```", ""]
+    return "\n".join(lines)
+
+
+def parity_failures(report: dict) -> list[dict]:
+    """Agreement rows that decide the exit status and did not pass."""
+    return [r for r in report["agreement"] if r["status"] in ("FAIL", "error")]
+
+
+def _status(passed: bool, parity: bool, strict: bool = False) -> str:
+    if passed:
+        return "ok" if parity else "info"
+    return "FAIL" if parity or strict else "warn"
+
+
+class Report:
+    """The rows so far; written to ``--out`` after every section."""
+
+    def __init__(self, out: Path | None, env: dict, settings: dict) -> None:
+        self.out = out
+        self.data: dict[str, Any] = {"environment": env, "settings": settings}
+        self.data.update(latency=[], agreement=[], errors=[])
+
+    def latency(self, stage: str, variant: str, precision: str, n: int, timing: dict) -> None:
+        row = {"stage": stage, "variant": variant, "precision": precision, "n": n, **timing}
+        row["per_item_ms"] = timing["median_ms"] / n
+        self.data["latency"].append(row)
+        print(
+            f"  {stage:<12} {variant:<34} {precision:<5} N={n:<4} {timing['median_ms']:9.2f} ms", flush=True
         )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else "unknown"
-    except Exception:
-        return "unknown"
+
+    def agreement(self, check: str, against: str, metric: str, value: Any, limit: Any, status: str) -> None:
+        value = value.item() if hasattr(value, "item") else value
+        row = {"check": check, "against": against, "metric": metric, "value": value, "limit": limit}
+        self.data["agreement"].append({**row, "status": status})
+        print(f"  {check:<42} {metric:<22} {_cell(value):>12}  {status}", flush=True)
+
+    def skipped(self, check: str, reason: str) -> None:
+        self.agreement(check, "-", "skipped", reason, None, "skipped")
+
+    def error(self, section: str, exc: BaseException) -> None:
+        self.data["errors"].append(f"{section}: {type(exc).__name__}: {exc}")
+        self.agreement(section, "-", "error", str(exc)[:200], None, "error")
+        traceback.print_exc()
+
+    def save(self, verdict: str | None = None) -> None:
+        if verdict is not None:
+            self.data["verdict"] = verdict
+        if self.out is not None:
+            self.out.write_text(format_report(self.data))
+            self.out.with_suffix(".json").write_text(json.dumps(self.data, indent=1, default=str))
+
+
+# --------------------------------------------------------------------------------------------- the check
 
 
 def environment(device: str) -> dict:
+    """The machine (``benchmarks.common.machine``: CPU, memory, package versions, commit) and, on CUDA, the
+    GPU, its driver and the CUDA / cuDNN versions of torch."""
+    import subprocess
+
     import cv2
     import torch
 
     env: dict[str, Any] = {}
     if device == "cuda":
         props = torch.cuda.get_device_properties(0)
+        driver = subprocess.run(
+            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout.split()
         env.update(
             gpu=torch.cuda.get_device_name(0),
-            driver=_driver_version(),
+            driver=driver[0] if driver else "unknown",
             compute_capability=f"{props.major}.{props.minor}",
-            multiprocessors=props.multi_processor_count,
             memory_gib=round(props.total_memory / 2**30, 1),
+            torch_cuda=torch.version.cuda,
+            cudnn=torch.backends.cudnn.version(),
         )
-    else:
-        env.update(cpu=platform.processor() or platform.machine(), torch_threads=torch.get_num_threads())
-    env.update(
-        torch=torch.__version__,
-        torch_cuda=torch.version.cuda,
-        cudnn=torch.backends.cudnn.version() if torch.backends.cudnn.is_available() else None,
-        python=platform.python_version(),
-        numpy=np.__version__,
-        opencv=cv2.__version__,
-        opencv_ipp=bool(cv2.ipp.useIPP()),
-        onnxruntime=_version("onnxruntime"),
-        ultralytics=_version("ultralytics"),
-    )
+    found = machine()
+    env.update(cpu=found["cpu"], cpus=found["cpus"], torch_threads=torch.get_num_threads())
+    env.update({k: v for k, v in found["versions"].items() if v != "not installed"})
+    env["ultralytics"] = version("ultralytics") if importable("ultralytics") else "not installed"
+    env.update(opencv_ipp=bool(cv2.ipp.useIPP()), commit=found["commit"])
     return env
 
 
@@ -436,75 +337,18 @@ def opencv_ipp(enabled: bool) -> Iterator[None]:
         cv2.ipp.setUseIPP(saved)
 
 
-class Report:
-    """The rows so far; written to ``--out`` after every section."""
-
-    def __init__(self, out: Path | None, env: dict, settings: dict) -> None:
-        self.out = out
-        self.data: dict[str, Any] = {
-            "environment": env,
-            "settings": settings,
-            "latency": [],
-            "agreement": [],
-            "errors": [],
-        }
-
-    def latency(self, stage: str, variant: str, precision_: str, n: int, timing: dict) -> None:
-        row = {"stage": stage, "variant": variant, "precision": precision_, "n": n, **timing}
-        row["per_item_ms"] = timing["median_ms"] / n
-        self.data["latency"].append(row)
-        print(
-            f"  {stage:<12} {variant:<34} {precision_:<5} N={n:<4} {timing['median_ms']:9.2f} ms", flush=True
-        )
-
-    def agreement(
-        self, check: str, against: str, metric: str, value: Any, limit: str | None, status: str
-    ) -> None:
-        value = value.item() if isinstance(value, np.generic) else value
-        row = {"check": check, "against": against, "metric": metric, "value": value, "limit": limit}
-        row["status"] = status
-        self.data["agreement"].append(row)
-        print(f"  {check:<42} {metric:<22} {_fmt(value):>12}  {status}", flush=True)
-
-    def error(self, section: str, exc: BaseException) -> None:
-        message = f"{section}: {type(exc).__name__}: {exc}"
-        self.data["errors"].append(message)
-        self.agreement(section, "-", "error", str(exc)[:200], None, "error")
-        traceback.print_exc()
-
-    def save(self, verdict: str | None = None) -> None:
-        if verdict is not None:
-            self.data["verdict"] = verdict
-        if self.out is None:
-            return
-        self.out.write_text(format_report(self.data))
-        self.out.with_suffix(".json").write_text(json.dumps(self.data, indent=1, default=str))
-
-
-def _status(passed: bool, parity: bool, strict: bool = False) -> str:
-    if passed:
-        return "ok" if parity else "info"
-    return "FAIL" if parity or strict else "warn"
-
-
 class GpuCheck:
-    """The sections of one check, in order; each one's rows go to the report, which is saved after it."""
+    """The sections of one check, in order; each one's rows go to the report, which is saved after it. A
+    section whose networks could not be built says so in a "skipped" row."""
 
     def __init__(self, args: argparse.Namespace, stack: contextlib.ExitStack) -> None:
-        import cv2
         import torch
 
-        from mobilesamv2.assets import bus_jpg
-
-        self.args, self.stack = args, stack
+        self.args, self.stack, self.strict = args, stack, args.strict_precision
         self.device = torch.device(args.device)
         self.sync = torch.cuda.synchronize if args.device == "cuda" else (lambda: None)
-        self.strict = args.strict_precision
-        self.image_path = Path(args.image or bus_jpg())
-        self.image = cv2.cvtColor(cv2.imread(str(self.image_path)), cv2.COLOR_BGR2RGB)
-        self.h, self.w = self.image.shape[:2]
-        settings = {
-            "image": f"{self.image_path.name} {self.h}x{self.w}",
+        self.ultralytics = importable("ultralytics")
+        self.settings: dict[str, Any] = {
             "encoder": args.encoder,
             "runs": args.runs,
             "warmup": args.warmup,
@@ -512,9 +356,12 @@ class GpuCheck:
             "masks": args.mask_counts,
             "precision_prompts": args.precision_prompts,
         }
-        self.report = Report(args.out, environment(args.device), settings)
-        self.settings = settings
+        self.report = Report(args.out, environment(args.device), self.settings)
+        self.report.save()  # from here on a report exists, whatever fails
         print(json.dumps(self.report.data["environment"]), flush=True)
+        self.detector = self.encoder = self.boxes = None
+        self.decoders: dict[str, Any] = {}
+        self.embeddings: dict[str, Any] = {}
 
     # --- helpers ------------------------------------------------------------------------------------------
 
@@ -539,73 +386,83 @@ class GpuCheck:
         return precision(mode, self.device.type)
 
     def run(self) -> int:
-        self.load()
-        for section in (self.discovery, self.encoder_rows, self.decoder_rows, self.precision_rows):
-            self.section(section)
-        self.section(self.postprocess_rows)
-        self.section(self.onnx_rows)
+        for section in (
+            self.load,
+            self.discovery,
+            self.encoder_rows,
+            self.decoder_rows,
+            self.precision_rows,
+            self.postprocess_rows,
+        ):
+            name = section.__name__.replace("_rows", "")
+            print(f"--- {name}", flush=True)
+            self.attempt(name, section)
+            self.report.save()
         failures = parity_failures(self.report.data)
         verdict = "all parity checks ok" if not failures else f"{len(failures)} parity check(s) failed"
         self.report.save(verdict)
-        print(format_report({**self.report.data, "verdict": verdict}).split("## JSON")[0], flush=True)
+        print(format_report(self.report.data).split("## JSON")[0], flush=True)
         return 0 if not failures else 1
 
     def attempt(self, label: str, fn: Callable[[], object]) -> None:
-        """Run one row group; an exception becomes an "error" row (a failure) and the section goes on."""
+        """Run one row group; an exception becomes an "error" row (a failure) and the check goes on."""
         try:
             fn()
         except Exception as exc:
             self.report.error(label, exc)
 
-    def section(self, fn: Callable[[], None]) -> None:
-        name = fn.__name__.replace("_rows", "")
-        print(f"--- {name}", flush=True)
-        try:
-            fn()
-        except Exception as exc:  # one broken section must not lose the others' rows
-            self.report.error(name, exc)
-        self.report.save()
-
     # --- sections -----------------------------------------------------------------------------------------
 
     def load(self) -> None:
+        import cv2
+
+        from mobilesamv2 import fake_checkpoints
+        from mobilesamv2.modeling.checkpoints import encoder_spec, load_image_encoder
+        from mobilesamv2.modeling.image_encoder import ImageEncoderGraph
+
+        args, settings = self.args, self.settings
+        self.image = cv2.cvtColor(cv2.imread(str(args.image)), cv2.COLOR_BGR2RGB)
+        self.h, self.w = self.image.shape[:2]
+        settings["image"] = f"{args.image.name} {self.h}x{self.w}"
+        weights = args.weights
+        if weights is None:
+            weights = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-weights-")))
+            start = time.perf_counter()
+            if self.ultralytics:
+                fake_checkpoints.write_all(weights, seed=args.seed, encoders=(args.encoder,))
+            else:
+                fake_checkpoints.write_encoder(weights, args.encoder, seed=args.seed)
+            seconds = time.perf_counter() - start
+            settings["weights"] = f"seeded random (seed {args.seed}), built in {seconds:.1f} s"
+        else:
+            settings["weights"] = str(weights)
+        self.weights = weights
+        spec = encoder_spec(args.encoder)
+        encoder = load_image_encoder(args.encoder, weights / spec.filename)
+        self.encoder = ImageEncoderGraph(encoder, spec.input_pool).to(self.device).eval()
+        if self.ultralytics:
+            from mobilesamv2.modeling.checkpoints import load_prompt_decoder
+            from mobilesamv2.modeling.detector import load_object_aware_model
+            from mobilesamv2.modeling.fast_decoder import FactorizedPromptDecoder
+
+            self.detector = load_object_aware_model(weights / MODEL_FILES[0]).to(self.device).eval()
+            plain = load_prompt_decoder(weights / MODEL_FILES[1]).to(self.device).eval()
+            self.decoders = {"plain": plain, "factorized": FactorizedPromptDecoder(plain).eval()}
+        else:
+            settings["skipped"] = f"object discovery and the decoders: {NEEDS_ULTRALYTICS}"
         import torch
 
-        from mobilesamv2.modeling.fast_decoder import FactorizedPromptDecoder
-        from mobilesamv2.modeling.image_encoder import ImageEncoderGraph
-        from mobilesamv2.modeling.sam import PromptDecoder
-        from mobilesamv2.reference import ReferencePipeline
-
-        args = self.args
-        self.weights = args.weights
-        if self.weights is None:
-            from mobilesamv2.fake_checkpoints import write_all
-
-            folder = self.stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-weights-"))
-            self.weights = Path(folder)
-            start = time.perf_counter()
-            write_all(self.weights, seed=args.seed, encoders=(args.encoder,))
-            seconds = time.perf_counter() - start
-            self.settings["weights"] = f"seeded random (seed {args.seed}), built in {seconds:.1f} s"
-        else:
-            self.settings["weights"] = str(args.weights)
-        print(f"weights: {self.settings['weights']}", flush=True)
-        self.report.save()
-        pipe = ReferencePipeline.from_checkpoints(self.weights, encoder=args.encoder)
-        self.channel_order = pipe.channel_order
-        self.detector = pipe.detector.to(self.device).eval()
-        self.encoder = ImageEncoderGraph(pipe.image_encoder, pipe.input_pool).to(self.device).eval()
-        plain = PromptDecoder(pipe.prompt_encoder, pipe.mask_decoder).to(self.device).eval()
-        self.decoders = {"plain": plain, "factorized": FactorizedPromptDecoder(plain).eval()}
         self.stack.enter_context(torch.inference_mode())
 
     def discovery(self) -> None:
         import torch
 
         from mobilesamv2.processing import boxes as box_ops
-        from mobilesamv2.processing.image import detector_input
+        from mobilesamv2.processing.image import DETECTOR_CHANNEL_ORDER, detector_input
 
-        boxed, info = detector_input(self.image, self.channel_order)
+        if self.detector is None:
+            return self.report.skipped("discovery", NEEDS_ULTRALYTICS)
+        boxed, info = detector_input(self.image, DETECTOR_CHANNEL_ORDER)
         x = torch.from_numpy(boxed).to(self.device).permute(2, 0, 1)[None].float() / 255.0
         with self.precision("fp32"):
             prediction = self.detector(x)
@@ -617,30 +474,31 @@ class GpuCheck:
     def encoder_rows(self) -> None:
         import torch
 
+        from mobilesamv2.export.verify import scaled_max_diff
         from mobilesamv2.processing.image import encoder_canvas
 
         canvas, size = encoder_canvas(self.image)
-        self.canvas = (
+        inputs = (
             torch.from_numpy(canvas)[None].to(self.device),
             torch.from_numpy(size)[None].to(self.device),
         )
-        self.embeddings = {}
         for mode in self.args.precision_list:
-            try:
+
+            def encode(mode=mode) -> None:
                 with self.precision(mode):
-                    self.embeddings[mode] = self.encoder(*self.canvas).float()
-                    timing = self.time(lambda: self.encoder(*self.canvas))
+                    self.embeddings[mode] = self.encoder(*inputs).float()
+                    timing = self.time(lambda: self.encoder(*inputs))
                 self.report.latency("encoder", self.args.encoder, mode, 1, timing)
-            except Exception as exc:
-                self.report.error(f"encoder {mode}", exc)
+
+            self.attempt(f"encoder {mode}", encode)
         reference = self.embeddings["fp32"].cpu().numpy()
-        bad = nonfinite(reference)
+        bad = self._nonfinite(reference)
         self.report.agreement("encoder fp32", "-", "NaN/inf", bad, "0", _status(bad == 0, parity=True))
         for mode, embedding in self.embeddings.items():
             if mode == "fp32":
                 continue
             got = embedding.cpu().numpy()
-            diff, bad = scaled_max_diff(reference, got), nonfinite(got)
+            diff, bad = scaled_max_diff(reference, got), self._nonfinite(got)
             ok = _status(diff <= PRECISION_MAX_DIFF, parity=False, strict=self.strict)
             self.report.agreement(
                 f"encoder {mode}", "fp32", "scaled max diff", diff, f"<= {PRECISION_MAX_DIFF}", ok
@@ -648,14 +506,23 @@ class GpuCheck:
             ok = _status(bad == 0, parity=False, strict=self.strict)
             self.report.agreement(f"encoder {mode}", "fp32", "NaN/inf", bad, "0", ok)
 
+    @staticmethod
+    def _nonfinite(array) -> int:
+        import numpy as np
+
+        return int(np.size(array) - np.count_nonzero(np.isfinite(array)))
+
     def decoder_rows(self) -> None:
         """Both formulations at every prompt count in FP32, and the factorized one against the plain one."""
+        if not self.decoders:
+            return self.report.skipped("decoders", NEEDS_ULTRALYTICS)
         for n in self.args.prompt_counts:
             self.attempt(f"decoder N={n}", lambda n=n: self._fp32_decoders(n))
 
     def _fp32_decoders(self, n: int) -> None:
-        embedding = self.embeddings["fp32"]
-        coords, labels = self.prompts(n)
+        from mobilesamv2.export.verify import lowest_mask_iou, scaled_max_diff
+
+        embedding, (coords, labels) = self.embeddings["fp32"], self.prompts(n)
         outputs = {}
         for name, decoder in self.decoders.items():
 
@@ -665,119 +532,118 @@ class GpuCheck:
             with self.precision("fp32"):
                 outputs[name] = call()[0].float().cpu().numpy()
                 self.report.latency("decoder", name, "fp32", n, self.time(call))
-        diff = scaled_max_diff(outputs["plain"], outputs["factorized"])
-        iou = mask_agreement(outputs["plain"][:, 0], outputs["factorized"][:, 0])
-        bad = nonfinite(outputs["plain"]) + nonfinite(outputs["factorized"])
-        check, limit = f"decoder factorized N={n}", f"<= {FACTORIZED_MAX_DIFF}"
+        plain, factorized = outputs["plain"], outputs["factorized"]
+        diff, iou = scaled_max_diff(plain, factorized), lowest_mask_iou(plain, factorized)
+        bad = self._nonfinite(plain) + self._nonfinite(factorized)
+        check, agreement = f"decoder factorized N={n}", self.report.agreement
         ok = _status(diff <= FACTORIZED_MAX_DIFF, parity=True)
-        self.report.agreement(check, "plain fp32", "scaled max diff", diff, limit, ok)
+        agreement(check, "plain fp32", "scaled max diff", diff, f"<= {FACTORIZED_MAX_DIFF}", ok)
         ok = _status(iou >= MIN_PARITY_IOU, parity=True)
-        self.report.agreement(check, "plain fp32", "min mask IoU", iou, f">= {MIN_PARITY_IOU}", ok)
-        self.report.agreement(check, "-", "NaN/inf (both)", bad, "0", _status(bad == 0, parity=True))
+        agreement(check, "plain fp32", "min mask IoU", iou, f">= {MIN_PARITY_IOU}", ok)
+        agreement(check, "-", "NaN/inf (both)", bad, "0", _status(bad == 0, parity=True))
 
     def precision_rows(self) -> None:
         """Reduced precision: decoder latency at the largest prompt count; masks against FP32, with the FP32
-        embedding (the decoder alone) and with the embedding of the same precision (encoder + decoder). Each
-        (precision, decoder) pair fails alone: an exception is an "error" row, the others still run."""
+        embedding (the decoder alone) and with the embedding of the same precision (encoder + decoder)."""
+        if not self.decoders:
+            return self.report.skipped("decoder precisions", NEEDS_ULTRALYTICS)
         embedding, top, n = self.embeddings["fp32"], max(self.args.prompt_counts), self.args.precision_prompts
-        coords, labels = self.prompts(top)
+        top_prompts = self.prompts(top)
         for mode in self.args.precision_list[1:]:
             for name, decoder in self.decoders.items():
 
-                def latency(mode=mode, name=name, decoder=decoder):
+                def latency(mode=mode, name=name, decoder=decoder, prompts=top_prompts):
                     with self.precision(mode):
-                        timing = self.time(lambda: decoder(embedding, coords, labels), called=False)
+                        timing = self.time(lambda: decoder(embedding, *prompts), called=False)
                     self.report.latency("decoder", name, mode, top, timing)
 
                 self.attempt(f"decoder {name} {mode} N={top}", latency)
-        coords, labels = self.prompts(n)
+        prompts = self.prompts(n)
         with self.precision("fp32"):
-            expected = {
-                k: d(embedding, coords, labels)[0].float().cpu().numpy() for k, d in self.decoders.items()
-            }
+            expected = {k: d(embedding, *prompts)[0].float().cpu().numpy() for k, d in self.decoders.items()}
         for mode in self.args.precision_list[1:]:
             for name, decoder in self.decoders.items():
                 self.attempt(
                     f"decoder {name} {mode} N={n}",
-                    lambda m=mode, k=name, d=decoder: self._precision_masks(
-                        m, k, d, expected[k], coords, labels
-                    ),
+                    lambda m=mode, k=name, d=decoder: self._precision_masks(m, k, d, expected[k], prompts),
                 )
 
-    def _precision_masks(self, mode: str, name: str, decoder, expected: np.ndarray, coords, labels) -> None:
-        n = len(coords)
-        with self.precision(mode):
-            alone = decoder(self.embeddings["fp32"], coords, labels)[0].float().cpu().numpy()
-            whole = None
-            if mode in self.embeddings:
-                whole = decoder(self.embeddings[mode], coords, labels)[0].float().cpu().numpy()
-        for what, got in ((f"decoder {name}", alone), (f"encoder+decoder {name}", whole)):
-            if got is None:
-                continue
-            ious = mask_ious(expected[:, 0], got[:, 0])
-            check, bad = f"{what} {mode} N={n}", nonfinite(got)
-            ok = _status(ious.min() >= PRECISION_MIN_IOU, parity=False, strict=self.strict)
-            self.report.agreement(
-                check, "fp32", "min mask IoU", float(ious.min()), f">= {PRECISION_MIN_IOU}", ok
-            )
-            self.report.agreement(check, "fp32", "mean mask IoU", float(ious.mean()), None, "info")
-            ok = _status(bad == 0, parity=False, strict=self.strict)
-            self.report.agreement(check, "fp32", "NaN/inf", bad, "0", ok)
+    def _precision_masks(self, mode: str, name: str, decoder, expected, prompts) -> None:
+        from mobilesamv2.export.verify import mask_ious
 
-    def postprocess_rows(self) -> None:
-        """Latency of both postprocess paths, and their parity on the decoder's real logits."""
+        with self.precision(mode):
+            runs = {f"decoder {name}": decoder(self.embeddings["fp32"], *prompts)[0].float().cpu().numpy()}
+            if mode in self.embeddings:
+                embedding = self.embeddings[mode]
+                runs[f"encoder+decoder {name}"] = decoder(embedding, *prompts)[0].float().cpu().numpy()
+        for what, got in runs.items():
+            ious, bad = mask_ious(expected, got), self._nonfinite(got)
+            check, agreement = f"{what} {mode} N={len(expected)}", self.report.agreement
+            ok = _status(ious.min() >= PRECISION_MIN_IOU, parity=False, strict=self.strict)
+            agreement(check, "fp32", "min mask IoU", float(ious.min()), f">= {PRECISION_MIN_IOU}", ok)
+            agreement(check, "fp32", "mean mask IoU", float(ious.mean()), None, "info")
+            agreement(check, "fp32", "NaN/inf", bad, "0", _status(bad == 0, parity=False, strict=self.strict))
+
+    def _logits(self, limit: int):
+        """``(limit, 256, 256)`` logits and where they come from: the factorized decoder on the detector's
+        boxes (random boxes without any), or without the decoder the embedding's channels upsampled."""
         import torch
 
-        from mobilesamv2.pipeline import HostPostprocessor
         from mobilesamv2.processing import boxes as box_ops
+
+        embedding = self.embeddings["fp32"]
+        if not self.decoders:
+            channels = embedding[0, : min(limit, embedding.shape[1])]
+            logits = torch.nn.functional.interpolate(channels[None], size=(256, 256), mode="bilinear")[0]
+            return logits * 8, f"the FP32 embedding's first {len(logits)} channels, x4 ({NEEDS_ULTRALYTICS})"
+        if self.boxes is not None and len(self.boxes):
+            boxes = self.boxes[:limit]
+            frame = box_ops.boxes_to_encoder_frame(boxes, (self.h, self.w))
+            coords, labels = (torch.from_numpy(a).to(self.device) for a in box_ops.boxes_to_prompts(frame))
+            source = f"factorized decoder fp32 on the detector's first {len(boxes)} boxes"
+        else:
+            coords, labels = self.prompts(limit)
+            source = f"factorized decoder fp32 on {limit} random boxes (no detector boxes)"
+        with self.precision("fp32"):
+            return self.decoders["factorized"](embedding, coords, labels)[0][:, 0].float(), source
+
+    def postprocess_rows(self) -> None:
+        """Latency of both postprocess paths, and their parity on the same logits."""
+        import numpy as np
+        import torch
+
+        from mobilesamv2.export.verify import mask_ious
+        from mobilesamv2.pipeline import HostPostprocessor
         from mobilesamv2.processing.device_masks import TorchPostprocessor
         from mobilesamv2.processing.image import encoder_input_size
         from segment_everything_contract import rle as rle_codec
 
-        h, w, limit = self.h, self.w, max(self.args.mask_counts)
-        input_size = encoder_input_size(h, w)
-        if len(getattr(self, "boxes", ())):
-            boxes = self.boxes[:limit]
-            source = f"the detector's first {len(boxes)} boxes"
-            coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, (h, w)))
-            coords, labels = (
-                torch.from_numpy(coords).to(self.device),
-                torch.from_numpy(labels).to(self.device),
-            )
-        else:
-            source = f"{limit} random boxes (no detector boxes)"
-            coords, labels = self.prompts(limit)
-        with self.precision("fp32"):
-            logits = self.decoders["factorized"](self.embeddings["fp32"], coords, labels)[0][:, 0].float()
-        self.settings["postprocess_logits"] = f"factorized decoder fp32 on {source}"
+        size, input_size = (self.h, self.w), encoder_input_size(self.h, self.w)
+        logits, self.settings["postprocess_logits"] = self._logits(max(self.args.mask_counts))
         device_post, host_post = TorchPostprocessor(), HostPostprocessor()
-        size = f"{h}x{w}"
+        name = f"{self.h}x{self.w}"
         for count in self.args.mask_counts:
             batch = logits[torch.arange(count, device=self.device) % len(logits)]  # (count, 256, 256)
             on_host = batch.cpu().numpy()
-            timing = self.time(lambda b=batch: device_post.rles(b, input_size, (h, w)), called=False)
-            self.report.latency("postprocess", f"TorchPostprocessor rle {size}", "fp32", count, timing)
-            timing = self.time(lambda b=batch: device_post.dense(b, input_size, (h, w)), called=False)
-            self.report.latency("postprocess", f"TorchPostprocessor dense {size}", "fp32", count, timing)
-            timing = self.time(
-                lambda b=on_host: host_post.rles(b, input_size, (h, w)), host=True, called=False
-            )
-            self.report.latency("postprocess", f"HostPostprocessor rle {size} (CPU)", "fp32", count, timing)
+            for what in ("rle", "dense"):
+                run = getattr(device_post, "rles" if what == "rle" else "dense")
+                timing = self.time(lambda b=batch, run=run: run(b, input_size, size), called=False)
+                self.report.latency("postprocess", f"TorchPostprocessor {what} {name}", "fp32", count, timing)
+            timing = self.time(lambda b=on_host: host_post.rles(b, input_size, size), host=True, called=False)
+            self.report.latency("postprocess", f"HostPostprocessor rle {name} (CPU)", "fp32", count, timing)
 
-        got = device_post.rles(logits, input_size, (h, w))
-        on_host = logits.cpu().numpy()
-        check = f"postprocess, {len(got)} real masks"
+        got, on_host = device_post.rles(logits, input_size, size), logits.cpu().numpy()
+        check, agreement = f"postprocess, {len(got)} masks", self.report.agreement
         with opencv_ipp(False):
-            own = host_post.rles(on_host, input_size, (h, w))
+            own = host_post.rles(on_host, input_size, size)
         same = sum(a == b for a, b in zip(own, got, strict=True))
         ok = _status(same == len(own), parity=True)
-        agreement = self.report.agreement
         agreement(check, "host, OpenCV's own path", "identical RLE", f"{same}/{len(own)}", "all", ok)
         with opencv_ipp(True):
             import cv2
 
             ipp = bool(cv2.ipp.useIPP())
-            shipped = host_post.rles(on_host, input_size, (h, w))
+            shipped = host_post.rles(on_host, input_size, size)
         against = "host as shipped" + (" (IPP on)" if ipp else " (no IPP in this OpenCV)")
         expected = np.stack([rle_codec.decode(r) for r in shipped])
         masks = np.stack([rle_codec.decode(r) for r in got])
@@ -785,53 +651,8 @@ class GpuCheck:
         agreement(check, against, "differing pixels", int((expected != masks).sum()), None, "info")
         ok = _status(ious.min() >= MIN_PARITY_IOU, parity=True)
         agreement(check, against, "min mask IoU", float(ious.min()), f">= {MIN_PARITY_IOU}", ok)
-        dense_ok = bool(np.array_equal(device_post.dense(logits, input_size, (h, w)), masks))
+        dense_ok = bool(np.array_equal(device_post.dense(logits, input_size, size), masks))
         agreement(check, "its own RLE", "dense == RLE", dense_ok, "yes", _status(dense_ok, parity=True))
-
-    def onnx_rows(self) -> None:
-        """The factorized decoder exported to ONNX (the ONNX Runtime graph), run by ONNX Runtime, against
-        PyTorch."""
-        check = "decoder factorized (ONNX Runtime)"
-        missing = [m for m in ("onnxruntime", "onnx", "onnxscript") if importlib.util.find_spec(m) is None]
-        if self.args.onnx == "off" or missing:
-            reason = "--onnx off" if self.args.onnx == "off" else f"{', '.join(missing)} not installed"
-            self.report.agreement(check, "PyTorch fp32", "skipped", reason, None, "skipped")
-            return
-        import onnxruntime as ort
-        import torch
-
-        from mobilesamv2.export.onnx_export import DECODER_INPUTS, export_prompt_decoder
-        from mobilesamv2.modeling.checkpoints import load_prompt_decoder
-
-        folder = Path(self.stack.enter_context(tempfile.TemporaryDirectory(prefix="gpu-check-onnx-")))
-        path = folder / "prompt_decoder.onnx"
-        embedding = self.embeddings["fp32"]
-        embedding_np = embedding.cpu().numpy()
-        start = time.perf_counter()
-        with torch.inference_mode(False):  # the exporter traces: no inference tensors, parameters included
-            decoder = load_prompt_decoder(self.weights / "Prompt_guided_Mask_Decoder.pt")
-            export_prompt_decoder(decoder, path, torch.from_numpy(embedding_np.copy()), prompt_counts=(1,))
-        self.settings["onnx_export_s"] = round(time.perf_counter() - start, 1)
-        providers = ["CPUExecutionProvider"]
-        if self.args.device == "cuda" and "CUDAExecutionProvider" in ort.get_available_providers():
-            providers.insert(0, "CUDAExecutionProvider")
-        session = ort.InferenceSession(str(path), providers=providers)
-        provider = session.get_providers()[0]
-        n = self.args.precision_prompts
-        coords, labels = self.prompts(n)
-        inputs = (embedding_np, coords.cpu().numpy(), labels.cpu().numpy())
-        feeds = dict(zip(DECODER_INPUTS, inputs, strict=True))
-        got = session.run(None, feeds)[0]
-        with self.precision("fp32"):
-            expected = self.decoders["factorized"](embedding, coords, labels)[0].float().cpu().numpy()
-        check = f"decoder factorized N={n} (ONNX Runtime {provider})"
-        diff, iou = scaled_max_diff(expected, got), mask_agreement(expected[:, 0], got[:, 0])
-        ok = _status(diff <= ONNX_MAX_DIFF, parity=True)
-        self.report.agreement(check, "PyTorch fp32", "scaled max diff", diff, f"<= {ONNX_MAX_DIFF}", ok)
-        ok = _status(iou >= MIN_PARITY_IOU, parity=True)
-        self.report.agreement(check, "PyTorch fp32", "min mask IoU", iou, f">= {MIN_PARITY_IOU}", ok)
-        timing = self.time(lambda: session.run(None, feeds), host=True)
-        self.report.latency("decoder", f"factorized, ONNX Runtime {provider}", "fp32", n, timing)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -842,10 +663,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"gpu_check: {problem}", file=sys.stderr)
         return 2
     if args.dry_run:
-        print(json.dumps(plan(args), indent=2))
+        print(json.dumps(vars(args), indent=2, default=str))
         return 0
-    _import_paths()
-    _ultralytics_offline()
+    missing = missing_packages(args)
+    if missing:
+        names = " ".join(missing)
+        print(f"gpu_check: missing {', '.join(missing)}: pip install {names}", file=sys.stderr)
+        return 2
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
