@@ -13,6 +13,7 @@ A script may also fill single values into hand-written text (the Targets table):
 
 from __future__ import annotations
 
+import argparse
 import importlib.metadata
 import json
 import math
@@ -160,6 +161,20 @@ def _module_name() -> str:
 
 
 # --- publishing ---------------------------------------------------------------------------------------------
+
+
+def argument_parser(name: str, doc: str | None) -> argparse.ArgumentParser:
+    """A script's command line: ``--repository`` (default: the test suite's build from seeded random
+    weights) and ``--render`` (fill BENCHMARKS.md from the saved summary, measuring nothing); the script adds
+    its own options."""
+    parser = argparse.ArgumentParser(
+        prog=f"python -m benchmarks.{name}", description=(doc or "").split("\n\n")[0]
+    )
+    parser.add_argument("--repository", type=Path, default=DEFAULT_REPOSITORY)
+    parser.add_argument(
+        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
+    )
+    return parser
 
 
 def markers(name: str) -> tuple[str, str]:

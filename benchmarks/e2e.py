@@ -16,7 +16,6 @@ peak RSS is sampled; the decoder in slices of the config's ``max_rows_per_run``,
 
 from __future__ import annotations
 
-import argparse
 import json
 import subprocess
 import sys
@@ -235,14 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         what, repository, image, prompts, reps = argv[1:6]
         print(json.dumps(_child(what, Path(repository), image, int(prompts), int(reps))))
         return 0
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.e2e", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser = common.argument_parser(NAME, __doc__)
     parser.add_argument("--reps", type=int, default=3, help="timed requests per side and point")
     parser.add_argument("--points", default=",".join(f"{n}:{c}" for n, c in POINTS), help="image:conf,...")
     parser.add_argument("--standalone-reps", type=int, default=5)
-    parser.add_argument(
-        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
-    )
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render, values=values)

@@ -17,7 +17,6 @@ asserts the same bound (60 s) in CI; this script only measures.
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import sys
@@ -25,7 +24,6 @@ import threading
 import time
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 
 from benchmarks import common, serving
 from benchmarks.common import fmt, median, table
@@ -225,18 +223,12 @@ def values(results: dict) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser = common.argument_parser(NAME, __doc__)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--interval", type=float, default=3.0, help="supervisor: seconds between probes")
     parser.add_argument("--client-timeout", type=float, default=15.0)
     parser.add_argument("--drain", type=float, default=3.0, help="seconds a restart lets requests finish")
     parser.add_argument("--scenarios", default="", help="comma-separated substrings of scenario names")
-    parser.add_argument(
-        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
-    )
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render, values=values)

@@ -14,7 +14,6 @@ from its number (every request has a cold embedding), and both send the same set
 
 from __future__ import annotations
 
-import argparse
 import shutil
 import sys
 import tempfile
@@ -143,17 +142,11 @@ def render(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser = common.argument_parser(NAME, __doc__)
     parser.add_argument("--images", type=int, default=50)
     parser.add_argument("--max-prompts", type=int, default=16)
     parser.add_argument("--workers", type=int, default=4, help="the pipeline's 2 instances busy + 2 waiting")
     parser.add_argument("--rounds", type=int, default=2, help="capacity, then label, this many times")
-    parser.add_argument(
-        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
-    )
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render)

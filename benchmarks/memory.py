@@ -10,11 +10,9 @@ the request. Prompts ascend in the outer loop on a fresh server: ONNX Runtime's 
 
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks import common, serving
 from benchmarks.common import fmt, table
@@ -126,13 +124,9 @@ def values(results: dict) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m benchmarks.memory", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser = common.argument_parser(NAME, __doc__)
     parser.add_argument("--prompts", default=",".join(map(str, PROMPTS)), help="max_prompts values")
     parser.add_argument("--sides", default=",".join(map(str, SIDES)), help="longest image sides")
-    parser.add_argument(
-        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
-    )
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render, values=values)

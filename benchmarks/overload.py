@@ -16,7 +16,6 @@ pixels changed: cold embeddings), gRPC, the client's timeout travels with the re
 
 from __future__ import annotations
 
-import argparse
 import math
 import queue
 import sys
@@ -24,7 +23,6 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks import common, serving
 from benchmarks.common import fmt, percentile, table
@@ -218,10 +216,7 @@ def values(results: dict) -> dict[str, str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser = common.argument_parser(NAME, __doc__)
     parser.add_argument("--max-prompts", type=int, default=16)
     parser.add_argument("--timeout", type=float, default=30.0, help="client timeout (s)")
     parser.add_argument("--workers", type=int, default=4, help="the pipeline's 2 instances busy + 2 waiting")
@@ -229,9 +224,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--factor", type=float, default=2.0)
     parser.add_argument("--overload-s", type=float, default=300.0)
     parser.add_argument("--soak-s", type=float, default=600.0)
-    parser.add_argument(
-        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
-    )
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render, values=values)

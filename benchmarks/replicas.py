@@ -14,10 +14,8 @@ on SIGTERM; 127.0.0.4 added.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from collections.abc import Sequence
-from pathlib import Path
 
 from benchmarks import common, serving
 from benchmarks.common import fmt, table
@@ -55,17 +53,11 @@ def render(results: dict) -> str:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog=f"python -m benchmarks.{NAME}", description=__doc__.split("\n\n")[0]
-    )
-    parser.add_argument("--repository", type=Path, default=common.DEFAULT_REPOSITORY)
+    parser = common.argument_parser(NAME, __doc__)
     parser.add_argument("--users", type=int, default=4)
     parser.add_argument("--max-prompts", type=int, default=8)
     parser.add_argument("--phase-requests", type=int, default=100, help="answered requests per phase")
     parser.add_argument("--max-connection-age-s", type=float, default=30.0, help="the Helm chart's")
-    parser.add_argument(
-        "--render", action="store_true", help="re-render BENCHMARKS.md from the saved summary"
-    )
     args = parser.parse_args(argv)
     if args.render:
         return common.rerender(NAME, render)
