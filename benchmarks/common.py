@@ -27,6 +27,8 @@ import time
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 
+from loadtest.stats import percentile
+
 REPO_ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS_MD = REPO_ROOT / "BENCHMARKS.md"
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
@@ -36,20 +38,6 @@ PACKAGES = ("torch", "onnxruntime", "numpy", "opencv-python-headless", "nvidia-p
 
 
 # --- statistics and formatting ------------------------------------------------------------------------------
-
-
-def percentile(values: Iterable[float | None], q: float) -> float:
-    """The ``q``-th percentile (0..100), linear between order statistics (numpy's default); NaN and None are
-    skipped; NaN when nothing is left."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within [0, 100], got {q}")
-    ordered = sorted(v for v in values if v is not None and not math.isnan(v))
-    if not ordered:
-        return math.nan
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 def median(values: Iterable[float | None]) -> float:

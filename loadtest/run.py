@@ -43,9 +43,11 @@ from segment_everything_client.errors import SegmentEverythingError
 if __package__:
     from .common import load_images, request_settings
     from .replicas import LocalReplicas, metrics_addresses, read_counts
+    from .stats import percentile
 else:  # run as a script: python loadtest/run.py
     from common import load_images, request_settings
     from replicas import LocalReplicas, metrics_addresses, read_counts
+    from stats import percentile
 
 LOCUSTFILE = Path(__file__).resolve().parent / "locustfile.py"
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -66,20 +68,6 @@ def parse_duration(text: str) -> float:
     if not parts or "".join(n + u for n, u in parts) != text:
         raise ValueError(f"not a duration: {text!r} (use e.g. 60s, 5m, 1h30m)")
     return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in parts)
-
-
-def percentile(values: Sequence[float], q: float) -> float:
-    """The ``q``-th percentile (0..100) with linear interpolation between order statistics (numpy's default);
-    NaN for no values."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"percentile must be within [0, 100], got {q}")
-    if not values:
-        return math.nan
-    ordered = sorted(values)
-    rank = (len(ordered) - 1) * q / 100
-    low = math.floor(rank)
-    high = min(low + 1, len(ordered) - 1)
-    return ordered[low] + (ordered[high] - ordered[low]) * (rank - low)
 
 
 @dataclass
