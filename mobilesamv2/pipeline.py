@@ -465,6 +465,8 @@ class Pipeline:
         postprocess: logits -> masks, on the host or where the logits are.
         embeddings: a cache of image embeddings by image content: a repeated image (every click of an
             interactive session after the first) skips decoding and the encoder.
+        cache_segevery: SegEvery stores its embedding too, for clicks that may follow on the same image (on a
+            GPU the copy to the host costs more than encoding again).
     """
 
     models: Models
@@ -474,6 +476,7 @@ class Pipeline:
     overlap: bool = True
     postprocess: MaskPostprocessor = field(default_factory=HostPostprocessor)
     embeddings: EmbeddingCache | None = None
+    cache_segevery: bool = True
 
     async def run(self, request: SegmentRequest, checkpoint: Checkpoint = _no_checkpoint) -> SegmentResult:
         timings: dict[str, float] = {}
@@ -487,16 +490,14 @@ class Pipeline:
                 boxes, scores = await self._discover(image, settings, timings, checkpoint)
                 embedding = cached.embedding
             elif self.overlap:
-                # no later click reuses a SegEvery embedding: it is not copied to the cache
                 embedding, (boxes, scores) = await asyncio.gather(
-                    self._encode(source, timings, checkpoint, store=False),
+                    self._encode(source, timings, checkpoint, store=self.cache_segevery),
                     self._discover(image, settings, timings, checkpoint),
                 )
             else:
                 boxes, scores = await self._discover(image, settings, timings, checkpoint)
-                embedding = (
-                    await self._encode(source, timings, checkpoint, store=False) if len(boxes) else None
-                )
+                store = self.cache_segevery
+                embedding = await self._encode(source, timings, checkpoint, store) if len(boxes) else None
             shape = source.size
             coords, labels = box_ops.boxes_to_prompts(box_ops.boxes_to_encoder_frame(boxes, shape))
         else:  # SegAny: a cached embedding needs no pixels at all

@@ -119,10 +119,10 @@ def test_joined_parts_keep_their_device_and_numpy_parts_go_to_the_host():
     assert HostPostprocessor().concatenate(parts).shape == (5, 256, 256)
 
 
-def test_a_segevery_embedding_is_not_copied_into_the_cache_a_segany_one_is():
-    """No later click reuses a SegEvery embedding: on a GPU its copy to the host and its file in /dev/shm
-    would be spent for nothing. A SegAny embedding is kept for the next click."""
-    cache = MemoryEmbeddingCache(64 * 2**20)
+def test_segevery_stores_its_embedding_only_where_asked_a_segany_one_always():
+    """On a GPU (``cache_segevery`` false, the GPU config's ``embedding_cache_segevery``) a SegEvery
+    embedding is not copied to the host for a click that may never come: encoding again costs milliseconds
+    there. On the CPU a click after SegEvery on the same image reuses it. SegAny always keeps its own."""
 
     async def encode(canvas, size):
         return np.zeros((1, 256, 64, 64), np.float32)
@@ -133,14 +133,22 @@ def test_a_segevery_embedding_is_not_copied_into_the_cache_a_segany_one_is():
     async def decode(embedding, coords, labels, multimask, mask_input):
         return np.ones((len(coords), 1, 256, 256), np.float32), np.ones((len(coords), 1), np.float32)
 
-    pipeline = Pipeline(Models(encode, discover, decode), embeddings=cache)
-    for overlap in (True, False):
-        pipeline.overlap = overlap
-        result = asyncio.run(pipeline.run(SegmentRequest(IMAGE)))
-        assert len(result) == 1 and "encoder" in result.timings and len(cache) == 0
-    asyncio.run(
-        pipeline.run(SegmentRequest(IMAGE, Settings(), Prompts(boxes=np.array([[1, 1, 9, 9]], np.float32))))
-    )
+    for cache_segevery in (False, True):
+        for overlap in (True, False):
+            cache = MemoryEmbeddingCache(64 * 2**20)
+            pipeline = Pipeline(
+                Models(encode, discover, decode),
+                embeddings=cache,
+                overlap=overlap,
+                cache_segevery=cache_segevery,
+            )
+            result = asyncio.run(pipeline.run(SegmentRequest(IMAGE)))
+            assert len(result) == 1 and "encoder" in result.timings
+            assert len(cache) == int(cache_segevery)
+    cache = MemoryEmbeddingCache(64 * 2**20)
+    pipeline = Pipeline(Models(encode, discover, decode), embeddings=cache, cache_segevery=False)
+    box = Prompts(boxes=np.array([[1, 1, 9, 9]], np.float32))
+    asyncio.run(pipeline.run(SegmentRequest(IMAGE, Settings(), box)))
     assert len(cache) == 1
 
 

@@ -101,6 +101,8 @@ BLS_INSTANCES = 4
 QUEUE_PER_INSTANCE = 2
 #: Present on the BLS model: where the mask postprocess runs (host numpy/OpenCV, or device torch).
 POSTPROCESS_PARAMETER = "mask_postprocess"
+#: Present on the BLS model: does SegEvery store its embedding for later clicks (a copy off the device)?
+SEGEVERY_CACHE_PARAMETER = "embedding_cache_segevery"
 #: Warm-up shapes for inputs declared with variable dims (object discovery's letterboxed image: at most 1024).
 WARMUP_DIMS = {"images": [1024, 1024, 3]}
 HEADER = (
@@ -302,6 +304,9 @@ def gpu_model_config(
         if POSTPROCESS_PARAMETER in config.parameters:
             # resizes, threshold and RLE runs where the logits are: kilobytes, not 79 MB, reach the host
             _set_parameter(config, POSTPROCESS_PARAMETER, "device")
+        if SEGEVERY_CACHE_PARAMETER in config.parameters:
+            # no 4 MiB device-to-host copy and /dev/shm file per SegEvery: a later click re-encodes in ms
+            _set_parameter(config, SEGEVERY_CACHE_PARAMETER, "false")
     return HEADER + text_format.MessageToString(config)
 
 

@@ -137,16 +137,19 @@ def test_bls_model_stays_on_cpu_overlaps_its_stages_and_follows_max_prompts():
     text = cpu_config("segment_everything")
     assert _parse(text).parameters["overlap_encoder_and_discovery"].string_value == "false"  # CPU: one by one
     assert _parse(text).parameters["mask_postprocess"].string_value == "host"
+    assert _parse(text).parameters["embedding_cache_segevery"].string_value == "true"
     gpu_text = gpu.gpu_model_config(text, max_prompts=320)
     on_gpu = {
         "parameters.overlap_encoder_and_discovery",
         "parameters.mask_postprocess",
+        "parameters.embedding_cache_segevery",
         "instanceGroup",
         "dynamicBatching.defaultQueuePolicy.maxQueueSize",
     }
     assert changed_fields(text, gpu_text) == on_gpu
     assert _parse(gpu_text).parameters["overlap_encoder_and_discovery"].string_value == "true"
     assert _parse(gpu_text).parameters["mask_postprocess"].string_value == "device"
+    assert _parse(gpu_text).parameters["embedding_cache_segevery"].string_value == "false"
     cpu, gpu_config = _parse(text), _parse(gpu_text)
     assert cpu.dynamic_batching.default_queue_policy.max_queue_size == 2 * cpu.instance_group[0].count
     assert gpu_config.instance_group[0].count == gpu.BLS_INSTANCES

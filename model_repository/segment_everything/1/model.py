@@ -4,8 +4,9 @@ Triton glue only: the orchestration is :class:`mobilesamv2.pipeline.Pipeline`, p
 server. This file reads the request tensors, hands the pipeline three async callables that run the sub-models
 (``image_encoder``, ``object_discovery``, ``prompt_decoder``) as BLS requests, and turns the result into
 response tensors. The embedding is passed from the encoder's response to the decoder's request as it is (on
-a GPU it stays on the device); for SegAny, whose next click sends the same image, one host copy goes to the
-embedding cache the instances share, so a repeated image skips decoding and the encoder.
+a GPU it stays on the device); one host copy goes to the embedding cache the instances share (for SegEvery
+only where ``embedding_cache_segevery``: not on the GPU target), so a repeated image skips decoding and the
+encoder.
 Tensor names, defaults and limits: ``segment_everything_contract``.
 """
 
@@ -155,6 +156,7 @@ class TritonPythonModel:
             overlap=params.flag("overlap_encoder_and_discovery", True),
             postprocess=postprocess,
             embeddings=self._embedding_cache(params, build_info, info),
+            cache_segevery=params.flag("embedding_cache_segevery", True),
         )
         pb_utils.Logger.log_info(
             f"{MODEL}: encoder {info.get('encoder', '?')}, limits {self.pipeline.limits}, overlap "
