@@ -123,6 +123,18 @@ EXIT_ERROR = 2
 EXIT_VERIFICATION_FAILED = 3
 EXIT_STUB_LOST = 4
 DEFAULT_STUB_WATCH_INTERVAL = 5.0
+#: The engine check's tolerances as options: ``--verify-<option>`` / ``$ENGINE_VERIFY_<OPTION>`` -> field.
+TOLERANCE_OPTIONS = (
+    ("max-diff-fp32", "max_scaled_diff_fp32", "largest difference (scaled by the output's magnitude) of an "
+     "FP32/TF32 engine from ONNX Runtime"),
+    ("max-diff-fp16", "max_scaled_diff_fp16", "the same for FP16 engines"),
+    ("min-mask-iou", "min_mask_iou", "lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per "
+     "mask of at least --verify-min-mask-area"),
+    ("max-mask-disagreement", "max_mask_disagreement", "largest fraction of all mask pixels (logits > 0) "
+     "where an engine may differ from ONNX Runtime"),
+    ("min-mask-area", "min_mask_area", "masks covering less of their frame are judged by the fraction of "
+     "differing pixels only"),
+)  # fmt: skip
 
 
 def run_captured(command: Sequence[str]) -> subprocess.CompletedProcess[str]:
@@ -594,37 +606,15 @@ def parse_args(
         "container with status 4 (0: off)",
     )
     defaults = Tolerances()
-    parser.add_argument(
-        "--verify-max-diff-fp32",
-        type=float,
-        default=env.get("ENGINE_VERIFY_MAX_DIFF_FP32", str(defaults.max_scaled_diff_fp32)),
-        help="largest difference (scaled by the output's magnitude) of an FP32/TF32 engine from ONNX Runtime",
-    )
-    parser.add_argument(
-        "--verify-max-diff-fp16",
-        type=float,
-        default=env.get("ENGINE_VERIFY_MAX_DIFF_FP16", str(defaults.max_scaled_diff_fp16)),
-        help="the same for FP16 engines",
-    )
-    parser.add_argument(
-        "--verify-min-mask-iou",
-        type=float,
-        default=env.get("ENGINE_VERIFY_MIN_MASK_IOU", str(defaults.min_mask_iou)),
-        help="lowest IoU of an engine's masks (logits > 0) with ONNX Runtime's, per mask of at least "
-        "--verify-min-mask-area",
-    )
-    parser.add_argument(
-        "--verify-max-mask-disagreement",
-        type=float,
-        default=env.get("ENGINE_VERIFY_MAX_MASK_DISAGREEMENT", str(defaults.max_mask_disagreement)),
-        help="largest fraction of all mask pixels (logits > 0) where an engine may differ from ONNX Runtime",
-    )
-    parser.add_argument(
-        "--verify-min-mask-area",
-        type=float,
-        default=env.get("ENGINE_VERIFY_MIN_MASK_AREA", str(defaults.min_mask_area)),
-        help="masks covering less of their frame are judged by the fraction of differing pixels only",
-    )
+    for option, name, text in TOLERANCE_OPTIONS:
+        variable = "ENGINE_VERIFY_" + option.upper().replace("-", "_")
+        parser.add_argument(
+            f"--verify-{option}",
+            dest=name,
+            type=float,
+            default=env.get(variable, str(getattr(defaults, name))),
+            help=f"{text} (${variable})",
+        )
     add_security_arguments(parser, env, restrict_by_default=True)
     return parser.parse_known_args(argv)
 
@@ -686,13 +676,7 @@ def main(
     environ = dict(os.environ if environ is None else environ)
     args, server_args = parse_args(argv, environ)
     try:
-        tolerances = Tolerances(
-            max_scaled_diff_fp32=args.verify_max_diff_fp32,
-            max_scaled_diff_fp16=args.verify_max_diff_fp16,
-            min_mask_iou=args.verify_min_mask_iou,
-            max_mask_disagreement=args.verify_max_mask_disagreement,
-            min_mask_area=args.verify_min_mask_area,
-        )
+        tolerances = Tolerances(**{name: getattr(args, name) for _, name, _ in TOLERANCE_OPTIONS})
     except ValueError as exc:
         print(f"[entrypoint] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_ERROR
