@@ -23,11 +23,11 @@ def embedding(reference_pipeline, bus_rgb):
     return reference_pipeline.encode(bus_rgb)  # a real image's embedding, not noise
 
 
-@pytest.mark.parametrize("n", [1, 7, 64])
+@pytest.mark.parametrize("n", [1, 7, 32])
 def test_factorized_equals_reference_decoder(decoders, embedding, built_repository, n):
     """The PyTorch module and the served ONNX graph (one call, a dynamic prompt axis) against SAM's decoder on
     a real image's embedding. The batch axis is per prompt (each prompt's result does not depend on its
-    batch), so 64 prompts prove what more would."""
+    batch), so 32 prompts (two of the served graph's 16-row slices) prove what more would."""
     plain, fast = decoders
     coords, labels = box_prompts(n, seed=n)
     with torch.no_grad():

@@ -76,7 +76,7 @@ def test_one_http_user_with_per_image_stats(triton_server, tmp_path):
         protocol="http",
         users=1,
         spawn_rate=1,
-        run_time="10s",
+        run_time="4s",
         max_prompts=1,
         per_image_names=True,
         stop_timeout=30,

@@ -59,7 +59,8 @@ def fake(request) -> Iterator[Callable[[Behaviour], str]]:
 
         server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         server.daemon_threads = True
-        threading.Thread(target=server.serve_forever, daemon=True).start()
+        # a short poll: shutdown() waits for serve_forever's next look at its flag
+        threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.02}, daemon=True).start()
         servers.append(server)
         return f"127.0.0.1:{server.server_address[1]}"
 
