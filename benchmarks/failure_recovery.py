@@ -65,36 +65,66 @@ class Run:
     errors: list[str] = field(default_factory=list)
 
 
+@dataclass
+class Outcome:
+    kind: str
+    seconds: float
+    error: BaseException | None
+
+
+class WrongAnswer(AssertionError):
+    """A request that succeeded with an answer that does not fit it."""
+
+
 class Load:
-    """One client thread: SegAny box, SegAny multimask point, SegEvery in turn, 0.3 s apart."""
+    """One client thread sending SegAny box, SegAny multimask point and SegEvery requests in turn, 0.3 s
+    apart, each answer checked (a wrong success is an error too); ``tests/server/test_self_healing.py`` runs
+    it as well."""
 
     def __init__(self, url: str, timeout: float) -> None:
         import numpy as np
 
         self.url, self.timeout = url, timeout
         self.image = np.random.default_rng(0).integers(0, 256, (96, 128, 3), dtype=np.uint8)
-        self.durations: list[float] = []
-        self.errors: list[str] = []
+        self.outcomes: list[Outcome] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
+
+    @property
+    def durations(self) -> list[float]:
+        return [o.seconds for o in self.outcomes]
+
+    @property
+    def errors(self) -> list[str]:
+        return [type(o.error).__name__ for o in self.outcomes if o.error is not None]
+
+    def _one(self, client, kind: str) -> None:
+        if kind == "box":
+            seg, prompts = client.segment_anything(self.image, boxes=[[10, 10, 60, 50]]), [0]
+        elif kind == "points":
+            seg, prompts = client.segment_anything(self.image, points=[[[40, 30]]], multimask=True), [0, 0, 0]
+        else:
+            seg = client.segment_everything(self.image, max_prompts=2)
+            prompts = seg.prompt_index.tolist()[:2]
+        size = [*self.image.shape[:2]]
+        if seg.prompt_index.tolist() != prompts or list(seg.image_size) != size:
+            raise WrongAnswer(f"{kind}: prompts {seg.prompt_index.tolist()}, image size {seg.image_size}")
+        if any(list(rle["size"]) != size for rle in seg.rles):
+            raise WrongAnswer(f"{kind}: masks of the wrong size")
 
     def _run(self) -> None:
         from segment_everything_client import SegmentEverythingClient
 
-        calls = (
-            lambda c: c.segment_anything(self.image, boxes=[[10, 10, 60, 50]]),
-            lambda c: c.segment_anything(self.image, points=[[[40, 30]]], multimask=True),
-            lambda c: c.segment_everything(self.image, max_prompts=2),
-        )
+        kinds = ("box", "points", "everything")
         with SegmentEverythingClient(self.url, timeout=self.timeout, retries=3, backoff=0.2) as client:
             i = 0
             while not self._stop.is_set():
-                started = time.monotonic()
+                started, error = time.monotonic(), None
                 try:
-                    calls[i % len(calls)](client)
-                except Exception as exc:
-                    self.errors.append(type(exc).__name__)
-                self.durations.append(time.monotonic() - started)
+                    self._one(client, kinds[i % len(kinds)])
+                except Exception as exc:  # typed client errors, wrong answers and anything else: recorded
+                    error = exc
+                self.outcomes.append(Outcome(kinds[i % len(kinds)], time.monotonic() - started, error))
                 i += 1
                 self._stop.wait(0.3)
 

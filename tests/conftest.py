@@ -7,6 +7,7 @@ the inputs are unchanged (the build's fingerprint check), so a second ``pytest``
 from __future__ import annotations
 
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -20,6 +21,8 @@ from mobilesamv2.runner.local import TritonServer
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 CACHE = REPO_ROOT / "work" / "test-cache"
+if str(REPO_ROOT) not in sys.path:  # benchmarks/ and loadtest/ live at the repository root, not installed
+    sys.path.insert(0, str(REPO_ROOT))
 
 os.environ.setdefault("YOLO_OFFLINE", "1")
 os.environ.setdefault("YOLO_AUTOINSTALL", "False")

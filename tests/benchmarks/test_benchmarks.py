@@ -6,14 +6,9 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `benchmarks` is not installed; it lives at the repository root
-    sys.path.insert(0, str(REPO_ROOT))
 
 from benchmarks import common, e2e, failure_recovery, interactive, memory, overload
 

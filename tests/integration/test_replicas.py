@@ -14,22 +14,16 @@ test's per-request samples. The last tests use the replicas left for the HTTP an
 from __future__ import annotations
 
 import asyncio
-import sys
 from pathlib import Path
 
 import cv2
 import numpy as np
 import pytest
 
-from segment_everything_client import AsyncSegmentEverythingClient, SegmentEverythingClient
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `loadtest` is not installed; it lives at the repository root
-    sys.path.insert(0, str(REPO_ROOT))
-
 from loadtest.replicas import LocalReplicas, read_counts
 from loadtest.run import LoadTestSettings, percentile
 from loadtest.scenarios import ScenarioRun, run_scenarios
+from segment_everything_client import AsyncSegmentEverythingClient, SegmentEverythingClient
 
 pytestmark = pytest.mark.server
 

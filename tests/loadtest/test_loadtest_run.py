@@ -11,10 +11,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `loadtest` is not installed; it lives at the repository root
-    sys.path.insert(0, str(REPO_ROOT))
-
 from loadtest.common import load_images, request_settings
 from loadtest.run import (
     EXIT_ERROR,

@@ -4,12 +4,6 @@ from __future__ import annotations
 
 import socket
 import struct
-import sys
-from pathlib import Path
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `loadtest` is not installed; it lives at the repository root
-    sys.path.insert(0, str(REPO_ROOT))
 
 from loadtest.replicas import LoopbackDns, ReplicaCounts, metrics_addresses, read_counts
 from mobilesamv2.runner.local import free_port

@@ -9,14 +9,8 @@ from __future__ import annotations
 import csv
 import itertools
 import json
-import sys
-from pathlib import Path
 
 import pytest
-
-REPO_ROOT = Path(__file__).resolve().parents[2]
-if str(REPO_ROOT) not in sys.path:  # `loadtest` is not installed; it lives at the repository root
-    sys.path.insert(0, str(REPO_ROOT))
 
 from loadtest.run import Bounds, LoadTestSettings, check_bounds, run_locust
 

@@ -14,20 +14,18 @@ import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import pytest
 
+from benchmarks.failure_recovery import Load, WrongAnswer
 from mobilesamv2.runner import procs
 from mobilesamv2.runner.local import REPO_ROOT, TritonServer
 from mobilesamv2.runner.probe import Prober
 from mobilesamv2.runner.supervisor import Supervisor
-from segment_everything_client import SegmentEverythingClient, SegmentEverythingError
+from segment_everything_client import SegmentEverythingError
 
 pytestmark = pytest.mark.server
 
@@ -59,78 +57,18 @@ def service(built_repository: Path, tmp_path_factory: pytest.TempPathFactory) ->
     server.stop()
 
 
-@dataclass
-class Outcome:
-    kind: str
-    seconds: float
-    error: BaseException | None
-
-
-class Load:
-    """One thread sending SegAny box, SegAny multimask point and SegEvery requests in turn, with a pause;
-    checks every answer (no silent success) and records how long each call took."""
-
-    def __init__(self, url: str) -> None:
-        self.url = url
-        self.outcomes: list[Outcome] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        rng = np.random.default_rng(0)
-        self.image = rng.integers(0, 256, (96, 128, 3), dtype=np.uint8)
-
-    def _one(self, client: SegmentEverythingClient, kind: str) -> None:
-        if kind == "box":
-            seg = client.segment_anything(self.image, boxes=[[10, 10, 60, 50]])
-            assert len(seg) == 1 and seg.prompt_index.tolist() == [0]
-        elif kind == "points":
-            seg = client.segment_anything(self.image, points=[[[40, 30]]], multimask=True)
-            assert len(seg) == 3 and seg.prompt_index.tolist() == [0, 0, 0]
-        else:
-            seg = client.segment_everything(self.image, max_prompts=2)
-            assert len(seg) <= 2
-        assert tuple(seg.image_size) == (96, 128)
-        assert all(list(rle["size"]) == [96, 128] for rle in seg.rles), "masks of the wrong size"
-
-    def _run(self) -> None:
-        kinds = ["box", "points", "everything"]
-        with SegmentEverythingClient(self.url, timeout=CLIENT_TIMEOUT, retries=3, backoff=0.2) as client:
-            i = 0
-            while not self._stop.is_set():
-                kind = kinds[i % len(kinds)]
-                started = time.monotonic()
-                error: BaseException | None = None
-                try:
-                    self._one(client, kind)
-                except SegmentEverythingError as exc:
-                    error = exc
-                except AssertionError as exc:  # a "success" with a wrong answer
-                    error = exc
-                except Exception as exc:  # anything untyped fails the test below
-                    error = exc
-                self.outcomes.append(Outcome(kind, time.monotonic() - started, error))
-                i += 1
-                self._stop.wait(0.3)
-
-    def __enter__(self) -> Load:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join(CLIENT_TIMEOUT + 10)
-        assert not self._thread.is_alive(), "a request hung beyond its deadline"
-
-    def check(self) -> str:
-        assert self.outcomes, "the load thread sent nothing"
-        slow = [o for o in self.outcomes if o.seconds > CLIENT_TIMEOUT + 2.0]
-        assert not slow, f"requests outlived their {CLIENT_TIMEOUT} s deadline: {slow}"
-        wrong = [o for o in self.outcomes if isinstance(o.error, AssertionError)]
-        assert not wrong, f"answers that were wrong but reported success: {wrong}"
-        untyped = [o for o in self.outcomes if o.error and not isinstance(o.error, SegmentEverythingError)]
-        assert not untyped, f"failures that were not the client's typed errors: {untyped}"
-        failed = [o for o in self.outcomes if o.error is not None]
-        kinds = sorted({type(o.error).__name__ for o in failed})
-        return f"{len(self.outcomes)} requests, {len(failed)} failed with typed errors {kinds}"
+def check(load: Load) -> str:
+    """Every request ended within its deadline with a right answer or one of the client's typed errors."""
+    assert not load._thread.is_alive(), "a request hung beyond its deadline"
+    assert load.outcomes, "the load thread sent nothing"
+    slow = [o for o in load.outcomes if o.seconds > CLIENT_TIMEOUT + 2.0]
+    assert not slow, f"requests outlived their {CLIENT_TIMEOUT} s deadline: {slow}"
+    wrong = [o for o in load.outcomes if isinstance(o.error, WrongAnswer)]
+    assert not wrong, f"answers that were wrong but reported success: {wrong}"
+    untyped = [o for o in load.outcomes if o.error and not isinstance(o.error, SegmentEverythingError)]
+    assert not untyped, f"failures that were not the client's typed errors: {untyped}"
+    kinds = sorted(set(load.errors))
+    return f"{len(load.outcomes)} requests, {len(load.errors)} failed with typed errors {kinds}"
 
 
 def serving(server: TritonServer, timeout: float = 90.0) -> float:
@@ -172,7 +110,7 @@ def _fail_and_recover(supervisor: Supervisor, model: str, sig: int) -> float:
     server = supervisor.server
     serving(server)
     old_pid = server.pid
-    with Load(server.grpc_url) as load:
+    with Load(server.grpc_url, CLIENT_TIMEOUT) as load:
         _wait_for(lambda: load.outcomes, "the load's first answer")  # requests are flowing
         victim = _victim(server, model)
         os.kill(victim, sig)
@@ -180,7 +118,7 @@ def _fail_and_recover(supervisor: Supervisor, model: str, sig: int) -> float:
         seconds = recovered(supervisor, old_pid, started)
         served = len(load.outcomes)
         _wait_for(lambda: any(o.error is None for o in load.outcomes[served:]), "an answer after recovery")
-    summary = load.check()
+    summary = check(load)
     assert procs.proc_info(victim) is None or procs.proc_info(victim).state == "Z", "the old stub survived"
     assert not procs.group_members(old_pid), "processes of the old server's group survived"
     print(f"\n{model} {signal.Signals(sig).name}: serving again after {seconds:.1f} s; {summary}")
