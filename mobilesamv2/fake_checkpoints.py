@@ -184,11 +184,12 @@ def make_detector(path: Path, seed: int = 0, scale: str = "n", target_boxes: int
 
 @torch.no_grad()
 def _separate_masks(prompt_encoder: nn.Module, mask_decoder: nn.Module, seed: int) -> None:
-    """Remove the box-independent component of the single-mask hypernetwork output."""
+    """Remove the box-independent component of the single-mask hypernetwork output (its mean over 32 random
+    boxes: each box costs a pass of the two-way transformer over the 64x64 embedding)."""
     gen = torch.Generator().manual_seed(seed)
     embedding = torch.randn(1, 256, 64, 64, generator=gen)
-    xy = torch.rand(256, 2, generator=gen) * 800
-    wh = torch.rand(256, 2, generator=gen) * 400 + 16
+    xy = torch.rand(32, 2, generator=gen) * 800
+    wh = torch.rand(32, 2, generator=gen) * 400 + 16
     boxes = torch.cat([xy, (xy + wh).clamp(max=1023)], 1)
     sparse, dense = prompt_encoder(points=None, boxes=boxes, masks=None)
     tokens = torch.cat([mask_decoder.iou_token.weight, mask_decoder.mask_tokens.weight], 0)
