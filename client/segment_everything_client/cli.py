@@ -153,14 +153,22 @@ def _check_server(client: SegmentEverythingClient) -> SegmentEverythingError | N
     return client._readiness()
 
 
-def cmd_segment(args: argparse.Namespace) -> int:
+def _images(args: argparse.Namespace) -> list[Path] | None:
+    """The images the command line names; None, after saying why, when there are none."""
     try:
         images = collect_images(args.inputs, recursive=args.recursive)
     except FileNotFoundError as exc:
         _error(str(exc))
-        return EXIT_USAGE
+        return None
     if not images:
         _error("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+        return None
+    return images
+
+
+def cmd_segment(args: argparse.Namespace) -> int:
+    images = _images(args)
+    if images is None:
         return EXIT_USAGE
     settings = {"conf": args.conf, "iou": args.iou, "max_prompts": args.max_prompts}
     everything_settings(**settings)  # reject bad values before contacting the server
@@ -223,13 +231,8 @@ def _write_outputs(seg: Segmentation, path: Path, out_dir: Path, stem: str, draw
 
 
 def cmd_label(args: argparse.Namespace) -> int:
-    try:
-        images = collect_images(args.inputs, recursive=args.recursive)
-    except FileNotFoundError as exc:
-        _error(str(exc))
-        return EXIT_USAGE
-    if not images:
-        _error("no images found (looked for " + ", ".join(sorted(IMAGE_SUFFIXES)) + ")")
+    images = _images(args)
+    if images is None:
         return EXIT_USAGE
     settings = everything_settings(  # bad values are refused before contacting the server
         args.conf,
