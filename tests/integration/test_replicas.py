@@ -76,7 +76,9 @@ def run(replicas, small_image_dir, tmp_path_factory) -> ScenarioRun:
 def test_every_replica_serves_a_share_of_the_requests(run):
     served = run.served["steady"]
     total = sum(served.values())
-    assert len(served) == 3 and all(n >= 0.25 * total for n in served.values()), served
+    # round robin per user channel, but a connection closed by its maximum age is skipped while it reconnects,
+    # so a phase of about 25 requests splits 8/6/11 at worst seen; one replica left out (pick_first) gets none
+    assert len(served) == 3 and all(n >= total / 6 for n in served.values()), served
     # loadtest's own report of the whole run: every server, by its metrics address; the stopped ones unread
     report = {address.rsplit(":", 1)[0]: counts for address, counts in run.result.summary.replicas.items()}
     assert set(report) == set(run.hosts.values()), report
