@@ -137,6 +137,11 @@ def new_results(**settings: object) -> dict:
     return {"command": command, "machine": machine(), "settings": settings}
 
 
+def results_for(args: argparse.Namespace) -> dict:
+    """:func:`new_results` with every option of the script's command line as its settings."""
+    return new_results(**{k: v for k, v in vars(args).items() if k != "render"})
+
+
 def _relative(path: Path) -> str:
     path = path.resolve()
     return str(path.relative_to(REPO_ROOT)) if path.is_relative_to(REPO_ROOT) else str(path)

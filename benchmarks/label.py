@@ -154,8 +154,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from mobilesamv2.runner.local import TritonServer
     from segment_everything_client import SegmentEverythingClient
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("render", "repository")}
-    results = common.new_results(repository=args.repository, **settings)
+    results = common.results_for(args)
     results["rounds"] = []
     work = Path(tempfile.mkdtemp(prefix="label-benchmark-"))
     salt = int(time.time()) % 100_000 * 1000  # no image of an earlier run is in the embedding cache

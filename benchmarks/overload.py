@@ -229,8 +229,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return common.rerender(NAME, render, values=values)
     import numpy as np
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("render", "repository")}
-    results = common.new_results(repository=args.repository, **settings)
+    results = common.results_for(args)
     with serving.serve(args.repository, NAME, timeout=args.timeout) as (server, client):
         results["settings"]["allocator_env"] = serving.allocator_env(server.pid)
         requests = Requests(client, args.max_prompts, salt=int(time.time()) % 10_000)

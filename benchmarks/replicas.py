@@ -65,8 +65,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from loadtest.run import LoadTestSettings
     from loadtest.scenarios import run_scenarios
 
-    settings = {k: v for k, v in vars(args).items() if k not in ("render", "repository")}
-    results = common.new_results(repository=args.repository, **settings)
+    results = common.results_for(args)
     load = LoadTestSettings(
         users=args.users,
         spawn_rate=args.users,
